@@ -1,0 +1,1 @@
+"""geoembed: geospatial embedding data products (pure logic, no Dagster)."""

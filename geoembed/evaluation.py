@@ -1,0 +1,71 @@
+"""Embedding quality on held-out regions: kNN balanced accuracy of each cell's dominant class.
+
+Regions are grouped by a coarser H3 ancestor and whole groups are held out, so the evaluation
+cells are spatially separate from the training cells.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import h3.api.basic_int as h3i
+import numpy as np
+from sklearn.decomposition import PCA
+from sklearn.metrics import balanced_accuracy_score
+from sklearn.neighbors import KNeighborsClassifier
+
+
+@dataclass(frozen=True)
+class RegionSplit:
+    train: np.ndarray
+    held_out: np.ndarray
+    group_resolution: int
+
+
+def split_regions(regions: np.ndarray, held_out_fraction: float = 0.2, seed: int = 0, min_groups: int = 10) -> RegionSplit:
+    """Hold out whole groups of regions (same coarse H3 ancestor).
+
+    The group resolution is the coarsest that gives at least ``min_groups`` groups (else the regions
+    themselves). With a single region nothing can be held out."""
+    regions = np.sort(np.asarray(regions, dtype=np.uint64))
+    if len(regions) < 2:
+        return RegionSplit(regions, np.zeros(0, dtype=np.uint64), -1)
+    region_res = h3i.get_resolution(int(regions[0]))
+    group_res = region_res
+    for res in range(region_res + 1):
+        groups = {h3i.cell_to_parent(int(r), res) for r in regions}
+        if len(groups) >= min(min_groups, len(regions)):
+            group_res = res
+            break
+    parents = np.array([h3i.cell_to_parent(int(r), group_res) for r in regions], dtype=np.uint64)
+    groups = np.unique(parents)
+    rng = np.random.default_rng(seed)
+    n_held = min(len(groups) - 1, max(1, int(round(held_out_fraction * len(groups)))))
+    held_groups = rng.choice(groups, size=n_held, replace=False)
+    held = np.isin(parents, held_groups)
+    return RegionSplit(regions[~held], regions[held], group_res)
+
+
+def knn_balanced_accuracy(
+    train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray, k: int = 5
+) -> float:
+    """Balanced accuracy of a k-nearest-neighbour classifier (cosine for unit vectors = euclidean)."""
+    classifier = KNeighborsClassifier(n_neighbors=min(k, len(train_x)))
+    classifier.fit(train_x, train_y)
+    return float(balanced_accuracy_score(test_y, classifier.predict(test_x)))
+
+
+def pca_features(train_fractions: np.ndarray, test_fractions: np.ndarray, dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """The PCA baseline: class fractions projected to at most ``dim`` components (fit on train)."""
+    n_components = max(1, min(dim, train_fractions.shape[1], len(train_fractions)))
+    pca = PCA(n_components=n_components, random_state=0).fit(train_fractions)
+    return pca.transform(train_fractions), pca.transform(test_fractions)
+
+
+def principal_rgb(embeddings: np.ndarray) -> np.ndarray:
+    """First three principal components scaled to [0, 1] (2-98 % stretch): an RGB colour per row."""
+    if len(embeddings) < 3:
+        return np.full((len(embeddings), 3), 0.5)
+    pcs = PCA(n_components=3, random_state=0).fit_transform(embeddings)
+    lo, hi = np.percentile(pcs, 2, axis=0), np.percentile(pcs, 98, axis=0)
+    return np.clip((pcs - lo) / np.where(hi > lo, hi - lo, 1.0), 0.0, 1.0)

@@ -1,0 +1,76 @@
+"""Pictures for the Dagster UI: the embedding map (3 principal components as RGB) and the loss curve."""
+
+from __future__ import annotations
+
+import base64
+import io
+
+import h3.api.basic_int as h3i
+import matplotlib
+
+matplotlib.use("Agg")  # no display on servers
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.collections import PolyCollection  # noqa: E402
+
+from geoembed.evaluation import principal_rgb  # noqa: E402
+
+
+def hexagons(cells: np.ndarray) -> list[np.ndarray]:
+    """Cell boundaries as (lon, lat) rings; rings crossing the antimeridian are unwrapped east."""
+    rings = []
+    for cell in cells:
+        ring = np.array(h3i.cell_to_boundary(int(cell)))[:, ::-1]
+        if np.ptp(ring[:, 0]) > 180:
+            ring[ring[:, 0] < 0, 0] += 360
+        rings.append(ring)
+    return rings
+
+
+def embedding_map_png(cells: np.ndarray, embeddings: np.ndarray, title: str, width_px: int = 1400) -> bytes:
+    """An RGB map of the cells coloured by the first three principal components of their embeddings."""
+    colours = principal_rgb(embeddings)
+    rings = hexagons(cells)
+    lon = np.concatenate([r[:, 0] for r in rings]) if rings else np.array([-180, 180])
+    lat = np.concatenate([r[:, 1] for r in rings]) if rings else np.array([-90, 90])
+    west, east, south, north = lon.min(), lon.max(), lat.min(), lat.max()
+    aspect = max(0.3, min(2.0, (north - south) / max(east - west, 1e-9) / np.cos(np.radians((north + south) / 2))))
+    fig, ax = plt.subplots(figsize=(width_px / 100, width_px / 100 * aspect + 0.5), dpi=100)
+    ax.add_collection(PolyCollection(rings, facecolors=colours, edgecolors="none", antialiased=False))
+    ax.set_xlim(west, min(east, west + 360))
+    ax.set_ylim(south, north)
+    ax.set_aspect(1 / np.cos(np.radians(np.clip((north + south) / 2, -80, 80))))
+    ax.set_facecolor("#202020")
+    ax.set_title(title, fontsize=11)
+    ax.set_xlabel("longitude")
+    ax.set_ylabel("latitude")
+    return _png(fig)
+
+
+def loss_curve_png(losses: list[float], title: str) -> bytes:
+    fig, ax = plt.subplots(figsize=(7, 3.5), dpi=100)
+    steps = np.arange(1, len(losses) + 1)
+    ax.plot(steps, losses, lw=0.6, alpha=0.4, label="step")
+    window = max(1, len(losses) // 50)
+    if len(losses) >= window:
+        smooth = np.convolve(losses, np.ones(window) / window, mode="valid")
+        ax.plot(steps[window - 1 :], smooth, lw=1.8, label=f"mean of {window}")
+    ax.set_xlabel("training step")
+    ax.set_ylabel("triplet loss")
+    ax.set_title(title, fontsize=11)
+    ax.legend()
+    ax.grid(alpha=0.3)
+    return _png(fig)
+
+
+def _png(fig: plt.Figure) -> bytes:
+    buffer = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buffer, format="png")
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def markdown_image(png: bytes, alt: str) -> str:
+    """Markdown that the Dagster UI renders inline (the image travels inside the metadata)."""
+    return f"![{alt}](data:image/png;base64,{base64.b64encode(png).decode()})"

@@ -1,0 +1,120 @@
+"""The H3 stencil: which coarse regions hold valid, non-background data and become partitions."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import rasterio
+
+from geoembed.grid import cell_centres, region_cells, region_key, regions_touching
+from geoembed.raster import RasterInfo, RasterInputError, distinct_values, resolve_legend
+from geoembed.sampling import STATUSES, Legend, RasterBlocks, has_foreground, sample_windows
+from geoembed.settings import ProductSettings
+
+
+@dataclass
+class Stencil:
+    regions: np.ndarray  # uint64, regions with data
+    cells_per_region: dict[str, int]
+    candidates: int
+    status_counts: dict[str, int]
+    seconds: float
+    unknown_values: list[int] = field(default_factory=list)
+
+    @property
+    def n_cells(self) -> int:
+        return int(sum(self.cells_per_region.values()))
+
+
+def product_legend(settings: ProductSettings, info: RasterInfo) -> Legend:
+    """The configured legend, or (none configured) one class per distinct raster value."""
+    values = None if settings.legend is not None else distinct_values(info.location, info.nodata)
+    return Legend.from_mapping(resolve_legend(settings, values))
+
+
+def clip_to_bbox(bounds: tuple[float, float, float, float], bbox: tuple[float, float, float, float] | None):
+    if bbox is None:
+        return bounds
+    original = bounds
+    west, south, east, north = bounds
+    bw, bs, be, bn = bbox
+    if west <= east and bw <= be:
+        west, east = max(west, bw), min(east, be)
+    else:  # one of them crosses the antimeridian: keep the configured box
+        west, east = bw, be
+    south, north = max(south, bs), min(north, bn)
+    if south >= north or (west > east and bw <= be):
+        raise RasterInputError(f"bbox {list(bbox)} does not overlap the raster {info_bounds_text(original)}")
+    return (west, south, east, north)
+
+
+def info_bounds_text(bounds: tuple[float, float, float, float]) -> str:
+    return "[" + ", ".join(f"{v:.4f}" for v in bounds) + "] (west, south, east, north)"
+
+
+def scan_regions(
+    src: rasterio.DatasetReader,
+    info: RasterInfo,
+    legend: Legend,
+    settings: ProductSettings,
+    progress: Callable[[int, int, int], None] | None = None,
+) -> Stencil:
+    """Sample every cell of every candidate region; keep regions with a foreground cell.
+
+    Raises RasterInputError if the raster overlaps no cell with data, or (unknown_classes: error)
+    holds values that are not in the legend."""
+    start = time.perf_counter()
+    bounds = clip_to_bbox(info.lonlat_bounds(), settings.bbox)
+    candidates = regions_touching(bounds, settings.region_res)
+    blocks = RasterBlocks(src)
+    kept: list[int] = []
+    cells_per_region: dict[str, int] = {}
+    status = np.zeros(len(STATUSES), dtype=np.int64)
+    unknown: set[int] = set()
+    for i, region in enumerate(candidates):
+        cells = region_cells(int(region), settings.resolution)
+        lat, lon = cell_centres(cells)
+        if settings.bbox is not None:
+            inside = _in_bbox(lat, lon, settings.bbox)
+            if not inside.any():
+                continue
+        samples = sample_windows(blocks, info, legend, cells, lat, lon, settings.window_size,
+                                 settings.min_valid_fraction, flag_unknown=settings.unknown_classes == "flag")
+        unknown.update(int(v) for v in samples.unknown_values)
+        foreground = has_foreground(samples, legend, settings.background_classes)
+        if settings.bbox is not None:
+            foreground &= inside
+        if foreground.any():
+            kept.append(int(region))
+            cells_per_region[region_key(int(region))] = len(cells)
+            status += np.bincount(samples.status, minlength=len(STATUSES))
+        if progress and (i + 1) % 50 == 0:
+            progress(i + 1, len(candidates), len(kept))
+    if unknown and settings.unknown_classes == "error":
+        raise RasterInputError(
+            f"raster {info.location!r} holds values {sorted(unknown)[:20]} that are not in the legend "
+            f"(classes {legend.values.tolist()}); fix the legend, or set unknown_classes: flag to keep those "
+            "cells with status 'unknown_class'"
+        )
+    if not kept:
+        raise RasterInputError(
+            f"raster {info.location!r} covers no H3 cell (resolution {settings.resolution}) with valid, "
+            f"non-background data within {info_bounds_text(bounds)}"
+        )
+    return Stencil(
+        regions=np.array(kept, dtype=np.uint64),
+        cells_per_region=cells_per_region,
+        candidates=len(candidates),
+        status_counts={name: int(n) for name, n in zip(STATUSES, status)},
+        seconds=time.perf_counter() - start,
+        unknown_values=sorted(unknown),
+    )
+
+
+def _in_bbox(lat: np.ndarray, lon: np.ndarray, bbox: tuple[float, float, float, float]) -> np.ndarray:
+    west, south, east, north = bbox
+    in_lon = (lon >= west) & (lon <= east) if west <= east else (lon >= west) | (lon <= east)
+    return in_lon & (lat >= south) & (lat <= north)

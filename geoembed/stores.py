@@ -1,0 +1,217 @@
+"""Zarr formats: per-region land-cover samples and the H3-indexed embedding product.
+
+The product store is one Zarr v3 group that ``xr.open_zarr`` opens for the whole product and
+xdggs decodes (``cell_ids`` carries exactly ``{"grid_name": "h3", "level": res}``). Each region
+owns chunk-aligned rows (see ``ProductLayout``), so partitions are written with xarray region
+writes that never touch each other's chunks; the few that share a chunk take the store's lock.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+import warnings
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import dask.array as da
+import numpy as np
+import xarray as xr
+import zarr
+from filelock import FileLock
+
+from geoembed.grid import ProductLayout
+from geoembed.sampling import EMBEDDED, STATUSES, Legend, WindowSamples
+
+NOT_COMPUTED = 255
+# Variable-length UTF-8 (Zarr v3 "string"): fixed-width UTF-32 has no v3 spec other readers follow.
+VERSION_DTYPE = object
+
+
+def h3_coordinate(cells: np.ndarray, resolution: int) -> tuple:
+    # xdggs rejects any other attribute on this coordinate.
+    return ("cells", np.asarray(cells, dtype=np.uint64), {"grid_name": "h3", "level": int(resolution)})
+
+
+@contextmanager
+def store_lock(path: str | os.PathLike[str]) -> Iterator[None]:
+    """An exclusive lock for read-modify-write steps on a store (attributes, shared chunks)."""
+    lock_path = Path(f"{os.fspath(path).rstrip('/')}.lock")
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(lock_path)):
+        yield
+
+
+def replace_directory(tmp: Path, final: Path) -> None:
+    """Swap a freshly written directory into place; the old one is kept until the new one is there."""
+    old = final.with_name(f".{final.name}.old-{uuid.uuid4().hex[:8]}")
+    if final.exists():
+        os.replace(final, old)
+    os.replace(tmp, final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Samples (one store per region partition)
+# ---------------------------------------------------------------------------------------------
+
+
+def samples_dataset(samples: WindowSamples, legend: Legend, resolution: int, attrs: dict) -> xr.Dataset:
+    return xr.Dataset(
+        {
+            "windows": (("cells", "y", "x"), samples.windows),
+            "fractions": (("cells", "class"), samples.fractions),
+            "valid_fraction": (("cells",), samples.valid_fraction),
+            "status": (("cells",), samples.status),
+            "dominant_class": (("cells",), samples.dominant),
+        },
+        coords={
+            "cell_ids": h3_coordinate(samples.cells, resolution),
+            "class": ("class", legend.values),
+            "class_name": ("class", np.array(legend.names, dtype=str)),
+        },
+        attrs={
+            **attrs,
+            "statuses": list(STATUSES),
+            "embedded_statuses": [STATUSES[i] for i in EMBEDDED],
+            "nodata_class_index": legend.nodata_index,
+        },
+    )
+
+
+def write_samples(path: str | os.PathLike[str], ds: xr.Dataset) -> None:
+    """Write a region's samples; a re-run replaces the previous store only once the new one is complete."""
+    final = Path(path)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.with_name(f".{final.name}.tmp-{uuid.uuid4().hex[:8]}")
+    ds.to_zarr(tmp, mode="w", zarr_format=3, consolidated=False)
+    replace_directory(tmp, final)
+
+
+def open_samples(path: str | os.PathLike[str]) -> xr.Dataset:
+    if not Path(path).exists():
+        raise FileNotFoundError(f"samples store {os.fspath(path)!r} does not exist; materialize the samples first")
+    return xr.open_zarr(path, consolidated=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# Embedding product (one store for the whole product)
+# ---------------------------------------------------------------------------------------------
+
+
+def _template(layout: ProductLayout, dim: int, attrs: dict) -> xr.Dataset:
+    n, slot = layout.n_rows, layout.slot
+    return xr.Dataset(
+        {
+            "embedding": (("cells", "embedding_dim"), da.full((n, dim), np.nan, dtype="f4", chunks=(slot, dim))),
+            "status": (("cells",), da.full((n,), NOT_COMPUTED, dtype="u1", chunks=(slot,))),
+            "model_version": (("cells",), da.full((n,), "", dtype=VERSION_DTYPE, chunks=(slot,))),
+            "source_version": (("cells",), da.full((n,), "", dtype=VERSION_DTYPE, chunks=(slot,))),
+        },
+        coords={"cell_ids": h3_coordinate(layout.all_cells(), layout.resolution)},
+        attrs={
+            **attrs,
+            "resolution": layout.resolution,
+            "region_resolution": layout.region_res,
+            "regions": [f"{int(r):x}" for r in layout.regions],
+            "statuses": {**{str(i): s for i, s in enumerate(STATUSES)}, str(NOT_COMPUTED): "not_computed"},
+            "embedded_statuses": [STATUSES[i] for i in EMBEDDED],
+            "embedding": json.dumps(
+                {"dim": dim, "dtype": "float32", "normalisation": "L2 (unit norm)", "quantisation": "none"}
+            ),
+            "model_versions": [],
+            "source_versions": [],
+        },
+    )
+
+
+_ENCODING = {
+    "embedding": {"fill_value": np.nan},
+    "status": {"fill_value": NOT_COMPUTED},
+    "model_version": {"fill_value": ""},
+    "source_version": {"fill_value": ""},
+}
+
+
+def ensure_product_store(path: str | os.PathLike[str], layout: ProductLayout, dim: int, attrs: dict) -> bool:
+    """Create the product store for a layout, or migrate an existing one whose regions changed.
+
+    Rows of regions present in both layouts are carried over, so nothing materialized is lost.
+    Returns True if the store was (re)written."""
+    final = Path(path)
+    with store_lock(final):
+        previous = None
+        if final.exists():
+            previous = xr.open_zarr(final, consolidated=False)
+            same_regions = previous.attrs.get("regions") == [f"{int(r):x}" for r in layout.regions]
+            same_grid = previous.attrs.get("resolution") == layout.resolution
+            if same_regions and same_grid and previous.sizes.get("embedding_dim") == dim:
+                return False
+        tmp = final.with_name(f".{final.name}.tmp-{uuid.uuid4().hex[:8]}")
+        with warnings.catch_warnings():
+            # xarray computes the (tiny, constant) string templates to pick their dtype; that is intended.
+            warnings.filterwarnings("ignore", message=".*dtype=object.*", category=xr.SerializationWarning)
+            _template(layout, dim, attrs).to_zarr(tmp, compute=False, mode="w", zarr_format=3,
+                                                  consolidated=False, encoding=_ENCODING)
+        if previous is not None and previous.sizes.get("embedding_dim") == dim and same_grid:
+            _carry_over(previous, tmp, layout)
+        replace_directory(tmp, final)
+        return True
+
+
+def _carry_over(previous: xr.Dataset, new_path: Path, layout: ProductLayout) -> None:
+    old_regions = [int(r, 16) for r in previous.attrs.get("regions", [])]
+    old_layout = ProductLayout.build(np.array(old_regions, dtype=np.uint64), int(previous.attrs["resolution"]),
+                                     int(previous.attrs["region_resolution"]))
+    for region in set(old_regions) & {int(r) for r in layout.regions}:
+        old_rows = old_layout.rows_of(region)
+        part = previous[["embedding", "status", "model_version", "source_version"]].isel(cells=old_rows).load()
+        part.drop_vars("cell_ids").to_zarr(new_path, region={"cells": layout.rows_of(region)}, zarr_format=3,
+                                           consolidated=False, safe_chunks=False)
+    group = zarr.open_group(new_path, mode="r+")
+    group.attrs.update({k: previous.attrs.get(k, []) for k in ("model_versions", "source_versions")})
+
+
+def write_product_region(
+    path: str | os.PathLike[str],
+    layout: ProductLayout,
+    region: int,
+    embedding: np.ndarray,
+    status: np.ndarray,
+    model_version: str,
+    source_version: str,
+) -> None:
+    """Replace one region's rows (embeddings, statuses, lineage) in the product store."""
+    rows = layout.rows_of(region)
+    n = rows.stop - rows.start
+    if embedding.shape[0] != n or status.shape[0] != n:
+        raise ValueError(f"region {region:x}: expected {n} rows, got {embedding.shape[0]} embeddings")
+    part = xr.Dataset(
+        {
+            "embedding": (("cells", "embedding_dim"), embedding.astype(np.float32)),
+            "status": (("cells",), status.astype(np.uint8)),
+            "model_version": (("cells",), np.full(n, model_version, dtype=VERSION_DTYPE)),
+            "source_version": (("cells",), np.full(n, source_version, dtype=VERSION_DTYPE)),
+        }
+    )
+    kwargs = dict(region={"cells": rows}, zarr_format=3, consolidated=False, safe_chunks=False)
+    if layout.shares_chunk(region):
+        with store_lock(path):
+            part.to_zarr(path, **kwargs)
+    else:
+        part.to_zarr(path, **kwargs)
+    with store_lock(path):
+        group = zarr.open_group(path, mode="r+")
+        for key, value in (("model_versions", model_version), ("source_versions", source_version)):
+            seen = list(group.attrs.get(key, []))
+            if value not in seen:
+                group.attrs[key] = seen + [value]
+
+
+def open_product(path: str | os.PathLike[str]) -> xr.Dataset:
+    if not Path(path).exists():
+        raise FileNotFoundError(f"embedding store {os.fspath(path)!r} does not exist; materialize the regions first")
+    return xr.open_zarr(path, consolidated=False)

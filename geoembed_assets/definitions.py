@@ -1,0 +1,44 @@
+"""The geoembed code location: one asset graph per configured product, plus shared resources.
+
+Products come from the YAML files named in GEOEMBED_PRODUCT (comma-separated); by default the
+global MODIS product (products/modis_global.yaml). Outputs go under GEOEMBED_DATA_DIR (default ./data).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import dagster as dg
+
+from geoembed.settings import ProductSettings, load_settings, product_files_from_env
+from geoembed_assets.product import ProductAssets, build_product
+from geoembed_resources import InferenceDevice, ProductStorage, RasterReader
+
+DATA_DIR_ENV_VAR = "GEOEMBED_DATA_DIR"
+
+
+def default_resources() -> dict[str, dg.ConfigurableResource]:
+    return {
+        "raster_reader": RasterReader(),
+        "storage": ProductStorage(root=os.environ.get(DATA_DIR_ENV_VAR, str(Path.cwd() / "data"))),
+        "inference_device": InferenceDevice(),
+    }
+
+
+def build_definitions(products: list[ProductSettings], resources: dict | None = None) -> dg.Definitions:
+    names = [p.name for p in products]
+    if len(set(names)) != len(names):
+        raise ValueError(f"product names must be unique, got {names}")
+    built: list[ProductAssets] = [build_product(p) for p in products]
+    return dg.Definitions.merge(
+        *[b.definitions for b in built],
+        dg.Definitions(resources=resources if resources is not None else default_resources()),
+    )
+
+
+def _load() -> dg.Definitions:
+    return build_definitions([load_settings(path) for path in product_files_from_env()])
+
+
+defs = _load()

@@ -1,0 +1,444 @@
+"""The asset graph of one embedding product.
+
+    landcover_source (observable) -> h3_regions -> landcover_samples [region] -> embedding_model
+                                                          \\--------------------> cell_embeddings [region] -> embedding_map
+
+Assets are thin: the logic lives in ``geoembed`` and every read or write goes through a resource.
+"""
+
+
+import json
+import time
+from dataclasses import dataclass
+
+import dagster as dg
+import numpy as np
+from pydantic import Field
+
+from geoembed import model as encoder
+from geoembed.evaluation import knn_balanced_accuracy, pca_features, split_regions
+from geoembed.grid import ProductLayout, cell_centres, parse_region_key, region_cells, region_key
+from geoembed.raster import RasterInputError
+from geoembed.render import embedding_map_png, loss_curve_png, markdown_image
+from geoembed.sampling import EMBEDDED, STATUSES, Legend, RasterBlocks, sample_windows
+from geoembed.settings import ProductSettings
+from geoembed.stencil import product_legend, scan_regions
+from geoembed.stores import samples_dataset
+from geoembed_resources import InferenceDevice, ProductStorage, RasterReader
+
+# Partitions materialized per run when a backfill covers many regions.
+PARTITIONS_PER_RUN = 64
+
+
+class TrainingConfig(dg.Config):
+    """Hyper-parameters of the triplet training (run config; defaults suit the global demo)."""
+
+    steps: int = Field(default=1000, ge=1, le=1_000_000)
+    batch_size: int = Field(default=256, ge=2, le=65536)
+    learning_rate: float = Field(default=1e-3, gt=0, le=1.0)
+    margin: float = Field(default=1.0, gt=0, le=2.0, description="Triplet margin (unit vectors: distances <= 2).")
+    positive_rings: int = Field(default=1, ge=1, le=10, description="Positives lie within this many H3 steps.")
+    max_train_cells: int = Field(default=60_000, ge=10)
+    max_eval_cells: int = Field(default=30_000, ge=10)
+    held_out_fraction: float = Field(default=0.2, gt=0, lt=1)
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class ProductAssets:
+    settings: ProductSettings
+    regions: dg.DynamicPartitionsDefinition
+    definitions: dg.Definitions
+    source_key: dg.AssetKey
+
+    def key(self, name: str) -> dg.AssetKey:
+        return dg.AssetKey([self.settings.name, name])
+
+
+def _stencil_state(storage: ProductStorage, product: str) -> dict:
+    return storage.read_json(storage.stencil_path(product), f"the H3 stencil of product {product!r}")
+
+
+def _layout(state: dict, settings: ProductSettings) -> ProductLayout:
+    regions = np.array([int(k, 16) for k in state["regions"]], dtype=np.uint64)
+    return ProductLayout.build(regions, settings.resolution, settings.region_res)
+
+
+def _legend(state: dict) -> Legend:
+    return Legend.from_mapping({int(k): v for k, v in state["legend"].items()})
+
+
+def _checked_keys(context: dg.AssetExecutionContext, settings: ProductSettings, state: dict) -> list[str]:
+    keys = list(context.partition_keys)
+    for key in keys:
+        parse_region_key(key, settings.region_res)
+        if key not in state["cells_per_region"]:
+            raise dg.Failure(
+                f"region {key!r} is not in the current stencil of {settings.name!r}; re-materialize h3_regions"
+            )
+    return keys
+
+
+def build_product(settings: ProductSettings) -> ProductAssets:
+    name = settings.name
+    prefix = [name]
+    group = name
+    regions_partitions = dg.DynamicPartitionsDefinition(name=f"{name}_regions")
+    source_key = dg.AssetKey([name, "landcover_source"])
+    samples_key = dg.AssetKey([name, "landcover_samples"])
+    model_key = dg.AssetKey([name, "embedding_model"])
+    embeddings_key = dg.AssetKey([name, "cell_embeddings"])
+    backfill = dg.BackfillPolicy.multi_run(max_partitions_per_run=PARTITIONS_PER_RUN)
+
+    @dg.observable_source_asset(key=source_key, group_name=group, description=f"Categorical raster {settings.raster}")
+    def landcover_source(raster_reader: RasterReader) -> dg.ObserveResult:
+        location = settings.raster_location
+        info = raster_reader.describe(location, settings.nodata)
+        return dg.ObserveResult(
+            data_version=dg.DataVersion(raster_reader.version(location)),
+            metadata={
+                "location": location,
+                "crs": info.crs.to_string(),
+                "size": f"{info.width} x {info.height}",
+                "nodata": str(info.nodata),
+                "lonlat_bounds": str([round(v, 5) for v in info.lonlat_bounds()]),
+            },
+        )
+
+    @dg.asset(
+        key=dg.AssetKey([name, "h3_regions"]),
+        deps=[source_key],
+        group_name=group,
+        code_version="1",
+        kinds={"h3", "python"},
+    )
+    def h3_regions(context: dg.AssetExecutionContext, raster_reader: RasterReader, storage: ProductStorage):
+        """The H3 stencil: coarse regions holding valid, non-background data. Each becomes a partition
+        of the samples and embeddings; the embedding Zarr store is laid out (or migrated) for them."""
+        location = settings.raster_location
+        info = raster_reader.describe(location, settings.nodata)
+        legend = product_legend(settings, info)
+        version = raster_reader.version(location)
+        with raster_reader.open(location) as src:
+            stencil = scan_regions(src, info, legend, settings,
+                                   progress=lambda i, n, k: context.log.info(f"stencil: {i}/{n} candidate regions, {k} with data"))
+        keys = [region_key(int(r)) for r in stencil.regions]
+        existing = set(context.instance.get_dynamic_partitions(regions_partitions.name))
+        new_keys = [k for k in keys if k not in existing]
+        if new_keys:
+            context.instance.add_dynamic_partitions(regions_partitions.name, new_keys)
+        layout = ProductLayout.build(stencil.regions, settings.resolution, settings.region_res)
+        storage.ensure_product_store(name, layout, settings.embedding_dim, {
+            "product": name, "raster": settings.raster, "description": f"H3 land-cover embeddings of {settings.raster}",
+            "window_size": settings.window_size, "legend": json.dumps({str(v): n for v, n in zip(legend.values.tolist(), legend.names)}),
+        })
+        state = {
+            "settings": settings.model_dump(mode="json"),
+            "source_version": version,
+            "legend": {str(v): n for v, n in zip(legend.values.tolist(), legend.names)},
+            "regions": keys,
+            "cells_per_region": stencil.cells_per_region,
+        }
+        storage.write_json(storage.stencil_path(name), state)
+        return dg.MaterializeResult(
+            metadata={
+                "regions": len(keys),
+                "new_partitions": len(new_keys),
+                "cells": stencil.n_cells,
+                "candidate_regions": stencil.candidates,
+                "cell_status": dg.MetadataValue.json(stencil.status_counts),
+                "source_version": version,
+                "legend_classes": legend.n_classes,
+                "seconds": round(stencil.seconds, 2),
+                "stencil": dg.MetadataValue.path(str(storage.stencil_path(name))),
+            }
+        )
+
+    @dg.asset(
+        key=samples_key,
+        deps=[source_key, dg.AssetKey([name, "h3_regions"])],
+        partitions_def=regions_partitions,
+        backfill_policy=backfill,
+        group_name=group,
+        code_version="1",
+        kinds={"zarr"},
+    )
+    def landcover_samples(context: dg.AssetExecutionContext, raster_reader: RasterReader, storage: ProductStorage):
+        """Per region: a window of class ids centred on every fine cell (raster CRS and pixels), per-class
+        fractions and a status per cell (edge, nodata, unknown class cells kept with a reason). Zarr."""
+        state = _stencil_state(storage, name)
+        keys = _checked_keys(context, settings, state)
+        location = settings.raster_location
+        info = raster_reader.describe(location, settings.nodata)
+        legend = _legend(state)
+        version = raster_reader.version(location)
+        status_total = np.zeros(len(STATUSES), dtype=np.int64)
+        start, done = time.perf_counter(), 0
+        with raster_reader.open(location) as src:
+            blocks = RasterBlocks(src)
+            for i, key in enumerate(keys):
+                cells = region_cells(parse_region_key(key, settings.region_res), settings.resolution)
+                lat, lon = cell_centres(cells)
+                samples = sample_windows(blocks, info, legend, cells, lat, lon, settings.window_size,
+                                         settings.min_valid_fraction, settings.unknown_classes == "flag")
+                if len(samples.unknown_values) and settings.unknown_classes == "error":
+                    raise RasterInputError(
+                        f"raster {location!r}: region {key} holds values {samples.unknown_values.tolist()} "
+                        f"that are not in the legend; nothing was written for this region"
+                    )
+                ds = samples_dataset(samples, legend, settings.resolution, {
+                    "product": name, "region": key, "source_version": version, "raster": settings.raster,
+                    "window_size": settings.window_size,
+                })
+                storage.write_samples(name, key, ds)
+                status_total += np.bincount(samples.status, minlength=len(STATUSES))
+                done += len(cells)
+                rate = done / max(time.perf_counter() - start, 1e-9)
+                context.log.info(f"samples: region {key} ({i + 1}/{len(keys)}), {done:,} cells, {rate:,.0f} cells/s")
+        return dg.MaterializeResult(
+            metadata={
+                "regions": len(keys),
+                "cells": done,
+                "cell_status": dg.MetadataValue.json({s: int(n) for s, n in zip(STATUSES, status_total)}),
+                "cells_per_second": round(done / max(time.perf_counter() - start, 1e-9), 1),
+                "source_version": version,
+            }
+        )
+
+    @dg.asset(
+        key=model_key,
+        deps=[samples_key],
+        group_name=group,
+        code_version="1",
+        kinds={"pytorch"},
+    )
+    def embedding_model(context: dg.AssetExecutionContext, config: TrainingConfig, storage: ProductStorage):
+        """Self-supervised CNN trained with a triplet loss (anchor; positive = a nearby cell; negative =
+        a cell of another region) on samples from many regions. L2-normalised output. Saved with its
+        hyper-parameters, loss curve, held-out quality, content-hash version and a TorchScript export."""
+        import torch
+
+        state = _stencil_state(storage, name)
+        split = split_regions(np.array([int(k, 16) for k in state["regions"]], dtype=np.uint64),
+                              config.held_out_fraction, config.seed)
+        data = _load_training_samples(storage, name, state, split, config)
+        context.log.info(
+            f"training on {len(data.train_rows):,} cells of {len(split.train)} regions; "
+            f"{len(data.eval_test):,} held-out cells of {len(split.held_out)} regions"
+        )
+        spec = encoder.EncoderSpec(n_tokens=len(state["legend"]) + 1, window_size=settings.window_size,
+                                   embedding_dim=settings.embedding_dim)
+        untrained = encoder.build_encoder(spec, config.seed)
+        model = encoder.build_encoder(spec, config.seed)
+        sampler = encoder.TripletSampler(data.cells[data.train_rows], data.regions[data.train_rows],
+                                         config.positive_rings, config.seed)
+        result = encoder.train_triplet(
+            model, data.windows[data.train_rows], sampler, config.steps, config.batch_size, config.learning_rate,
+            config.margin, config.seed,
+            progress=lambda step, loss: context.log.info(f"training: step {step}/{config.steps}, loss {loss:.4f}"),
+        )
+        version = encoder.model_version(model)
+        quality = _quality(data, model, untrained, settings.embedding_dim)
+        context.log.info(f"model {version}: held-out kNN balanced accuracy {quality}")
+        hyper = {**config.model_dump(), **json.loads(spec.to_json())}
+        metrics = {
+            "model_version": version, "product": name, "source_version": state["source_version"],
+            "hyper_parameters": hyper, "losses": result.losses, "training_seconds": result.seconds,
+            "train_cells": int(len(data.train_rows)), "train_regions": len(split.train),
+            "held_out_regions": [region_key(int(r)) for r in split.held_out], "quality_knn5_balanced_accuracy": quality,
+            "macs_per_cell": encoder.flops_per_cell(spec), "torch": torch.__version__,
+        }
+        folder = storage.model_dir(name, version)
+        storage.write_bytes(folder / "checkpoint.pt", encoder.save_checkpoint(model, {"metrics": metrics}))
+        storage.write_bytes(folder / "encoder.torchscript.pt", encoder.export_torchscript(model))
+        loss_png = loss_curve_png(result.losses, f"{name}: triplet loss, model {version}")
+        storage.write_bytes(folder / "loss_curve.png", loss_png)
+        storage.write_json(folder / "metrics.json", metrics)
+        storage.write_json(storage.current_model_path(name), {"model_version": version, "folder": str(folder)})
+        return dg.MaterializeResult(
+            data_version=dg.DataVersion(version),
+            metadata={
+                "model_version": version,
+                "source_version": state["source_version"],
+                "hyper_parameters": dg.MetadataValue.json(hyper),
+                "quality_knn5_balanced_accuracy": dg.MetadataValue.md(_quality_table(quality)),
+                "trained_beats_untrained": bool(quality.get("trained", 0) > quality.get("untrained", 0)),
+                "final_loss": float(np.mean(result.losses[-max(1, len(result.losses) // 20):])),
+                "loss_curve": dg.MetadataValue.md(markdown_image(loss_png, "triplet loss")),
+                "training_seconds": round(result.seconds, 1),
+                "train_cells": int(len(data.train_rows)),
+                "checkpoint": dg.MetadataValue.path(str(folder / "checkpoint.pt")),
+                "torchscript": dg.MetadataValue.path(str(folder / "encoder.torchscript.pt")),
+            },
+        )
+
+    embedding_checks = [
+        dg.AssetCheckSpec("every_valid_cell_embedded", asset=embeddings_key,
+                          description="Every cell whose window has enough valid pixels has an embedding."),
+        dg.AssetCheckSpec("no_nan", asset=embeddings_key, description="No embedded cell has a NaN component."),
+        dg.AssetCheckSpec("unit_norm", asset=embeddings_key, description="Every embedding has norm 1 (+-1e-3)."),
+    ]
+
+    @dg.asset(
+        key=embeddings_key,
+        deps=[samples_key, model_key],
+        partitions_def=regions_partitions,
+        backfill_policy=backfill,
+        pool="gpu",
+        group_name=group,
+        code_version="1",
+        kinds={"pytorch", "zarr"},
+        check_specs=embedding_checks,
+    )
+    def cell_embeddings(context: dg.AssetExecutionContext, inference_device: InferenceDevice, storage: ProductStorage):
+        """Per region: the model's embedding of every valid cell, written to the product's H3-indexed
+        Zarr store (one store for the product; xarray opens it in one call, xdggs decodes it), with the
+        model version and source data version of each row."""
+        state = _stencil_state(storage, name)
+        keys = _checked_keys(context, settings, state)
+        current = storage.read_json(storage.current_model_path(name), f"the embedding model of {name!r}")
+        folder = storage.model_dir(name, current["model_version"])
+        model, extra = encoder.load_checkpoint((folder / "checkpoint.pt").read_bytes())
+        version = current["model_version"]
+        layout = _layout(state, settings)
+        device = inference_device.describe()
+        missing = nan = off_norm = 0
+        start, done, embedded_total = time.perf_counter(), 0, 0
+        for i, key in enumerate(keys):
+            samples = storage.open_samples(name, key).load()
+            status = samples["status"].values
+            embedded = np.isin(status, EMBEDDED)
+            vectors = np.full((len(status), settings.embedding_dim), np.nan, dtype=np.float32)
+            if embedded.any():
+                vectors[embedded] = inference_device.embed(model, samples["windows"].values[embedded])
+            norms = np.linalg.norm(vectors[embedded], axis=1)
+            missing += int(np.isnan(vectors[embedded]).all(axis=1).sum())
+            nan += int(np.isnan(vectors[embedded]).any(axis=1).sum())
+            off_norm += int((np.abs(norms - 1) > 1e-3).sum())
+            storage.write_product_region(name, layout, parse_region_key(key, settings.region_res), embedding=vectors,
+                                         status=status, model_version=version,
+                                         source_version=samples.attrs["source_version"])
+            done += len(status)
+            embedded_total += int(embedded.sum())
+            rate = embedded_total / max(time.perf_counter() - start, 1e-9)
+            context.log.info(f"embeddings: region {key} ({i + 1}/{len(keys)}), {done:,} cells, {rate:,.0f} cells/s on {device}")
+        return dg.MaterializeResult(
+            metadata={
+                "model_version": version,
+                "source_version": samples.attrs["source_version"] if keys else "",
+                "regions": len(keys),
+                "cells": done,
+                "embedded_cells": embedded_total,
+                "cells_per_second": round(embedded_total / max(time.perf_counter() - start, 1e-9), 1),
+                "device": device,
+                "store": dg.MetadataValue.path(str(storage.embeddings_path(name))),
+            },
+            check_results=[
+                dg.AssetCheckResult(check_name="every_valid_cell_embedded", passed=missing == 0,
+                                    metadata={"valid_cells_without_embedding": missing}),
+                dg.AssetCheckResult(check_name="no_nan", passed=nan == 0, metadata={"cells_with_nan": nan}),
+                dg.AssetCheckResult(check_name="unit_norm", passed=off_norm == 0,
+                                    metadata={"cells_off_unit_norm": off_norm}),
+            ],
+        )
+
+    @dg.asset(
+        key=dg.AssetKey([name, "embedding_map"]),
+        deps=[embeddings_key],
+        group_name=group,
+        code_version="1",
+        kinds={"matplotlib"},
+    )
+    def embedding_map(context: dg.AssetExecutionContext, storage: ProductStorage):
+        """The embeddings of every materialized cell projected to 3 principal components, drawn as an RGB map."""
+        ds = storage.open_product(name)
+        status = ds["status"].values
+        rows = np.isin(status, EMBEDDED)
+        cells = ds["cell_ids"].values[rows]
+        vectors = ds["embedding"].values[rows]
+        versions = sorted(set(ds["model_version"].values[rows].tolist()))
+        png = embedding_map_png(cells, vectors, f"{name}: {len(cells):,} cells, PCA of embeddings as RGB "
+                                                f"(model {', '.join(versions)})")
+        path = storage.picture_path(name, "embedding_map.png")
+        storage.write_bytes(path, png)
+        return dg.MaterializeResult(
+            metadata={
+                "map": dg.MetadataValue.md(markdown_image(png, "embedding map")),
+                "cells": int(len(cells)),
+                "model_versions": ", ".join(versions),
+                "path": dg.MetadataValue.path(str(path)),
+            }
+        )
+
+    observe_job = dg.define_asset_job(f"{name}_observe_source", selection=dg.AssetSelection.assets(source_key))
+    definitions = dg.Definitions(
+        assets=[landcover_source, h3_regions, landcover_samples, embedding_model, cell_embeddings, embedding_map],
+        jobs=[observe_job],
+    )
+    return ProductAssets(settings, regions_partitions, definitions, source_key)
+
+
+@dataclass
+class TrainingSamples:
+    cells: np.ndarray
+    regions: np.ndarray
+    windows: np.ndarray
+    fractions: np.ndarray
+    dominant: np.ndarray
+    train_rows: np.ndarray
+    eval_train: np.ndarray
+    eval_test: np.ndarray
+
+
+def _load_training_samples(storage: ProductStorage, name: str, state: dict, split, config: TrainingConfig) -> TrainingSamples:
+    """Embeddable cells of every materialized region, with row subsets for training and evaluation."""
+    parts = {"cells": [], "regions": [], "windows": [], "fractions": [], "dominant": []}
+    missing = []
+    for key in state["regions"]:
+        path = storage.samples_path(name, key)
+        if not path.exists():
+            missing.append(key)
+            continue
+        ds = storage.open_samples(name, key)
+        keep = np.isin(ds["status"].values, EMBEDDED)
+        parts["cells"].append(ds["cell_ids"].values[keep])
+        parts["regions"].append(np.full(int(keep.sum()), int(key, 16), dtype=np.uint64))
+        parts["windows"].append(ds["windows"].values[keep])
+        parts["fractions"].append(ds["fractions"].values[keep])
+        parts["dominant"].append(ds["dominant_class"].values[keep])
+    if not parts["cells"]:
+        raise dg.Failure(f"no land-cover samples of product {name!r} are materialized; materialize landcover_samples first")
+    data = {k: np.concatenate(v) for k, v in parts.items()}
+    rng = np.random.default_rng(config.seed)
+    in_train = np.isin(data["regions"], split.train)
+    train_pool = np.nonzero(in_train)[0]
+    test_pool = np.nonzero(~in_train)[0]
+    if len(test_pool) == 0:  # a single region: evaluate on training regions (reported as such)
+        test_pool = train_pool
+
+    def pick(pool: np.ndarray, n: int) -> np.ndarray:
+        return np.sort(rng.choice(pool, size=min(n, len(pool)), replace=False))
+
+    return TrainingSamples(**data, train_rows=pick(train_pool, config.max_train_cells),
+                           eval_train=pick(train_pool, config.max_eval_cells),
+                           eval_test=pick(test_pool, config.max_eval_cells))
+
+
+def _quality(data: TrainingSamples, model, untrained, dim: int) -> dict[str, float]:
+    import torch
+
+    device = torch.device("cpu")
+    tr, te = data.eval_train, data.eval_test
+    y_tr, y_te = data.dominant[tr], data.dominant[te]
+    scores = {}
+    for label, net in (("trained", model), ("untrained", untrained)):
+        scores[label] = knn_balanced_accuracy(encoder.embed(net, data.windows[tr], device, 4096, False), y_tr,
+                                              encoder.embed(net, data.windows[te], device, 4096, False), y_te)
+    p_tr, p_te = pca_features(data.fractions[tr], data.fractions[te], dim)
+    scores["pca_of_class_fractions"] = knn_balanced_accuracy(p_tr, y_tr, p_te, y_te)
+    return {k: round(v, 4) for k, v in scores.items()}
+
+
+def _quality_table(quality: dict[str, float]) -> str:
+    rows = "\n".join(f"| {k} | {v:.4f} |" for k, v in quality.items())
+    return "kNN (k=5) balanced accuracy of the dominant class on held-out regions\n\n| features | score |\n|---|---|\n" + rows

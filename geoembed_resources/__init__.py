@@ -1,0 +1,7 @@
+"""Dagster resources: the only code that touches external systems (files, object stores, devices)."""
+
+from geoembed_resources.compute import InferenceDevice
+from geoembed_resources.rasters import RasterReader
+from geoembed_resources.storage import ProductStorage
+
+__all__ = ["InferenceDevice", "ProductStorage", "RasterReader"]

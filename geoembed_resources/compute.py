@@ -1,0 +1,46 @@
+"""The inference device: a GPU when there is one (bf16 autocast where supported), else the CPU."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import dagster as dg
+import numpy as np
+import torch
+from pydantic import Field
+
+from geoembed.model import embed
+
+
+class InferenceDevice(dg.ConfigurableResource):
+    """Where model inference runs. Inference steps also sit in the Dagster pool ``gpu``."""
+
+    device: Literal["auto", "cuda", "cpu"] = Field(default="auto", description="auto: CUDA if available.")
+    batch_size: int = Field(default=4096, ge=1, description="Cells per forward pass.")
+    bf16: bool = Field(default=True, description="bf16 autocast on GPUs that support it (float32 on CPU).")
+    cpu_threads: int | None = Field(default=None, ge=1, description="torch threads on CPU (default: torch's).")
+
+    def torch_device(self) -> torch.device:
+        if self.device == "cuda" and not torch.cuda.is_available():
+            raise RuntimeError("InferenceDevice: device 'cuda' was requested but torch sees no CUDA GPU")
+        if self.device == "cpu" or (self.device == "auto" and not torch.cuda.is_available()):
+            return torch.device("cpu")
+        return torch.device("cuda")
+
+    def uses_bf16(self, device: torch.device) -> bool:
+        return self.bf16 and device.type == "cuda" and torch.cuda.is_bf16_supported()
+
+    def describe(self) -> str:
+        device = self.torch_device()
+        if device.type == "cuda":
+            return f"cuda:{torch.cuda.get_device_name(device)}{' bf16' if self.uses_bf16(device) else ''}"
+        return f"cpu ({torch.get_num_threads()} threads)"
+
+    def embed(self, model: torch.nn.Module, windows: np.ndarray) -> np.ndarray:
+        device = self.torch_device()
+        if device.type == "cpu" and self.cpu_threads:
+            torch.set_num_threads(self.cpu_threads)
+        model = model.to(device)
+        if device.type == "cuda":
+            model = model.to(memory_format=torch.channels_last)
+        return embed(model, windows, device, self.batch_size, self.uses_bf16(device))

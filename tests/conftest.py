@@ -1,0 +1,70 @@
+"""Shared fixtures: real data from ../shared/data (skipped with a reason when absent) and small
+generated rasters for the cases real data does not cover (global grids, bad inputs)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+from rasterio.transform import from_origin
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED_DATA = Path(os.environ.get("GEOEMBED_SHARED_DATA", REPO.parent / "shared" / "data"))
+LANDCOVER = SHARED_DATA / "landcover"
+
+
+def shared_file(name: str) -> Path:
+    path = LANDCOVER / name
+    if not path.exists():
+        pytest.skip(f"real data {path} is absent (../shared/data is not beside this checkout)")
+    return path
+
+
+@pytest.fixture
+def nlcd_zion() -> Path:
+    return shared_file("nlcd2011_zion.tif")
+
+
+@pytest.fixture
+def worldcover_2020() -> Path:
+    return shared_file("ESA_WorldCover_10m_2020_v100_N00E006_Map.tif")
+
+
+def write_raster(path: Path, data: np.ndarray, transform, crs: str | None = "EPSG:4326", nodata=None, **tags) -> Path:
+    data = data if data.ndim == 3 else data[None]
+    profile = dict(driver="GTiff", width=data.shape[2], height=data.shape[1], count=data.shape[0],
+                   dtype=data.dtype, transform=transform, nodata=nodata)
+    if crs:
+        profile["crs"] = crs
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(data)
+        if tags:
+            dst.update_tags(**tags)
+    return path
+
+
+@pytest.fixture
+def global_raster(tmp_path: Path) -> Path:
+    """A global 1-degree lon/lat raster; class = (row % 10) * 10 + (col % 10): every pixel says where it is."""
+    rows, cols = np.mgrid[0:180, 0:360]
+    data = ((rows % 10) * 10 + (cols % 10)).astype(np.uint8)
+    return write_raster(tmp_path / "global.tif", data, from_origin(-180, 90, 1, 1))
+
+
+@pytest.fixture
+def small_product_yaml(tmp_path: Path):
+    """Write a product settings file; keyword arguments override the defaults."""
+
+    def make(**overrides) -> Path:
+        import yaml
+
+        settings = {"name": "test_product", "resolution": 4, "region_resolution": 2, "window_size": 8,
+                    "embedding_dim": 8, **overrides}
+        path = tmp_path / f"{settings['name']}.yaml"
+        path.write_text(yaml.safe_dump(settings))
+        return path
+
+    return make

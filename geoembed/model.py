@@ -44,8 +44,7 @@ class LandCoverEncoder(nn.Module):
         self.spec = spec
         w = spec.width
         self.tokens = nn.Embedding(spec.n_tokens, spec.token_dim)
-        pool = max(1, spec.window_size // POOLED_SIZE)
-        self.downsample = nn.AvgPool2d(pool) if pool > 1 else nn.Identity()
+        self.pool = max(1, spec.window_size // POOLED_SIZE)
         self.features = nn.Sequential(
             nn.Conv2d(spec.token_dim, w, 3, stride=2, padding=1, bias=False),
             nn.BatchNorm2d(w),
@@ -61,9 +60,28 @@ class LandCoverEncoder(nn.Module):
         self.head = nn.Linear(2 * w, spec.embedding_dim)
 
     def forward(self, windows: torch.Tensor) -> torch.Tensor:
-        x = self.tokens(windows.long()).permute(0, 3, 1, 2)
-        x = self.features(self.downsample(x)).flatten(1)
+        x = self.embed_tokens(windows.long())
+        x = self.features(x).flatten(1)
         return F.normalize(self.head(x).float(), dim=1)
+
+    def embed_tokens(self, windows: torch.Tensor) -> torch.Tensor:
+        """Token embeddings average-pooled to at most POOLED_SIZE^2: (B, token_dim, H, W).
+
+        Embedding then averaging is linear, so for pooled windows we average one-hot class counts per
+        block (a scatter-add over integer ids) and apply the embedding once per block: the same result
+        as embedding every pixel, without a (B, S, S, token_dim) tensor."""
+        if self.pool == 1:
+            return self.tokens(windows).permute(0, 3, 1, 2)
+        b, s, _ = windows.shape
+        p, n = self.pool, self.spec.n_tokens
+        h = s // p
+        rows = torch.arange(s, device=windows.device) // p
+        block = (rows[:, None] * h + rows[None, :]).reshape(1, -1)
+        index = block * n + windows.reshape(b, -1)
+        counts = torch.zeros(b, h * h * n, device=windows.device, dtype=self.tokens.weight.dtype)
+        counts.scatter_add_(1, index, torch.ones_like(index, dtype=counts.dtype))
+        fractions = counts.reshape(b, h, h, n) / float(p * p)
+        return (fractions @ self.tokens.weight).permute(0, 3, 1, 2)
 
 
 def build_encoder(spec: EncoderSpec, seed: int) -> LandCoverEncoder:

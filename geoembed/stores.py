@@ -71,7 +71,7 @@ def samples_dataset(samples: WindowSamples, legend: Legend, resolution: int, att
         coords={
             "cell_ids": h3_coordinate(samples.cells, resolution),
             "class": ("class", legend.values),
-            "class_name": ("class", np.array(legend.names, dtype=str)),
+            "class_name": ("class", np.array(legend.names, dtype=object)),
         },
         attrs={
             **attrs,

@@ -211,6 +211,10 @@ def build_product(settings: ProductSettings) -> ProductAssets:
         group_name=group,
         code_version="1",
         kinds={"pytorch"},
+        check_specs=[dg.AssetCheckSpec(
+            "beats_untrained_baseline", asset=model_key,
+            description="Held-out kNN balanced accuracy of the trained model exceeds the same network untrained.",
+        )],
     )
     def embedding_model(context: dg.AssetExecutionContext, config: TrainingConfig, storage: ProductStorage):
         """Self-supervised CNN trained with a triplet loss (anchor; positive = a nearby cell; negative =
@@ -255,14 +259,20 @@ def build_product(settings: ProductSettings) -> ProductAssets:
         storage.write_bytes(folder / "loss_curve.png", loss_png)
         storage.write_json(folder / "metrics.json", metrics)
         storage.write_json(storage.current_model_path(name), {"model_version": version, "folder": str(folder)})
+        beats = bool(quality["trained"] > quality["untrained"])
         return dg.MaterializeResult(
             data_version=dg.DataVersion(version),
+            check_results=[dg.AssetCheckResult(
+                check_name="beats_untrained_baseline", passed=beats, severity=dg.AssetCheckSeverity.WARN,
+                metadata={"trained": quality["trained"], "untrained": quality["untrained"],
+                          "held_out_regions": len(split.held_out)},
+            )],
             metadata={
                 "model_version": version,
                 "source_version": state["source_version"],
                 "hyper_parameters": dg.MetadataValue.json(hyper),
                 "quality_knn5_balanced_accuracy": dg.MetadataValue.md(_quality_table(quality)),
-                "trained_beats_untrained": bool(quality.get("trained", 0) > quality.get("untrained", 0)),
+                "trained_beats_untrained": beats,
                 "final_loss": float(np.mean(result.losses[-max(1, len(result.losses) // 20):])),
                 "loss_curve": dg.MetadataValue.md(markdown_image(loss_png, "triplet loss")),
                 "training_seconds": round(result.seconds, 1),

@@ -98,7 +98,7 @@ def materialize_product(
         return result
 
     started = time.perf_counter()
-    defs.get_job_def(f"{name}_observe_source").execute_in_process(instance=instance, run_config=LOG_CONFIG)
+    defs.resolve_job_def(f"{name}_observe_source").execute_in_process(instance=instance, run_config=LOG_CONFIG)
     summary.steps.append(StepTiming("observe source", time.perf_counter() - started))
 
     regions_meta = _metadata(run("stencil", [key("h3_regions")]), key("h3_regions"))

@@ -32,7 +32,9 @@ def test_asset_graph_snapshot():
     embeddings = graph.get(dg.AssetKey(["nlcd_zion", "cell_embeddings"]))
     assert embeddings.partitions_def.name == "nlcd_zion_regions"
     assert {c.name for c in embeddings.check_keys} == {"every_valid_cell_embedded", "no_nan", "unit_norm"}
-    assert graph.get(dg.AssetKey(["nlcd_zion", "embedding_model"])).partitions_def is None
+    model = graph.get(dg.AssetKey(["nlcd_zion", "embedding_model"]))
+    assert model.partitions_def is None
+    assert {c.name for c in model.check_keys} == {"beats_untrained_baseline"}
 
 
 def test_inference_runs_in_the_gpu_pool():

@@ -9,9 +9,13 @@ from pathlib import Path
 
 from geoembed.grid import PartitionKeyError
 from geoembed.raster import RasterInputError
+from geoembed.search import SearchInputError
 from geoembed.settings import DEFAULT_PRODUCT_FILE, ProductConfigError, load_settings
 
 EXIT_USAGE = 2
+# Errors of the user's input or environment: a message and exit code 2, no traceback.
+INPUT_ERRORS: tuple[type[BaseException], ...] = (ProductConfigError, RasterInputError, PartitionKeyError,
+                                                 SearchInputError, LookupError, ConnectionError)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -44,6 +48,46 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _similar(args: argparse.Namespace) -> int:
+    import json
+
+    from geoembed import search
+    from geoembed.db import latest_model_table
+    from geoembed_resources.postgres import DSN_ENV_VAR, PostgresDatabase
+
+    if (args.cell is None) == (args.lonlat is None):
+        raise search.SearchInputError("give exactly one of --cell or --lonlat")
+    if args.bbox is not None and args.geojson is not None:
+        raise search.SearchInputError("give at most one of --bbox or --geojson")
+    data_dir = Path(args.data_dir or os.environ.get("GEOEMBED_DATA_DIR") or Path.cwd() / "data")
+    database = PostgresDatabase(dsn=os.environ.get(DSN_ENV_VAR) or None, embedded_dir=str(data_dir / "postgres"))
+    cell = search.parse_cell(args.cell) if args.cell is not None else None
+    if args.lonlat is not None:
+        search.cell_at(*args.lonlat, resolution=0)  # range check before touching the database
+    with database.connect() as conn:
+        resolution = latest_model_table(conn, args.product, args.model_version).resolution
+        if cell is None:
+            cell = search.cell_at(args.lonlat[0], args.lonlat[1], resolution)
+        area = None
+        if args.bbox is not None:
+            area = search.bbox_area(args.bbox, resolution)
+        elif args.geojson is not None:
+            area = search.geojson_area(args.geojson, resolution)
+        result = search.similar(conn, args.product, cell, args.k, area, args.model_version)
+    if args.format == "geojson":
+        print(json.dumps(search.to_geojson(result)))
+    elif args.format == "json":
+        print(json.dumps({"query": result.query_cell, "model_version": result.model_version, "plan": result.plan,
+                          "matches": [m.__dict__ | {"cell": m.cell} for m in result.matches]}))
+    else:
+        print(f"# {len(result.matches)} cells most similar to {search.h3.int_to_str(result.query_cell)} "
+              f"({result.table}, plan: {result.plan})")
+        print(f"{'rank':>4}  {'h3':<16} {'distance':>9} {'lon':>11} {'lat':>10}")
+        for rank, m in enumerate(result.matches, start=1):
+            print(f"{rank:>4}  {m.cell:<16} {m.distance:>9.5f} {m.lon:>11.5f} {m.lat:>10.5f}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="geoembed", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -52,9 +96,19 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--data-dir", help="output folder (default: $GEOEMBED_DATA_DIR or ./data)")
     run.add_argument("--dagster-home", help="Dagster instance folder (default: $DAGSTER_HOME or ./.dagster)")
     run.add_argument("--steps", type=int, help="training steps (default: the model asset's default)")
+    sim = sub.add_parser("similar", help="the k places most similar to a cell or a lon/lat, optionally in an area")
+    sim.add_argument("--product", default="modis_global", help="product name (default: modis_global)")
+    sim.add_argument("--cell", help="H3 cell id (hex or integer)")
+    sim.add_argument("--lonlat", nargs=2, type=float, metavar=("LON", "LAT"), help="a point; its cell is the query")
+    sim.add_argument("-k", type=int, default=10, help="number of places (default 10)")
+    sim.add_argument("--bbox", help="only places inside west,south,east,north (degrees)")
+    sim.add_argument("--geojson", help="only places inside a GeoJSON polygon (a file or inline JSON)")
+    sim.add_argument("--model-version", help="model version (default: the newest loaded)")
+    sim.add_argument("--format", choices=["table", "json", "geojson"], default="table")
+    sim.add_argument("--data-dir", help="data folder of the embedded database (default: $GEOEMBED_DATA_DIR or ./data)")
     args = parser.parse_args(argv)
     try:
-        return _run(args)
+        return _similar(args) if args.command == "similar" else _run(args)
     except Exception as exc:  # noqa: BLE001 - input errors get a message, anything else a traceback
         user_error = _input_error(exc)
         if user_error is None:
@@ -67,7 +121,7 @@ def _input_error(exc: BaseException | None) -> BaseException | None:
     """The bad-input error behind an exception (Dagster wraps errors raised inside runs)."""
     seen = 0
     while exc is not None and seen < 10:
-        if isinstance(exc, (ProductConfigError, RasterInputError, PartitionKeyError)):
+        if isinstance(exc, INPUT_ERRORS):
             return exc
         exc = getattr(exc, "user_exception", None) or exc.__cause__
         seen += 1

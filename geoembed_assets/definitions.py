@@ -13,16 +13,22 @@ import dagster as dg
 
 from geoembed.settings import ProductSettings, load_settings, product_files_from_env
 from geoembed_assets.product import ProductAssets, build_product
-from geoembed_resources import InferenceDevice, ProductStorage, RasterReader
+from geoembed_resources import InferenceDevice, PostgresDatabase, ProductStorage, RasterReader
+from geoembed_resources.postgres import DSN_ENV_VAR
 
 DATA_DIR_ENV_VAR = "GEOEMBED_DATA_DIR"
 
 
 def default_resources() -> dict[str, dg.ConfigurableResource]:
+    data_dir = os.environ.get(DATA_DIR_ENV_VAR, str(Path.cwd() / "data"))
+    # An external PostgreSQL when GEOEMBED_PG_DSN is set (credentials stay in the environment),
+    # else the embedded server under the data folder.
+    dsn = dg.EnvVar(DSN_ENV_VAR) if os.environ.get(DSN_ENV_VAR) else None
     return {
         "raster_reader": RasterReader(),
-        "storage": ProductStorage(root=os.environ.get(DATA_DIR_ENV_VAR, str(Path.cwd() / "data"))),
+        "storage": ProductStorage(root=data_dir),
         "inference_device": InferenceDevice(),
+        "database": PostgresDatabase(dsn=dsn, embedded_dir=str(Path(data_dir) / "postgres")),
     }
 
 

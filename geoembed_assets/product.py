@@ -1,7 +1,8 @@
-"""The asset graph of one embedding product.
+"""The asset graph of one embedding product ([region] = partitioned by H3 region):
 
     landcover_source (observable) -> h3_regions -> landcover_samples [region] -> embedding_model
-                                                          \\--------------------> cell_embeddings [region] -> embedding_map
+    landcover_samples [region] + embedding_model -> cell_embeddings [region] -> embedding_map
+    cell_embeddings [region] -> embedding_table [region] (PostgreSQL) -> embedding_index (HNSW)
 
 Assets are thin: the logic lives in ``geoembed`` and every read or write goes through a resource.
 """
@@ -15,6 +16,7 @@ import dagster as dg
 import numpy as np
 from pydantic import Field
 
+from geoembed import db
 from geoembed import model as encoder
 from geoembed.evaluation import knn_balanced_accuracy, pca_features, split_regions
 from geoembed.grid import ProductLayout, cell_centres, parse_region_key, region_cells, region_key
@@ -23,8 +25,9 @@ from geoembed.render import embedding_map_png, loss_curve_png, markdown_image
 from geoembed.sampling import EMBEDDED, STATUSES, Legend, RasterBlocks, sample_windows
 from geoembed.settings import ProductSettings
 from geoembed.stencil import product_legend, scan_regions
-from geoembed.stores import samples_dataset
-from geoembed_resources import InferenceDevice, ProductStorage, RasterReader
+from geoembed.stores import NOT_COMPUTED, samples_dataset
+from geoembed_resources import InferenceDevice, PostgresDatabase, ProductStorage, RasterReader
+from geoembed_resources.postgres import redacted
 
 # Partitions materialized per run when a backfill covers many regions.
 PARTITIONS_PER_RUN = 64
@@ -380,9 +383,89 @@ def build_product(settings: ProductSettings) -> ProductAssets:
             }
         )
 
+    table_key = dg.AssetKey([name, "embedding_table"])
+
+    @dg.asset(
+        key=table_key,
+        deps=[embeddings_key],
+        partitions_def=regions_partitions,
+        backfill_policy=backfill,
+        group_name=group,
+        code_version="1",
+        kinds={"postgres"},
+    )
+    def embedding_table(context: dg.AssetExecutionContext, storage: ProductStorage, database: PostgresDatabase):
+        """Per region: the embedded cells loaded into PostgreSQL (pgvector), one table per model version
+        (geoembed."<product>_<model version>"). A load replaces exactly the region's rows in one
+        transaction (DELETE + binary COPY): re-runs never duplicate, failures keep the previous rows."""
+        state = _stencil_state(storage, name)
+        keys = _checked_keys(context, settings, state)
+        layout = _layout(state, settings)
+        ds = storage.open_product(name)
+        loaded, seconds, tables = 0, 0.0, set()
+        with database.connect() as conn:
+            for i, key in enumerate(keys):
+                region = parse_region_key(key, settings.region_res)
+                part = ds.isel(cells=layout.rows_of(region))
+                status = part["status"].values
+                keep = np.isin(status, EMBEDDED)
+                if (status == NOT_COMPUTED).all():
+                    raise dg.Failure(f"region {key} has no embeddings yet; materialize cell_embeddings first")
+                cells = part["cell_ids"].values[keep]
+                versions = set(part["model_version"].values[keep].tolist()) or {""}
+                if len(versions) != 1:
+                    raise dg.Failure(f"region {key} mixes model versions {sorted(versions)}; re-run cell_embeddings")
+                version = versions.pop()
+                table = db.ensure_embedding_table(conn, name, version, settings.embedding_dim, settings.resolution)
+                tables.add(table)
+                lat, lon = cell_centres(cells)
+                sources = set(part["source_version"].values[keep].tolist())
+                rows = db.RegionRows(region, cells, lon, lat, part["embedding"].values[keep], version,
+                                     sources.pop() if sources else "")
+                seconds += db.replace_region(conn, table, rows)
+                loaded += len(cells)
+                context.log.info(f"table: region {key} ({i + 1}/{len(keys)}), {loaded:,} rows, "
+                                 f"{loaded / max(seconds, 1e-9):,.0f} rows/s into {db.SCHEMA}.{table}")
+        return dg.MaterializeResult(metadata={
+            "rows": loaded, "regions": len(keys), "tables": ", ".join(sorted(tables)),
+            "rows_per_second": round(loaded / max(seconds, 1e-9), 1), "database": redacted(database.resolved_dsn()),
+        })
+
+    @dg.asset(
+        key=dg.AssetKey([name, "embedding_index"]),
+        deps=[table_key],
+        group_name=group,
+        code_version="1",
+        kinds={"postgres"},
+        check_specs=[dg.AssetCheckSpec(
+            "ann_recall_at_10", asset=dg.AssetKey([name, "embedding_index"]),
+            description="Recall@10 of the HNSW index against exact search on random query cells is at least 0.95.",
+        )],
+    )
+    def embedding_index(context: dg.AssetExecutionContext, storage: ProductStorage, database: PostgresDatabase):
+        """The cosine HNSW index of the current model's table, built once after the bulk load (later
+        partition loads update it in place), with its recall measured against exact search."""
+        current = storage.read_json(storage.current_model_path(name), f"the embedding model of {name!r}")
+        with database.connect() as conn:
+            found = db.latest_model_table(conn, name, current["model_version"])
+            table, version = found.table, found.model_version
+            start = time.perf_counter()
+            built = db.build_hnsw_index(conn, table)
+            build_seconds = time.perf_counter() - start
+            rows = db.count_rows(conn, table)
+            recall = db.recall_at_k(conn, table, n_queries=100, k=10)
+        context.log.info(f"index on {table}: {rows:,} rows, recall@10 {recall:.3f}")
+        return dg.MaterializeResult(
+            metadata={"table": f"{db.SCHEMA}.{table}", "model_version": version, "rows": rows,
+                      "built_now": built, "build_seconds": round(build_seconds, 2), "recall_at_10": round(recall, 4)},
+            check_results=[dg.AssetCheckResult(check_name="ann_recall_at_10", passed=recall >= 0.95,
+                                               metadata={"recall_at_10": round(recall, 4), "queries": 100})],
+        )
+
     observe_job = dg.define_asset_job(f"{name}_observe_source", selection=dg.AssetSelection.assets(source_key))
     definitions = dg.Definitions(
-        assets=[landcover_source, h3_regions, landcover_samples, embedding_model, cell_embeddings, embedding_map],
+        assets=[landcover_source, h3_regions, landcover_samples, embedding_model, cell_embeddings, embedding_map,
+                embedding_table, embedding_index],
         jobs=[observe_job],
     )
     return ProductAssets(settings, regions_partitions, definitions, source_key)

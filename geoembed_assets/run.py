@@ -112,7 +112,7 @@ def materialize_product(
             batch = keys[first : first + PARTITIONS_PER_RUN]
             tags = {ASSET_PARTITION_RANGE_START_TAG: batch[0], ASSET_PARTITION_RANGE_END_TAG: batch[-1]}
             meta = _metadata(run(label, [key(asset)], tags), key(asset))
-            done_cells += int(meta.get("cells", 0))
+            done_cells += int(meta.get("cells", meta.get("rows", 0)))
             rate = done_cells / max(time.perf_counter() - start, 1e-9)
             say(f"[geoembed] {label}: {first + len(batch)}/{len(keys)} regions, {done_cells:,} cells, {rate:,.0f} cells/s")
         return done_cells
@@ -124,6 +124,9 @@ def materialize_product(
     say(f"[geoembed] model {summary.model_version} trained in {model_meta.get('training_seconds')} s")
     batched("cell_embeddings", "embeddings")
     map_meta = _metadata(run("map", [key("embedding_map")]), key("embedding_map"))
+    batched("embedding_table", "database load")
+    index_meta = _metadata(run("index", [key("embedding_index")]), key("embedding_index"))
+    say(f"[geoembed] HNSW index on {index_meta.get('table')}: recall@10 {index_meta.get('recall_at_10')}")
 
     storage = resources["storage"]
     ds = storage.open_product(name)
@@ -134,6 +137,7 @@ def materialize_product(
         "model": str(model_meta.get("checkpoint", "")),
         "model (TorchScript)": str(model_meta.get("torchscript", "")),
         "embedding map (PNG)": str(map_meta.get("path", "")),
+        "PostgreSQL table": f"{index_meta.get('table')} at {resources['database'].resolved_dsn()}",
         "Dagster instance": str(instance.root_directory),
     }
     summary.peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

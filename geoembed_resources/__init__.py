@@ -1,7 +1,8 @@
 """Dagster resources: the only code that touches external systems (files, object stores, devices)."""
 
 from geoembed_resources.compute import InferenceDevice
+from geoembed_resources.postgres import PostgresDatabase
 from geoembed_resources.rasters import RasterReader
 from geoembed_resources.storage import ProductStorage
 
-__all__ = ["InferenceDevice", "ProductStorage", "RasterReader"]
+__all__ = ["InferenceDevice", "PostgresDatabase", "ProductStorage", "RasterReader"]

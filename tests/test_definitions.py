@@ -18,6 +18,8 @@ EXPECTED_DEPS = {
     "embedding_model": {"landcover_samples"},
     "cell_embeddings": {"landcover_samples", "embedding_model"},
     "embedding_map": {"cell_embeddings"},
+    "embedding_table": {"cell_embeddings"},
+    "embedding_index": {"embedding_table"},
 }
 
 

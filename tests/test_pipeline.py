@@ -20,14 +20,15 @@ from geoembed.raster import RasterInputError
 from geoembed.settings import load_settings, settings_from_mapping
 from geoembed_assets.definitions import build_definitions
 from geoembed_assets.run import materialize_product
-from geoembed_resources import InferenceDevice, ProductStorage, RasterReader
+from geoembed_resources import InferenceDevice, PostgresDatabase, ProductStorage, RasterReader
 
 pytestmark = pytest.mark.integration
 
 
 def _resources(root) -> dict:
     return {"raster_reader": RasterReader(), "storage": ProductStorage(root=str(root)),
-            "inference_device": InferenceDevice(device="cpu", batch_size=512)}
+            "inference_device": InferenceDevice(device="cpu", batch_size=512),
+            "database": PostgresDatabase(embedded_dir=str(root / "postgres"))}
 
 
 def _steps(name: str, steps: int) -> dict:
@@ -210,3 +211,29 @@ def test_cli_reports_a_missing_raster_without_traceback(tmp_path):
     assert result.returncode == 2, result.stderr[-2000:]
     assert "missing.tif" in result.stderr and "does not exist" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_product_is_loaded_into_postgres_and_searchable(zion_run):
+    settings, instance, resources, summary = zion_run
+    name = settings.name
+    from geoembed import db
+
+    with resources["database"].connect() as conn:
+        found = db.latest_model_table(conn, name)
+        assert db.count_rows(conn, found.table) == summary.embedded_cells
+        assert conn.execute(f"SELECT count(DISTINCT model_version) FROM geoembed.{found.table}").fetchone()[0] == 1
+    key = dg.AssetKey([name, "embedding_index"])
+    check = dg.AssetCheckKey(key, "ann_recall_at_10")
+    record = instance.event_log_storage.get_latest_asset_check_execution_by_key([check])[check]
+    assert record.status.value == "SUCCEEDED"
+    assert set(instance.get_materialized_partitions(dg.AssetKey([name, "embedding_table"]))) == set(
+        instance.get_dynamic_partitions(f"{name}_regions"))
+    data_dir = str(resources["storage"].product_dir(name).parent)
+    cli = [sys.executable, "-m", "geoembed.cli", "similar", "--product", name, "--data-dir", data_dir]
+    result = subprocess.run(cli + ["--lonlat", "-113.0", "37.25", "-k", "4", "--format", "geojson"],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    collection = json.loads(result.stdout)
+    assert len(collection["features"]) == 4 and collection["properties"]["model_version"] == found.model_version
+    result = subprocess.run(cli + ["--cell", "not-a-cell"], capture_output=True, text=True)
+    assert result.returncode == 2 and "not-a-cell" in result.stderr and "Traceback" not in result.stderr

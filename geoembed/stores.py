@@ -12,7 +12,6 @@ import json
 import os
 import shutil
 import uuid
-import warnings
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -27,8 +26,23 @@ from geoembed.grid import ProductLayout
 from geoembed.sampling import EMBEDDED, STATUSES, Legend, WindowSamples
 
 NOT_COMPUTED = 255
-# Variable-length UTF-8 (Zarr v3 "string"): fixed-width UTF-32 has no v3 spec other readers follow.
-VERSION_DTYPE = object
+# Versions (model and source) are 16-hex-digit content hashes: stored per row as the uint64 they spell
+# (0 = none). Fixed-width UTF-32 has no Zarr v3 spec, and variable-length strings read ~40x slower.
+VERSION_DTYPE = "u8"
+VERSION_ENCODING = "uint64 whose 16-digit lower-case hex form is the version; 0 = none"
+
+
+def encode_version(version: str) -> int:
+    if len(version) != 16:
+        raise ValueError(f"version {version!r} is not a 16-hex-digit content hash")
+    try:
+        return int(version, 16)
+    except ValueError:
+        raise ValueError(f"version {version!r} is not a 16-hex-digit content hash") from None
+
+
+def decode_version(value: int) -> str:
+    return f"{int(value):016x}" if int(value) else ""
 
 
 def h3_coordinate(cells: np.ndarray, resolution: int) -> tuple:
@@ -92,9 +106,10 @@ def write_samples(path: str | os.PathLike[str], ds: xr.Dataset) -> None:
 
 
 def open_samples(path: str | os.PathLike[str]) -> xr.Dataset:
+    """A region's samples, lazily indexed without dask (small reads stay cheap)."""
     if not Path(path).exists():
         raise FileNotFoundError(f"samples store {os.fspath(path)!r} does not exist; materialize the samples first")
-    return xr.open_zarr(path, consolidated=False)
+    return xr.open_zarr(path, consolidated=False, chunks=None)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -108,8 +123,10 @@ def _template(layout: ProductLayout, dim: int, attrs: dict) -> xr.Dataset:
         {
             "embedding": (("cells", "embedding_dim"), da.full((n, dim), np.nan, dtype="f4", chunks=(slot, dim))),
             "status": (("cells",), da.full((n,), NOT_COMPUTED, dtype="u1", chunks=(slot,))),
-            "model_version": (("cells",), da.full((n,), "", dtype=VERSION_DTYPE, chunks=(slot,))),
-            "source_version": (("cells",), da.full((n,), "", dtype=VERSION_DTYPE, chunks=(slot,))),
+            "model_version": (("cells",), da.zeros((n,), dtype=VERSION_DTYPE, chunks=(slot,)),
+                              {"encoding_of_versions": VERSION_ENCODING}),
+            "source_version": (("cells",), da.zeros((n,), dtype=VERSION_DTYPE, chunks=(slot,)),
+                               {"encoding_of_versions": VERSION_ENCODING}),
         },
         coords={"cell_ids": h3_coordinate(layout.all_cells(), layout.resolution)},
         attrs={
@@ -131,8 +148,8 @@ def _template(layout: ProductLayout, dim: int, attrs: dict) -> xr.Dataset:
 _ENCODING = {
     "embedding": {"fill_value": np.nan},
     "status": {"fill_value": NOT_COMPUTED},
-    "model_version": {"fill_value": ""},
-    "source_version": {"fill_value": ""},
+    "model_version": {"fill_value": 0},
+    "source_version": {"fill_value": 0},
 }
 
 
@@ -151,11 +168,8 @@ def ensure_product_store(path: str | os.PathLike[str], layout: ProductLayout, di
             if same_regions and same_grid and previous.sizes.get("embedding_dim") == dim:
                 return False
         tmp = final.with_name(f".{final.name}.tmp-{uuid.uuid4().hex[:8]}")
-        with warnings.catch_warnings():
-            # xarray computes the (tiny, constant) string templates to pick their dtype; that is intended.
-            warnings.filterwarnings("ignore", message=".*dtype=object.*", category=xr.SerializationWarning)
-            _template(layout, dim, attrs).to_zarr(tmp, compute=False, mode="w", zarr_format=3,
-                                                  consolidated=False, encoding=_ENCODING)
+        _template(layout, dim, attrs).to_zarr(tmp, compute=False, mode="w", zarr_format=3, consolidated=False,
+                                              encoding=_ENCODING)
         if previous is not None and previous.sizes.get("embedding_dim") == dim and same_grid:
             _carry_over(previous, tmp, layout)
         replace_directory(tmp, final)
@@ -193,8 +207,8 @@ def write_product_region(
         {
             "embedding": (("cells", "embedding_dim"), embedding.astype(np.float32)),
             "status": (("cells",), status.astype(np.uint8)),
-            "model_version": (("cells",), np.full(n, model_version, dtype=VERSION_DTYPE)),
-            "source_version": (("cells",), np.full(n, source_version, dtype=VERSION_DTYPE)),
+            "model_version": (("cells",), np.full(n, encode_version(model_version), dtype=VERSION_DTYPE)),
+            "source_version": (("cells",), np.full(n, encode_version(source_version), dtype=VERSION_DTYPE)),
         }
     )
     kwargs = dict(region={"cells": rows}, zarr_format=3, consolidated=False, safe_chunks=False)
@@ -211,7 +225,9 @@ def write_product_region(
                 group.attrs[key] = seen + [value]
 
 
-def open_product(path: str | os.PathLike[str]) -> xr.Dataset:
+def open_product(path: str | os.PathLike[str], chunks: dict | str | None = None) -> xr.Dataset:
+    """The product store. Without ``chunks`` it is lazily indexed without dask: reading one region's
+    rows reads just its chunks (users' ``xr.open_zarr`` gets dask arrays, as usual)."""
     if not Path(path).exists():
         raise FileNotFoundError(f"embedding store {os.fspath(path)!r} does not exist; materialize the regions first")
-    return xr.open_zarr(path, consolidated=False)
+    return xr.open_zarr(path, consolidated=False, chunks=chunks)

@@ -25,7 +25,7 @@ from geoembed.render import embedding_map_png, loss_curve_png, markdown_image
 from geoembed.sampling import EMBEDDED, STATUSES, Legend, RasterBlocks, sample_windows
 from geoembed.settings import ProductSettings
 from geoembed.stencil import product_legend, scan_regions
-from geoembed.stores import NOT_COMPUTED, samples_dataset
+from geoembed.stores import NOT_COMPUTED, decode_version, samples_dataset
 from geoembed_resources import InferenceDevice, PostgresDatabase, ProductStorage, RasterReader
 from geoembed_resources.postgres import redacted
 
@@ -369,7 +369,7 @@ def build_product(settings: ProductSettings) -> ProductAssets:
         rows = np.isin(status, EMBEDDED)
         cells = ds["cell_ids"].values[rows]
         vectors = ds["embedding"].values[rows]
-        versions = sorted(set(ds["model_version"].values[rows].tolist()))
+        versions = sorted(decode_version(v) for v in np.unique(ds["model_version"].values[rows]))
         png = embedding_map_png(cells, vectors, f"{name}: {len(cells):,} cells, PCA of embeddings as RGB "
                                                 f"(model {', '.join(versions)})")
         path = storage.picture_path(name, "embedding_map.png")
@@ -412,14 +412,14 @@ def build_product(settings: ProductSettings) -> ProductAssets:
                 if (status == NOT_COMPUTED).all():
                     raise dg.Failure(f"region {key} has no embeddings yet; materialize cell_embeddings first")
                 cells = part["cell_ids"].values[keep]
-                versions = set(part["model_version"].values[keep].tolist()) or {""}
+                versions = {decode_version(v) for v in np.unique(part["model_version"].values[keep])} or {""}
                 if len(versions) != 1:
                     raise dg.Failure(f"region {key} mixes model versions {sorted(versions)}; re-run cell_embeddings")
                 version = versions.pop()
                 table = db.ensure_embedding_table(conn, name, version, settings.embedding_dim, settings.resolution)
                 tables.add(table)
                 lat, lon = cell_centres(cells)
-                sources = set(part["source_version"].values[keep].tolist())
+                sources = {decode_version(v) for v in np.unique(part["source_version"].values[keep])}
                 rows = db.RegionRows(region, cells, lon, lat, part["embedding"].values[keep], version,
                                      sources.pop() if sources else "")
                 seconds += db.replace_region(conn, table, rows)

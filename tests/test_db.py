@@ -252,3 +252,10 @@ def test_psql_reads_the_table(database, loaded):
                           f"SELECT count(*), vector_dims(min(embedding::text)::vector) FROM geoembed.{loaded}"],
                          capture_output=True, text=True, check=True).stdout.strip()
     assert out == f"{343 * 6}|{DIM}"
+
+
+def test_recall_is_fair_to_tied_distances():
+    # Exact: five neighbours at distance 0 (identical vectors), k = 3: any three of them are right.
+    assert db.recall([0.0, 0.0, 0.0], [0.0, 0.0, 0.0], 3) == 1.0
+    assert db.recall([0.0, 0.1, 0.2], [0.0, 0.0, 0.0], 3) == pytest.approx(1 / 3)
+    assert db.recall([0.1, 0.2], [0.1, 0.2, 0.3], 3) == pytest.approx(2 / 3)

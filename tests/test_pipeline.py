@@ -18,6 +18,7 @@ from conftest import REPO, write_raster
 from geoembed.grid import region_cells
 from geoembed.raster import RasterInputError
 from geoembed.settings import load_settings, settings_from_mapping
+from geoembed.stores import decode_version
 from geoembed_assets.definitions import build_definitions
 from geoembed_assets.run import materialize_product
 from geoembed_resources import InferenceDevice, PostgresDatabase, ProductStorage, RasterReader
@@ -87,7 +88,7 @@ def test_lineage_model_and_source_versions(zion_run):
     assert ds.attrs["model_versions"] == [summary.model_version]
     assert ds.attrs["source_versions"] == [source_version]
     rows = ds["status"].values <= 2
-    assert set(ds["model_version"].values[rows].tolist()) == {summary.model_version}
+    assert {decode_version(v) for v in ds["model_version"].values[rows]} == {summary.model_version}
     emb_event = instance.get_latest_materialization_event(dg.AssetKey([name, "cell_embeddings"]))
     assert emb_event.asset_materialization.metadata["model_version"].value == summary.model_version
     assert emb_event.asset_materialization.metadata["source_version"].value == source_version
@@ -132,7 +133,7 @@ def test_retraining_makes_embeddings_stale_and_rerun_replaces(zion_run):
     assert status() == StaleStatus.FRESH
     ds = resources["storage"].open_product(name)
     rows = ds["status"].values <= 2
-    versions = ds["model_version"].values
+    versions = np.array([decode_version(v) for v in ds["model_version"].values])
     in_partition = np.isin(ds["cell_ids"].values, region_cells(int(partition, 16), settings.resolution))
     assert set(versions[rows & in_partition].tolist()) == {new_version}
     assert set(versions[rows & ~in_partition].tolist()) == {summary.model_version}

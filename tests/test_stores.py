@@ -5,13 +5,15 @@ from concurrent.futures import ProcessPoolExecutor
 
 import h3.api.basic_int as h3i
 import numpy as np
+import pytest
 import xarray as xr
 import xdggs  # noqa: F401  (registers the .dggs accessor)
 
 from geoembed.grid import ProductLayout, cells_at
-from geoembed.stores import NOT_COMPUTED, ensure_product_store, open_product, write_product_region
+from geoembed.stores import NOT_COMPUTED, decode_version, ensure_product_store, open_product, write_product_region
 
 DIM = 4
+V1 = "0000000000000001"  # the model version _write(salt=0) records
 HEXAGONS = [h3i.latlng_to_cell(lat, lon, 1) for lat, lon in [(0, 10), (20, 10), (40, 10), (-30, 140)]]
 PENTAGONS = [int(p) for p in cells_at(1) if h3i.is_pentagon(int(p))][:3]
 
@@ -31,7 +33,7 @@ def _write(args):
     layout = _layout(regions)
     n = layout.rows_of(region).stop - layout.rows_of(region).start
     write_product_region(path, layout, region, embedding=_vectors(region, n, salt), status=np.zeros(n, np.uint8),
-                         model_version=f"model{int(salt)}", source_version="src1")
+                         model_version=f"{int(salt) + 1:016x}", source_version="00000000000000aa")
     return region
 
 
@@ -49,8 +51,9 @@ def test_store_opens_in_one_call_and_decodes_with_xdggs(tmp_path):
     assert (ds["status"].values[rows] == 0).all()
     assert (ds["status"].values[rows.stop:] == NOT_COMPUTED).all()
     assert np.isnan(ds["embedding"].values[rows.stop:]).all()
-    assert set(ds["model_version"].values[rows].tolist()) == {"model0"}
-    assert ds.attrs["model_versions"] == ["model0"] and ds.attrs["source_versions"] == ["src1"]
+    assert {decode_version(v) for v in ds["model_version"].values[rows]} == {V1}
+    assert ds.attrs["model_versions"] == [V1] and ds.attrs["source_versions"] == ["00000000000000aa"]
+    assert (ds["model_version"].values[rows.stop:] == 0).all()
 
 
 def test_rewriting_a_region_replaces_its_rows_only(tmp_path):
@@ -66,7 +69,7 @@ def test_rewriting_a_region_replaces_its_rows_only(tmp_path):
     changed[layout.rows_of(HEXAGONS[1])] = True
     assert not np.allclose(after["embedding"].values[changed], before[changed])
     np.testing.assert_array_equal(after["embedding"].values[~changed], before[~changed])
-    assert sorted(after.attrs["model_versions"]) == ["model0", "model5"]
+    assert sorted(after.attrs["model_versions"]) == [V1, f"{6:016x}"]
 
 
 def test_concurrent_writes_of_different_regions_lose_nothing(tmp_path):
@@ -94,5 +97,15 @@ def test_a_new_layout_carries_materialized_rows_over(tmp_path):
     ds = open_product(path)
     rows = bigger.rows_of(HEXAGONS[1])
     np.testing.assert_allclose(ds["embedding"].values[rows], _vectors(HEXAGONS[1], rows.stop - rows.start))
-    assert ds.attrs["model_versions"] == ["model0"]
+    assert ds.attrs["model_versions"] == [V1]
     assert (ds["status"].values[bigger.rows_of(HEXAGONS[2])] == NOT_COMPUTED).all()
+
+
+def test_versions_must_be_content_hashes(tmp_path):
+    path = tmp_path / "e.zarr"
+    layout = _layout(HEXAGONS[:1])
+    ensure_product_store(path, layout, DIM, {})
+    n = layout.n_rows
+    with pytest.raises(ValueError, match="not a 16-hex-digit"):
+        write_product_region(path, layout, HEXAGONS[0], embedding=_vectors(HEXAGONS[0], n),
+                             status=np.zeros(n, np.uint8), model_version="latest", source_version="00000000000000aa")

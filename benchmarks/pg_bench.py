@@ -1,0 +1,185 @@
+"""PostgreSQL benchmark: load speed against VectorGeo's upload, and query latency/recall at ~1M rows.
+
+    python -m benchmarks.pg_bench load  --product modis_global       # same rows, both ways, one run
+    python -m benchmarks.pg_bench query --product modis_global_res5  # the product's own table + index
+
+`load` reads the product's real embeddings from its Zarr store and loads the same rows (a) the way
+VectorGeo's upload-aurora.py did, multi-row `INSERT ... ON CONFLICT DO NOTHING` in batches, and (b)
+the way geoembed does, DELETE + binary COPY per region in one transaction, into fresh tables of a
+throw-away embedded server, then prints rows/s and the ratio. `query` runs random query cells against
+the loaded product table: unfiltered and with areas of ~0.1 %, ~1 % and ~10 % of the rows, and prints
+p50/p95 latency, recall@10 against exact search, and how many queries returned k rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import psycopg
+from psycopg import sql
+
+from geoembed import db, search
+from geoembed.grid import ProductLayout, cell_centres
+from geoembed.sampling import EMBEDDED
+from geoembed.stores import decode_version, open_product
+from geoembed_resources.postgres import PostgresDatabase
+
+DATA_DIR = Path(os.environ.get("GEOEMBED_DATA_DIR", "data"))
+
+
+def product_rows(product: str) -> list[db.RegionRows]:
+    ds = open_product(DATA_DIR / product / "embeddings.zarr")
+    regions = np.array([int(r, 16) for r in ds.attrs["regions"]], dtype=np.uint64)
+    layout = ProductLayout.build(regions, int(ds.attrs["resolution"]), int(ds.attrs["region_resolution"]))
+    cells, vectors = ds["cell_ids"].values, ds["embedding"].values
+    status, versions = ds["status"].values, ds["model_version"].values
+    out = []
+    for region in layout.regions:
+        rows = layout.rows_of(int(region))
+        keep = np.isin(status[rows], EMBEDDED)
+        if not keep.any():
+            continue
+        c = cells[rows][keep]
+        lat, lon = cell_centres(c)
+        out.append(db.RegionRows(int(region), c, lon, lat, vectors[rows][keep], decode_version(versions[rows][keep][0]),
+                                 "0000000000000000"))
+    return out
+
+
+def vectorgeo_insert(conn: psycopg.Connection, table: str, parts: list[db.RegionRows], batch: int = 1000) -> int:
+    """VectorGeo's upload: multi-row INSERT ... ON CONFLICT DO NOTHING, vectors as text literals."""
+    ident = sql.Identifier(db.SCHEMA, table)
+    rows = [(int(c), p.region, float(lo), float(la), p.model_version, p.source_version,
+             "[" + ",".join(f"{x:.7g}" for x in v) + "]")
+            for p in parts for c, lo, la, v in zip(p.cells, p.lon, p.lat, p.embedding)]
+    for start in range(0, len(rows), batch):
+        chunk = rows[start : start + batch]
+        values = sql.SQL(", ").join(sql.SQL("(%s, %s, %s, %s, %s, %s, %s::vector)") for _ in chunk)
+        statement = sql.SQL("INSERT INTO {} (h3, region, lon, lat, model_version, source_version, embedding) "
+                            "VALUES {} ON CONFLICT DO NOTHING").format(ident, values)
+        with conn.transaction():
+            conn.execute(statement, [x for row in chunk for x in row])
+    return len(rows)
+
+
+def bench_load(args: argparse.Namespace) -> None:
+    parts = product_rows(args.product)
+    rng = np.random.default_rng(0)
+    rng.shuffle(parts)
+    chosen, n = [], 0
+    for part in parts:  # the same regions for both methods, about --rows rows
+        if n >= args.rows:
+            break
+        chosen.append(part)
+        n += len(part.cells)
+    dim = chosen[0].embedding.shape[1]
+    with tempfile.TemporaryDirectory(prefix="geoembed-bench-") as tmp:
+        database = PostgresDatabase(dsn=os.environ.get("GEOEMBED_PG_DSN") or None,
+                                    embedded_dir=str(Path(tmp) / "postgres"))
+        with database.connect() as conn:
+            old = db.ensure_embedding_table(conn, "bench_insert", "v", dim, 0)
+            new = db.ensure_embedding_table(conn, "bench_copy", "v", dim, 0)
+            start = time.perf_counter()
+            loaded_old = vectorgeo_insert(conn, old, chosen)
+            t_old = time.perf_counter() - start
+            start = time.perf_counter()
+            for part in chosen:
+                db.replace_region(conn, new, part)
+            t_new = time.perf_counter() - start
+            assert db.count_rows(conn, old) == db.count_rows(conn, new) == loaded_old
+            # Re-loading every region again (a re-run): still no duplicates.
+            for part in chosen:
+                db.replace_region(conn, new, part)
+            assert db.count_rows(conn, new) == loaded_old
+            server = conn.execute("SHOW server_version").fetchone()[0]
+    rate_old, rate_new = loaded_old / t_old, loaded_old / t_new
+    print(f"load benchmark: {loaded_old:,} rows x {dim}-d real embeddings of {args.product!r} "
+          f"({len(chosen)} regions), PostgreSQL {server}, {os.cpu_count()} cores")
+    print(f"  VectorGeo multi-row INSERT ... ON CONFLICT DO NOTHING (batches of 1000): {t_old:8.2f} s  {rate_old:>10,.0f} rows/s")
+    print(f"  geoembed DELETE + binary COPY per region (one transaction each):      {t_new:8.2f} s  {rate_new:>10,.0f} rows/s")
+    print(f"  speed-up: {rate_new / rate_old:.1f}x (target >= 20x); COPY rate target >= 100,000 rows/s: "
+          f"{'met' if rate_new >= 100_000 else 'NOT met'}")
+
+
+def _exact(conn: psycopg.Connection, table: str, query, cell: int, k: int, area: search.Area | None, postgis: bool):
+    join, condition, params = search._area_filter(area, postgis)
+    statement = (sql.SQL("SELECT t.embedding <=> %s FROM {} AS t").format(sql.Identifier(db.SCHEMA, table)) + join
+                 + sql.SQL(" WHERE ") + condition + sql.SQL(" AND t.h3 <> %s ORDER BY t.embedding <=> %s LIMIT %s"))
+    with conn.transaction():
+        conn.execute("SET LOCAL enable_indexscan = off")
+        return [float(r[0]) for r in conn.execute(statement, (query, *params, cell, query, k), prepare=False).fetchall()]
+
+
+def _area_for(conn, table, lon, lat, fraction, total, resolution, postgis):
+    """A square box around (lon, lat) grown until it holds about ``fraction`` of the rows."""
+    lo, hi = 0.05, 180.0
+    best = None
+    for _ in range(14):
+        half = (lo * hi) ** 0.5
+        box = (max(-180, lon - half), max(-89.9, lat - half / 2), min(180, lon + half), min(89.9, lat + half / 2))
+        area = search.bbox_area(list(box), resolution)
+        join, condition, params = search._area_filter(area, postgis)
+        count = conn.execute(sql.SQL("SELECT count(*) FROM {} AS t").format(sql.Identifier(db.SCHEMA, table)) + join
+                             + sql.SQL(" WHERE ") + condition, params, prepare=False).fetchone()[0]
+        best = (area, count)
+        if abs(count / total - fraction) / fraction < 0.25:
+            break
+        lo, hi = (half, hi) if count / total < fraction else (lo, half)
+    return best
+
+
+def bench_query(args: argparse.Namespace) -> None:
+    database = PostgresDatabase(dsn=os.environ.get("GEOEMBED_PG_DSN") or None,
+                                embedded_dir=str(DATA_DIR / "postgres"))
+    k = 10
+    with database.connect() as conn:
+        found = db.latest_model_table(conn, args.product)
+        total = db.count_rows(conn, found.table)
+        print(f"query benchmark: {args.product!r}, table {db.SCHEMA}.{found.table}: {total:,} rows x {found.dim}-d, "
+              f"k={k}, {args.queries} queries per case, PostgreSQL {conn.execute('SHOW server_version').fetchone()[0]}")
+        conn.execute("SELECT setseed(0.42)")
+        picks = conn.execute(sql.SQL("SELECT h3, lon, lat, embedding FROM {} ORDER BY random() LIMIT %s").format(
+            sql.Identifier(db.SCHEMA, found.table)), (args.queries,)).fetchall()
+        search.similar(conn, args.product, int(picks[0][0]), k=k)  # warm the index pages
+        for label, fraction in (("unfiltered", None), ("area ~0.1%", 0.001), ("area ~1%", 0.01), ("area ~10%", 0.1)):
+            latencies, recalls, complete, selectivity, plans = [], [], 0, [], set()
+            for cell, lon, lat, vector in picks:
+                area = None
+                if fraction is not None:
+                    area, count = _area_for(conn, found.table, lon, lat, fraction, total, found.resolution,
+                                            found.has_geometry)
+                    selectivity.append(count / total)
+                start = time.perf_counter()
+                result = search.similar(conn, args.product, int(cell), k=k, area=area)
+                latencies.append((time.perf_counter() - start) * 1000)
+                plans.add(result.plan.split(" (")[0])
+                truth = _exact(conn, found.table, vector, int(cell), k, area, found.has_geometry)
+                recalls.append(db.recall([m.distance for m in result.matches], truth, k))
+                complete += len(result.matches) == min(k, len(truth))
+            extra = f" (mean selectivity {100 * statistics.mean(selectivity):.2f}%)" if selectivity else ""
+            print(f"  {label:<11}{extra:<28} p50 {statistics.median(latencies):7.2f} ms  "
+                  f"p95 {np.percentile(latencies, 95):7.2f} ms  recall@10 {statistics.mean(recalls):.3f}  "
+                  f"k rows returned {complete}/{len(picks)}  plan: {', '.join(sorted(plans))}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    load = sub.add_parser("load")
+    load.add_argument("--product", default="modis_global")
+    load.add_argument("--rows", type=int, default=100_000)
+    query = sub.add_parser("query")
+    query.add_argument("--product", default="modis_global_res5")
+    query.add_argument("--queries", type=int, default=100)
+    args = parser.parse_args()
+    bench_load(args) if args.command == "load" else bench_query(args)
+
+
+if __name__ == "__main__":
+    main()

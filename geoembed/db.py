@@ -17,9 +17,6 @@ import numpy as np
 import psycopg
 from pgvector.psycopg import register_vector
 from psycopg import sql
-from psycopg.adapt import Dumper
-from psycopg.pq import Format
-from psycopg.types import TypeInfo
 
 SCHEMA = "geoembed"
 
@@ -50,8 +47,6 @@ def ensure_schema(conn: psycopg.Connection) -> bool:
                PRIMARY KEY (product, model_version))"""
     ).format(sql.Identifier(SCHEMA)))
     register_vector(conn)
-    if postgis:
-        _register_geometry_dumper(conn)
     return postgis
 
 
@@ -65,21 +60,6 @@ def _ensure_postgis(conn: psycopg.Connection) -> bool:
     except psycopg.errors.InsufficientPrivilege:
         return False  # available but not ours to create: ask the DBA, work without geometry meanwhile
     return True
-
-
-class _EwkbDumper(Dumper):
-    """Binary COPY of geometry: PostGIS's binary input is (E)WKB, so the bytes go through as they are."""
-
-    format = Format.BINARY
-
-    def dump(self, obj: bytes) -> bytes:
-        return obj
-
-
-def _register_geometry_dumper(conn: psycopg.Connection) -> None:
-    info = TypeInfo.fetch(conn, "geometry")
-    info.register(conn)  # lets COPY's set_types() name it
-    conn.adapters.register_dumper(None, type("GeometryEwkbDumper", (_EwkbDumper,), {"oid": info.oid}))
 
 
 def has_postgis(conn: psycopg.Connection) -> bool:
@@ -163,21 +143,71 @@ def replace_region(conn: psycopg.Connection, table: str, rows: RegionRows) -> fl
     ident = sql.Identifier(SCHEMA, table)
     geometry = table_has_geometry(conn, table)
     columns = ["h3", "region", "lon", "lat", "model_version", "source_version", "embedding"]
-    types = ["int8", "int8", "float8", "float8", "text", "text", "vector"]
     if geometry:
-        columns, types = columns + ["geom"], types + ["geometry"]
+        columns.append("geom")
+    payload = copy_payload(rows, with_geometry=geometry)
     with conn.transaction():
         conn.execute(sql.SQL("DELETE FROM {} WHERE region = %s").format(ident), (int(rows.region),))
         copy_sql = sql.SQL("COPY {} ({}) FROM STDIN WITH (FORMAT BINARY)").format(
             ident, sql.SQL(", ").join(map(sql.Identifier, columns)))
         with conn.cursor().copy(copy_sql) as copy:
-            copy.set_types(types)
-            region = int(rows.region)
-            for cell, lon, lat, vector in zip(rows.cells.astype(np.int64).tolist(), rows.lon.tolist(),
-                                              rows.lat.tolist(), rows.embedding):
-                row = (cell, region, lon, lat, rows.model_version, rows.source_version, vector)
-                copy.write_row(row + (hexagon_ewkb(cell),) if geometry else row)
+            copy.write(payload)
     return time.perf_counter() - start
+
+
+def _text_fields(name: str, text: bytes) -> list[tuple[str, str]]:
+    """A text column: its length, then its bytes (none for an empty string)."""
+    return [(f"l_{name}", ">i4")] + ([(name, f"V{len(text)}")] if text else [])
+
+
+_COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + struct.pack(">ii", 0, 0)
+_COPY_TRAILER = struct.pack(">h", -1)
+
+
+def copy_payload(rows: RegionRows, with_geometry: bool = False) -> bytes:
+    """The binary COPY stream for a region's rows, built with numpy in one go.
+
+    Every row has the same layout (bigint, bigint, float8, float8, text, text, vector(dim)
+    [, geometry]), so rows are records of one big-endian structured dtype: no per-row Python.
+    Geometries differ in length (hexagons, pentagons, cells cut by icosahedron edges), so rows are
+    grouped by geometry length, each group one structured array."""
+    vectors = np.asarray(rows.embedding, dtype=np.float32)
+    n = len(rows.cells)
+    if vectors.ndim != 2 or vectors.shape[0] != n:
+        raise ValueError(f"region {rows.region:x}: {n} cells but embeddings of shape {vectors.shape}")
+    dim = vectors.shape[1]
+    model, source = rows.model_version.encode(), rows.source_version.encode()
+    geometries = [hexagon_ewkb(int(c)) for c in rows.cells] if with_geometry else None
+    lengths = np.array([len(g) for g in geometries]) if geometries else np.zeros(n, dtype=int)
+    parts = [_COPY_HEADER]
+    for length in np.unique(lengths):
+        index = np.nonzero(lengths == length)[0]
+        fields = [("count", ">i2"),
+                  ("l_h3", ">i4"), ("h3", ">i8"), ("l_region", ">i4"), ("region", ">i8"),
+                  ("l_lon", ">i4"), ("lon", ">f8"), ("l_lat", ">i4"), ("lat", ">f8"),
+                  *_text_fields("model", model), *_text_fields("source", source),
+                  ("l_vec", ">i4"), ("dim", ">i2"), ("unused", ">i2"), ("vec", ">f4", (dim,))]
+        if geometries:
+            fields += [("l_geom", ">i4"), ("geom", f"V{int(length)}")]
+        block = np.zeros(len(index), dtype=np.dtype(fields))
+        block["count"] = 8 if geometries else 7
+        block["l_h3"] = block["l_region"] = block["l_lon"] = block["l_lat"] = 8
+        block["h3"] = np.asarray(rows.cells, dtype=np.uint64)[index].astype(np.int64)
+        block["region"] = int(rows.region)
+        block["lon"] = np.asarray(rows.lon, dtype=np.float64)[index]
+        block["lat"] = np.asarray(rows.lat, dtype=np.float64)[index]
+        for name, text in (("model", model), ("source", source)):
+            block[f"l_{name}"] = len(text)
+            if text:
+                block[name] = np.frombuffer(text, dtype=f"V{len(text)}")[0]
+        block["l_vec"], block["dim"] = 4 + 4 * dim, dim
+        block["vec"] = vectors[index]
+        if geometries:
+            block["l_geom"] = int(length)
+            block["geom"] = np.frombuffer(b"".join(geometries[i] for i in index), dtype=f"V{int(length)}")
+        parts.append(block.tobytes())
+    parts.append(_COPY_TRAILER)
+    return b"".join(parts)
 
 
 def table_has_geometry(conn: psycopg.Connection, table: str) -> bool:

@@ -8,6 +8,7 @@ Assets are thin: the logic lives in ``geoembed`` and every read or write goes th
 """
 
 
+import functools
 import json
 import time
 from dataclasses import dataclass
@@ -91,7 +92,11 @@ def build_product(settings: ProductSettings) -> ProductAssets:
     samples_key = dg.AssetKey([name, "landcover_samples"])
     model_key = dg.AssetKey([name, "embedding_model"])
     embeddings_key = dg.AssetKey([name, "cell_embeddings"])
-    backfill = dg.BackfillPolicy.multi_run(max_partitions_per_run=PARTITIONS_PER_RUN)
+    # Assets partitioned by region share their partitions, backfill batching and group.
+    regional_asset = functools.partial(
+        dg.asset, partitions_def=regions_partitions, group_name=group,
+        backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=PARTITIONS_PER_RUN),
+    )
 
     @dg.observable_source_asset(key=source_key, group_name=group, description=f"Categorical raster {settings.raster}")
     def landcover_source(raster_reader: RasterReader) -> dg.ObserveResult:
@@ -157,12 +162,9 @@ def build_product(settings: ProductSettings) -> ProductAssets:
             }
         )
 
-    @dg.asset(
+    @regional_asset(
         key=samples_key,
         deps=[source_key, dg.AssetKey([name, "h3_regions"])],
-        partitions_def=regions_partitions,
-        backfill_policy=backfill,
-        group_name=group,
         code_version="1",
         kinds={"zarr"},
     )
@@ -292,13 +294,10 @@ def build_product(settings: ProductSettings) -> ProductAssets:
         dg.AssetCheckSpec("unit_norm", asset=embeddings_key, description="Every embedding has norm 1 (+-1e-3)."),
     ]
 
-    @dg.asset(
+    @regional_asset(
         key=embeddings_key,
         deps=[samples_key, model_key],
-        partitions_def=regions_partitions,
-        backfill_policy=backfill,
         pool="gpu",
-        group_name=group,
         code_version="1",
         kinds={"pytorch", "zarr"},
         check_specs=embedding_checks,
@@ -385,12 +384,9 @@ def build_product(settings: ProductSettings) -> ProductAssets:
 
     table_key = dg.AssetKey([name, "embedding_table"])
 
-    @dg.asset(
+    @regional_asset(
         key=table_key,
         deps=[embeddings_key],
-        partitions_def=regions_partitions,
-        backfill_policy=backfill,
-        group_name=group,
         code_version="1",
         kinds={"postgres"},
     )

@@ -81,8 +81,9 @@ def test_a_failed_load_keeps_the_previous_rows(database, loaded):
         before = conn.execute(f"SELECT h3, embedding FROM geoembed.{loaded} WHERE region = %s ORDER BY h3",
                               (REGIONS[1],)).fetchall()
         broken = region_rows(REGIONS[1], seed=99)
-        # The COPY breaks after 200 good rows: a vector of the wrong length.
-        broken.embedding = list(broken.embedding[:200]) + [np.ones(DIM + 1, np.float32)] * 143
+        # The server rejects the COPY after its DELETE ran: the last row repeats the first cell.
+        broken.cells = broken.cells.copy()
+        broken.cells[-1] = broken.cells[0]
         with pytest.raises(psycopg.Error):
             db.replace_region(conn, loaded, broken)
         after = conn.execute(f"SELECT h3, embedding FROM geoembed.{loaded} WHERE region = %s ORDER BY h3",
@@ -109,6 +110,21 @@ def test_concurrent_loads_of_different_regions(database):
     assert not errors
     with database.connect() as conn:
         assert db.count_rows(conn, table) == 343 * len(REGIONS)
+
+
+def test_binary_copy_round_trips_every_value(database):
+    rows = region_rows(REGIONS[3], version="0123456789abcdef")
+    rows.source_version = ""
+    with database.connect() as conn:
+        table = db.ensure_embedding_table(conn, "dbtest", "roundtrip", DIM, RES)
+        db.replace_region(conn, table, rows)
+        got = conn.execute(f"SELECT h3, region, lon, lat, model_version, source_version, embedding "
+                           f"FROM geoembed.{table} ORDER BY h3").fetchall()
+    assert [r[0] for r in got] == rows.cells.astype(np.int64).tolist()
+    assert {r[1] for r in got} == {REGIONS[3]} and {r[4] for r in got} == {"0123456789abcdef"} and {r[5] for r in got} == {""}
+    np.testing.assert_allclose([r[2] for r in got], rows.lon)
+    np.testing.assert_allclose([r[3] for r in got], rows.lat)
+    np.testing.assert_allclose(np.stack([r[6].to_numpy() for r in got]), rows.embedding)
 
 
 def test_dimension_mismatch_fails_before_writing(database, loaded):

@@ -238,3 +238,20 @@ def test_product_is_loaded_into_postgres_and_searchable(zion_run):
     assert len(collection["features"]) == 4 and collection["properties"]["model_version"] == found.model_version
     result = subprocess.run(cli + ["--cell", "not-a-cell"], capture_output=True, text=True)
     assert result.returncode == 2 and "not-a-cell" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("arguments, message", [
+    (["--lonlat", "200", "37"], "out of range"),
+    (["--lonlat", "-113", "37.25", "--bbox", "1,2,3"], "bbox"),
+    (["--lonlat", "-113", "37.25", "--bbox=10,5,20,1"], "bbox"),
+    (["--lonlat", "-113", "37.25", "--geojson", '{"type": "Point", "coordinates": [1, 2]}'], "not an area"),
+    (["--lonlat", "-113", "37.25", "--geojson", "{broken"], "not valid JSON"),
+    (["--cell", "872990b42ffffff", "--lonlat", "1", "2"], "exactly one of"),
+])
+def test_cli_similar_rejects_bad_input_with_exit_2(zion_run, arguments, message):
+    settings, _, resources, _ = zion_run
+    data_dir = str(resources["storage"].product_dir(settings.name).parent)
+    result = subprocess.run([sys.executable, "-m", "geoembed.cli", "similar", "--product", settings.name,
+                             "--data-dir", data_dir, *arguments], capture_output=True, text=True)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert message in result.stderr and "Traceback" not in result.stderr

@@ -27,14 +27,16 @@ def hexagons(cells: np.ndarray) -> list[np.ndarray]:
     return rings
 
 
-def embedding_map_png(cells: np.ndarray, embeddings: np.ndarray, title: str, width_px: int = 1400) -> bytes:
-    """An RGB map of the cells coloured by the first three principal components of their embeddings."""
+def embedding_map_png(cells: np.ndarray, embeddings: np.ndarray, title: str, width_px: int = 900) -> bytes:
+    """An RGB map of the cells coloured by the first three principal components of their embeddings.
+
+    At most ``width_px`` wide and never taller than wide, so it fits the Dagster UI's metadata dialog."""
     colours = principal_rgb(embeddings)
     rings = hexagons(cells)
     lon = np.concatenate([r[:, 0] for r in rings]) if rings else np.array([-180, 180])
     lat = np.concatenate([r[:, 1] for r in rings]) if rings else np.array([-90, 90])
     west, east, south, north = lon.min(), lon.max(), lat.min(), lat.max()
-    aspect = max(0.3, min(2.0, (north - south) / max(east - west, 1e-9) / np.cos(np.radians((north + south) / 2))))
+    aspect = max(0.3, min(1.0, (north - south) / max(east - west, 1e-9) / np.cos(np.radians((north + south) / 2))))
     fig, ax = plt.subplots(figsize=(width_px / 100, width_px / 100 * aspect + 0.5), dpi=100)
     ax.add_collection(PolyCollection(rings, facecolors=colours, edgecolors="none", antialiased=False))
     ax.set_xlim(west, min(east, west + 360))

@@ -85,7 +85,6 @@ def _checked_keys(context: dg.AssetExecutionContext, settings: ProductSettings, 
 
 def build_product(settings: ProductSettings) -> ProductAssets:
     name = settings.name
-    prefix = [name]
     group = name
     regions_partitions = dg.DynamicPartitionsDefinition(name=f"{name}_regions")
     source_key = dg.AssetKey([name, "landcover_source"])

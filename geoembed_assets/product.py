@@ -406,8 +406,11 @@ def build_product(settings: ProductSettings) -> ProductAssets:
                 keep = np.isin(status, EMBEDDED)
                 if (status == NOT_COMPUTED).all():
                     raise dg.Failure(f"region {key} has no embeddings yet; materialize cell_embeddings first")
+                if not keep.any():  # no cell of this region has enough valid data: nothing to serve
+                    context.log.info(f"table: region {key} has no embedded cells; skipped")
+                    continue
                 cells = part["cell_ids"].values[keep]
-                versions = {decode_version(v) for v in np.unique(part["model_version"].values[keep])} or {""}
+                versions = {decode_version(v) for v in np.unique(part["model_version"].values[keep])}
                 if len(versions) != 1:
                     raise dg.Failure(f"region {key} mixes model versions {sorted(versions)}; re-run cell_embeddings")
                 version = versions.pop()

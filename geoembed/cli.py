@@ -64,7 +64,7 @@ def _similar(args: argparse.Namespace) -> int:
     cell = search.parse_cell(args.cell) if args.cell is not None else None
     if args.lonlat is not None:
         search.cell_at(*args.lonlat, resolution=0)  # range check before touching the database
-    with database.connect() as conn:
+    with database.connect(read_only=True) as conn:
         resolution = latest_model_table(conn, args.product, args.model_version).resolution
         if cell is None:
             cell = search.cell_at(args.lonlat[0], args.lonlat[1], resolution)

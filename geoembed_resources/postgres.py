@@ -18,6 +18,8 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from pydantic import Field
 
+from pgvector.psycopg import register_vector
+
 from geoembed.db import ensure_schema
 
 DSN_ENV_VAR = "GEOEMBED_PG_DSN"
@@ -66,8 +68,11 @@ class PostgresDatabase(dg.ConfigurableResource):
         return self.dsn or embedded_dsn(self.embedded_dir)
 
     @contextmanager
-    def connect(self) -> Iterator[psycopg.Connection]:
-        """An autocommit connection with the schema in place; callers open transactions explicitly."""
+    def connect(self, read_only: bool = False) -> Iterator[psycopg.Connection]:
+        """An autocommit connection; callers open transactions explicitly.
+
+        Writers get the schema created if missing. ``read_only`` creates nothing (a query role needs
+        only SELECT) and makes the session read-only."""
         dsn = self.resolved_dsn()
         last: Exception | None = None
         for attempt in range(self.connect_attempts):
@@ -84,7 +89,11 @@ class PostgresDatabase(dg.ConfigurableResource):
                 f"{str(last).strip()}"
             )
         try:
-            ensure_schema(conn)
+            if read_only:
+                conn.execute("SET default_transaction_read_only = on")
+                register_vector(conn)
+            else:
+                ensure_schema(conn)
             yield conn
         finally:
             conn.close()

@@ -275,3 +275,24 @@ def test_recall_is_fair_to_tied_distances():
     assert db.recall([0.0, 0.0, 0.0], [0.0, 0.0, 0.0], 3) == 1.0
     assert db.recall([0.0, 0.1, 0.2], [0.0, 0.0, 0.0], 3) == pytest.approx(1 / 3)
     assert db.recall([0.1, 0.2], [0.1, 0.2, 0.3], 3) == pytest.approx(2 / 3)
+
+
+def test_a_read_only_role_can_search_and_cannot_write(database, loaded):
+    """The README's read-only role: SELECT on the schema is enough for similarity search."""
+    with database.connect() as conn:
+        conn.execute("DROP ROLE IF EXISTS geoembed_reader_test")
+        conn.execute("CREATE ROLE geoembed_reader_test LOGIN")
+        conn.execute("GRANT USAGE ON SCHEMA geoembed TO geoembed_reader_test")
+        conn.execute("GRANT SELECT ON ALL TABLES IN SCHEMA geoembed TO geoembed_reader_test")
+    reader = PostgresDatabase(dsn=make_conninfo(database.resolved_dsn(), user="geoembed_reader_test"))
+    try:
+        with reader.connect(read_only=True) as conn:
+            result = search.similar(conn, "dbtest", int(region_cells(REGIONS[0], RES)[3]), k=5, model_version="v1")
+            assert len(result.matches) == 5
+            with pytest.raises(psycopg.Error):
+                conn.execute(f"DELETE FROM geoembed.{loaded}")
+    finally:
+        with database.connect() as conn:
+            conn.execute("REVOKE ALL ON ALL TABLES IN SCHEMA geoembed FROM geoembed_reader_test")
+            conn.execute("REVOKE ALL ON SCHEMA geoembed FROM geoembed_reader_test")
+            conn.execute("DROP ROLE geoembed_reader_test")

@@ -121,7 +121,7 @@ def bench_load(args: argparse.Namespace) -> None:
 
 
 def _exact(conn: psycopg.Connection, table: str, query, cell: int, k: int, area: search.Area | None, postgis: bool):
-    join, condition, params = search._area_filter(area, postgis)
+    join, condition, params = search.area_filter(area, postgis)
     statement = (sql.SQL("SELECT t.embedding <=> %s FROM {} AS t").format(sql.Identifier(db.SCHEMA, table)) + join
                  + sql.SQL(" WHERE ") + condition + sql.SQL(" AND t.h3 <> %s ORDER BY t.embedding <=> %s LIMIT %s"))
     with conn.transaction():
@@ -137,7 +137,7 @@ def _area_for(conn, table, lon, lat, fraction, total, resolution, postgis):
         half = (lo * hi) ** 0.5
         box = (max(-180, lon - half), max(-89.9, lat - half / 2), min(180, lon + half), min(89.9, lat + half / 2))
         area = search.bbox_area(list(box), resolution)
-        join, condition, params = search._area_filter(area, postgis)
+        join, condition, params = search.area_filter(area, postgis)
         count = conn.execute(sql.SQL("SELECT count(*) FROM {} AS t").format(sql.Identifier(db.SCHEMA, table)) + join
                              + sql.SQL(" WHERE ") + condition, params, prepare=False).fetchone()[0]
         best = (area, count)

@@ -169,7 +169,7 @@ def _geometries(obj, source: str) -> list[dict]:
     raise SearchInputError(f"{source}: geometry type {kind!r} is not an area (use Polygon or MultiPolygon)")
 
 
-def _area_filter(area: Area | None, postgis: bool) -> tuple[sql.Composable, sql.Composable, tuple]:
+def area_filter(area: Area | None, postgis: bool) -> tuple[sql.Composable, sql.Composable, tuple]:
     """(join, condition, parameters) restricting ``t`` to the area."""
     if area is None:
         return sql.SQL(""), sql.SQL("TRUE"), ()
@@ -203,7 +203,7 @@ def similar(
         )
     query = row[0]
     postgis = found.has_geometry
-    join, condition, area_params = _area_filter(area, postgis)
+    join, condition, area_params = area_filter(area, postgis)
     source = sql.SQL("FROM {} AS t").format(ident) + join
     select = sql.SQL("SELECT t.h3, t.embedding <=> %s AS distance, t.lon, t.lat ") + source
     # Statements are never prepared: a cached generic plan would ignore the per-query settings below.

@@ -10,12 +10,14 @@ from pathlib import Path
 from geoembed.grid import PartitionKeyError
 from geoembed.raster import RasterInputError
 from geoembed.search import SearchInputError
+from geoembed.sources import LandingLocationError
 from geoembed.settings import DEFAULT_PRODUCT_FILE, ProductConfigError, load_settings
 
 EXIT_USAGE = 2
 # Errors of the user's input or environment: a message and exit code 2, no traceback.
 INPUT_ERRORS: tuple[type[BaseException], ...] = (ProductConfigError, RasterInputError, PartitionKeyError,
-                                                 SearchInputError, LookupError, ConnectionError)
+                                                 SearchInputError, LandingLocationError, LookupError,
+                                                 ConnectionError)
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -11,8 +11,10 @@ from __future__ import annotations
 import struct
 import time
 from dataclasses import dataclass
+from typing import Sequence
 
 import h3.api.basic_int as h3i
+
 import numpy as np
 import psycopg
 from pgvector.psycopg import register_vector
@@ -131,7 +133,7 @@ class RegionRows:
     lat: np.ndarray
     embedding: np.ndarray  # (n, dim) float32
     model_version: str
-    source_version: str
+    source_version: str | Sequence[str]  # one for every row, or per row (mosaics: the file each came from)
 
 
 def replace_region(conn: psycopg.Connection, table: str, rows: RegionRows) -> float:
@@ -176,12 +178,19 @@ def copy_payload(rows: RegionRows, with_geometry: bool = False) -> bytes:
     if vectors.ndim != 2 or vectors.shape[0] != n:
         raise ValueError(f"region {rows.region:x}: {n} cells but embeddings of shape {vectors.shape}")
     dim = vectors.shape[1]
-    model, source = rows.model_version.encode(), rows.source_version.encode()
+    model = rows.model_version.encode()
+    per_row = [rows.source_version] * n if isinstance(rows.source_version, str) else list(rows.source_version)
+    if len(per_row) != n:
+        raise ValueError(f"region {rows.region:x}: {n} cells but {len(per_row)} source versions")
+    source_of_row = np.array([v.encode() for v in per_row], dtype=object)
     geometries = [hexagon_ewkb(int(c)) for c in rows.cells] if with_geometry else None
     lengths = np.array([len(g) for g in geometries]) if geometries else np.zeros(n, dtype=int)
+    # Rows are grouped by everything that changes the record layout: geometry and source text lengths.
+    source_lengths = np.array([len(v) for v in source_of_row], dtype=int)
     parts = [_COPY_HEADER]
-    for length in np.unique(lengths):
-        index = np.nonzero(lengths == length)[0]
+    for length, source_length in sorted({(int(a), int(b)) for a, b in zip(lengths, source_lengths)}):
+        index = np.nonzero((lengths == length) & (source_lengths == source_length))[0]
+        source = b"x" * source_length  # the layout; the values are filled per row below
         fields = [("count", ">i2"),
                   ("l_h3", ">i4"), ("h3", ">i8"), ("l_region", ">i4"), ("region", ">i8"),
                   ("l_lon", ">i4"), ("lon", ">f8"), ("l_lat", ">i4"), ("lat", ">f8"),
@@ -196,10 +205,12 @@ def copy_payload(rows: RegionRows, with_geometry: bool = False) -> bytes:
         block["region"] = int(rows.region)
         block["lon"] = np.asarray(rows.lon, dtype=np.float64)[index]
         block["lat"] = np.asarray(rows.lat, dtype=np.float64)[index]
-        for name, text in (("model", model), ("source", source)):
-            block[f"l_{name}"] = len(text)
-            if text:
-                block[name] = np.frombuffer(text, dtype=f"V{len(text)}")[0]
+        block["l_model"] = len(model)
+        if model:
+            block["model"] = np.frombuffer(model, dtype=f"V{len(model)}")[0]
+        block["l_source"] = source_length
+        if source_length:
+            block["source"] = np.frombuffer(b"".join(source_of_row[index]), dtype=f"V{source_length}")
         block["l_vec"], block["dim"] = 4 + 4 * dim, dim
         block["vec"] = vectors[index]
         if geometries:

@@ -132,13 +132,16 @@ def parse_legend_text(text: str) -> dict[int, str]:
     return legend
 
 
-def resolve_legend(settings: ProductSettings, distinct_values: np.ndarray | None = None) -> dict[int, str]:
+def resolve_legend(
+    settings: ProductSettings, distinct_values: np.ndarray | None = None, location: str | None = None
+) -> dict[int, str]:
     """The product's legend as {class value: name}, sorted by value.
 
     With no legend configured, each distinct value in the raster becomes a class named by its value
-    (``distinct_values`` must then be given)."""
+    (``distinct_values`` must then be given). ``location``: the raster a 'tag:' legend is read from
+    (default: the product's raster)."""
     spec = settings.legend
-    location = settings.raster_location
+    location = location or settings.raster_location
     if isinstance(spec, dict):
         legend = {int(k): str(v) for k, v in spec.items()}
     elif spec is None:

@@ -194,3 +194,53 @@ def has_foreground(samples: WindowSamples, legend: Legend, background_values: li
     """Cells whose window holds some valid class other than the background classes."""
     foreground = ~np.isin(legend.values, np.asarray(background_values, dtype=np.int64))
     return (samples.fractions[:, foreground] > 0).any(axis=1) & samples.embedded
+
+
+def holds_centres(info: RasterInfo, lat: np.ndarray, lon: np.ndarray) -> np.ndarray:
+    """Which points (cell centres) fall inside the raster's pixel grid: the cells a raster provides."""
+    row, col = pixel_positions(info, lat, lon)
+    return (row >= 0) & (row < info.height) & (((col >= 0) & (col < info.width)) | info.is_global_geographic)
+
+
+def sample_mosaic(
+    rasters: list[tuple[RasterBlocks, RasterInfo]],
+    legend: Legend,
+    cells: np.ndarray,
+    lat: np.ndarray,
+    lon: np.ndarray,
+    size: int,
+    min_valid_fraction: float,
+    flag_unknown: bool,
+) -> tuple[WindowSamples, np.ndarray]:
+    """Samples from a mosaic of rasters given newest first: each cell is sampled from the newest raster
+    whose grid holds the cell's centre (cells no raster holds: from the first, as 'outside_raster').
+
+    Returns the samples and, per cell, the index of the raster it was sampled from."""
+    if not rasters:
+        raise ValueError("a mosaic needs at least one raster")
+    n = len(cells)
+    source = np.full(n, -1, dtype=np.int64)
+    for i, (_, info) in enumerate(rasters):
+        if (source >= 0).all():
+            break
+        todo = source < 0
+        idx = np.nonzero(todo)[0][holds_centres(info, lat[todo], lon[todo])]
+        source[idx] = i
+    source[source < 0] = 0
+    if len(rasters) == 1 or (source == source[0]).all():
+        blocks, info = rasters[int(source[0]) if n else 0]
+        return sample_windows(blocks, info, legend, cells, lat, lon, size, min_valid_fraction, flag_unknown), source
+    windows = np.empty((n, size, size), dtype=np.uint8)
+    fractions = np.empty((n, legend.n_classes), dtype=np.float32)
+    valid_fraction = np.empty(n, dtype=np.float32)
+    status = np.empty(n, dtype=np.uint8)
+    unknown: list[np.ndarray] = []
+    for i in np.unique(source):
+        rows = np.nonzero(source == i)[0]
+        blocks, info = rasters[int(i)]
+        part = sample_windows(blocks, info, legend, cells[rows], lat[rows], lon[rows], size, min_valid_fraction,
+                              flag_unknown)
+        windows[rows], fractions[rows] = part.windows, part.fractions
+        valid_fraction[rows], status[rows] = part.valid_fraction, part.status
+        unknown.append(part.unknown_values)
+    return WindowSamples(cells, windows, fractions, valid_fraction, status, np.unique(np.concatenate(unknown))), source

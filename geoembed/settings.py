@@ -32,10 +32,20 @@ class ProductSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: str = Field(description="Short identifier; prefixes asset keys and output folders.")
-    raster: str = Field(
+    raster: str | None = Field(
+        default=None,
         description="Single-band categorical raster: a local path, a URI rasterio can open "
-        "(s3://, https://, /vsi...), or 'package:<module>/<file>' for data installed from PyPI."
+        "(s3://, https://, /vsi...), or 'package:<module>/<file>' for data installed from PyPI. "
+        "Exactly one of raster and landing.",
     )
+    landing: str | None = Field(
+        default=None,
+        description="Landing location of raster files that together form the source (a mosaic; where "
+        "files overlap the most recently landed wins): a local directory or an s3://bucket/prefix. "
+        "A sensor watches it and refreshes the partitions a new or changed file covers.",
+    )
+    landing_pattern: str = Field(default="*.tif", description="File names in the landing location to use (glob).")
+    landing_check_seconds: int = Field(default=30, ge=1, le=86400, description="How often the landing sensor looks.")
     legend: dict[int, str] | str | None = Field(
         default=None,
         description="Class legend: a mapping {value: name}; 'tag:<name>' to parse the raster's metadata "
@@ -90,6 +100,8 @@ class ProductSettings(BaseModel):
 
     @model_validator(mode="after")
     def _regions(self) -> ProductSettings:
+        if (self.raster is None) == (self.landing is None):
+            raise ValueError("set exactly one of 'raster' (one file) and 'landing' (a location of files)")
         region_res = self.region_res
         if region_res >= self.resolution and self.resolution > 0:
             raise ValueError(
@@ -112,7 +124,13 @@ class ProductSettings(BaseModel):
     @property
     def raster_location(self) -> str:
         """The raster as a path or URI rasterio can open (package: references resolved)."""
+        if self.raster is None:
+            raise ProductConfigError(f"product {self.name!r} reads a landing location, not one raster")
         return resolve_raster_location(self.raster)
+
+    @property
+    def source_description(self) -> str:
+        return self.raster if self.raster is not None else f"{self.landing}/{self.landing_pattern}"
 
 
 def resolve_raster_location(raster: str) -> str:
@@ -141,10 +159,11 @@ def load_settings(path: str | os.PathLike[str]) -> ProductSettings:
         raise ProductConfigError(f"product settings file {str(path)!r} is not valid YAML: {exc}") from None
     if not isinstance(raw, dict):
         raise ProductConfigError(f"product settings file {str(path)!r} must hold a mapping of settings")
-    # Relative raster paths are relative to the settings file, so a product file can sit beside its data.
-    raster = raw.get("raster")
-    if isinstance(raster, str) and "://" not in raster and not raster.startswith(("/", PACKAGE_PREFIX)):
-        raw["raster"] = str((path.parent / raster).resolve())
+    # Relative raster and landing paths are relative to the settings file, so a product file can sit beside its data.
+    for key in ("raster", "landing"):
+        value = raw.get(key)
+        if isinstance(value, str) and "://" not in value and not value.startswith(("/", PACKAGE_PREFIX)):
+            raw[key] = str((path.parent / value).resolve())
     return settings_from_mapping(raw, source=str(path))
 
 

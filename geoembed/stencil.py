@@ -11,7 +11,7 @@ import rasterio
 
 from geoembed.grid import cell_centres, region_cells, region_key, regions_touching
 from geoembed.raster import RasterInfo, RasterInputError, distinct_values, resolve_legend
-from geoembed.sampling import STATUSES, Legend, RasterBlocks, has_foreground, sample_windows
+from geoembed.sampling import STATUSES, Legend, RasterBlocks, has_foreground, holds_centres, sample_windows
 from geoembed.settings import ProductSettings
 
 
@@ -23,6 +23,7 @@ class Stencil:
     status_counts: dict[str, int]
     seconds: float
     unknown_values: list[int] = field(default_factory=list)
+    covered: list[str] = field(default_factory=list)  # regions with a cell centre inside the raster
 
     @property
     def n_cells(self) -> int:
@@ -32,7 +33,7 @@ class Stencil:
 def product_legend(settings: ProductSettings, info: RasterInfo) -> Legend:
     """The configured legend, or (none configured) one class per distinct raster value."""
     values = None if settings.legend is not None else distinct_values(info.location, info.nodata)
-    return Legend.from_mapping(resolve_legend(settings, values))
+    return Legend.from_mapping(resolve_legend(settings, values, info.location))
 
 
 def clip_to_bbox(bounds: tuple[float, float, float, float], bbox: tuple[float, float, float, float] | None):
@@ -71,6 +72,7 @@ def scan_regions(
     candidates = regions_touching(bounds, settings.region_res)
     blocks = RasterBlocks(src)
     kept: list[int] = []
+    covered: list[str] = []
     cells_per_region: dict[str, int] = {}
     status = np.zeros(len(STATUSES), dtype=np.int64)
     unknown: set[int] = set()
@@ -81,6 +83,8 @@ def scan_regions(
             inside = _in_bbox(lat, lon, settings.bbox)
             if not inside.any():
                 continue
+        if holds_centres(info, lat, lon).any():
+            covered.append(region_key(int(region)))
         samples = sample_windows(blocks, info, legend, cells, lat, lon, settings.window_size,
                                  settings.min_valid_fraction, flag_unknown=settings.unknown_classes == "flag")
         unknown.update(int(v) for v in samples.unknown_values)
@@ -111,6 +115,7 @@ def scan_regions(
         status_counts={name: int(n) for name, n in zip(STATUSES, status)},
         seconds=time.perf_counter() - start,
         unknown_values=sorted(unknown),
+        covered=covered,
     )
 
 
@@ -118,3 +123,93 @@ def _in_bbox(lat: np.ndarray, lon: np.ndarray, bbox: tuple[float, float, float, 
     west, south, east, north = bbox
     in_lon = (lon >= west) & (lon <= east) if west <= east else (lon >= west) | (lon <= east)
     return in_lon & (lat >= south) & (lat <= north)
+
+
+@dataclass
+class FileStencil:
+    """What one source file contributes to the stencil (kept in the stencil state, reused while the
+    file's content version is unchanged)."""
+
+    name: str
+    location: str
+    version: str
+    fingerprint: str
+    modified_ns: int
+    regions: list[str]  # regions where it has valid, non-background data (they become partitions)
+    covered: list[str]  # regions with a cell whose centre lies in its grid (it provides those cells)
+    cells_per_region: dict[str, int]
+    status_counts: dict[str, int]
+    error: str = ""
+
+    def to_json(self) -> dict:
+        return dict(self.__dict__)
+
+
+@dataclass
+class MosaicStencil:
+    """The stencil of a product whose source is one or more files, and what changed since the last one."""
+
+    files: list[FileStencil]  # newest first
+    regions: list[str]  # every region with data in some file, plus regions kept from removed files
+    region_sources: dict[str, list[str]]  # region -> names of the files covering it, newest first
+    cells_per_region: dict[str, int]
+    changed_regions: list[str]  # regions whose source data changed: their partitions need a refresh
+    orphaned_regions: list[str]  # regions no file covers any more: previous rows kept, not refreshed
+    added: list[str]
+    changed: list[str]
+    removed: list[str]
+
+    @property
+    def status_counts(self) -> dict[str, int]:
+        total: dict[str, int] = {}
+        for f in self.files:
+            for k, v in f.status_counts.items():
+                total[k] = total.get(k, 0) + v
+        return total
+
+
+def merge_stencils(files: list[FileStencil], previous: dict | None) -> MosaicStencil:
+    """Combine per-file stencils (newest first) and compare with the previous stencil state.
+
+    ``previous``: the state the last stencil wrote (``sources``, ``regions``...), or None when nothing
+    comparable exists (first run, or settings changed): then every region counts as changed."""
+    cells: dict[str, int] = {}
+    for f in files:
+        if not f.error:
+            cells.update({key: f.cells_per_region[key] for key in f.regions})
+    # A region's sources: every file providing some of its cells (a newer file may hold only
+    # background there and still replaces the older file's pixels for those cells).
+    region_sources: dict[str, list[str]] = {key: [] for key in cells}
+    for f in files:
+        if not f.error:
+            for key in f.covered:
+                if key in region_sources:
+                    region_sources[key].append(f.name)
+    for f in files:  # regions with data only in windows reaching over a file's edge
+        if not f.error:
+            for key in f.regions:
+                if f.name not in region_sources[key] and not region_sources[key]:
+                    region_sources[key].append(f.name)
+    old_files = (previous or {}).get("sources", {})
+    old_regions = (previous or {}).get("regions", [])
+    names = {f.name for f in files}
+    added = [f.name for f in files if f.name not in old_files]
+    changed = [f.name for f in files if f.name in old_files and old_files[f.name]["version"] != f.version]
+    removed = sorted(set(old_files) - names)
+    touched: set[str] = set()
+    for f in files:
+        if f.name in added or f.name in changed:
+            touched.update(f.covered)
+            touched.update(old_files.get(f.name, {}).get("covered", []))
+    for name in removed:
+        touched.update(old_files[name].get("covered", []))
+    orphaned = sorted(k for k in old_regions if k not in region_sources)
+    for key in orphaned:  # keep what was there: its rows stay until a file covers it again
+        region_sources[key] = []
+        cells[key] = (previous or {}).get("cells_per_region", {}).get(key, 0)
+    regions = sorted(region_sources)
+    if previous is None:
+        changed_regions = [k for k in regions if region_sources[k]]
+    else:
+        changed_regions = sorted(k for k in touched if region_sources.get(k))
+    return MosaicStencil(files, regions, region_sources, cells, changed_regions, orphaned, added, changed, removed)

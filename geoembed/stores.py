@@ -73,10 +73,18 @@ def replace_directory(tmp: Path, final: Path) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-def samples_dataset(samples: WindowSamples, legend: Legend, resolution: int, attrs: dict) -> xr.Dataset:
+def samples_dataset(
+    samples: WindowSamples, legend: Legend, resolution: int, attrs: dict, source_versions: list[str] | None = None
+) -> xr.Dataset:
+    """A region's samples. ``source_versions``: per cell, the content version of the file it was sampled
+    from (default: ``attrs["source_version"]`` for every cell)."""
+    n = len(samples.cells)
+    per_cell = source_versions if source_versions is not None else [attrs["source_version"]] * n
     return xr.Dataset(
         {
             "windows": (("cells", "y", "x"), samples.windows),
+            "source_version": (("cells",), np.array([encode_version(v) for v in per_cell], dtype=VERSION_DTYPE),
+                               {"encoding": VERSION_ENCODING}),
             "fractions": (("cells", "class"), samples.fractions),
             "valid_fraction": (("cells",), samples.valid_fraction),
             "status": (("cells",), samples.status),
@@ -196,19 +204,26 @@ def write_product_region(
     embedding: np.ndarray,
     status: np.ndarray,
     model_version: str,
-    source_version: str,
+    source_version: str | np.ndarray,
 ) -> None:
-    """Replace one region's rows (embeddings, statuses, lineage) in the product store."""
+    """Replace one region's rows (embeddings, statuses, lineage) in the product store.
+
+    ``source_version``: one version for every row, or per row the encoded (uint64) version."""
     rows = layout.rows_of(region)
     n = rows.stop - rows.start
     if embedding.shape[0] != n or status.shape[0] != n:
         raise ValueError(f"region {region:x}: expected {n} rows, got {embedding.shape[0]} embeddings")
+    if isinstance(source_version, str):
+        source_rows = np.full(n, encode_version(source_version), dtype=VERSION_DTYPE)
+    else:
+        source_rows = np.asarray(source_version, dtype=VERSION_DTYPE)
+    sources = sorted({decode_version(v) for v in np.unique(source_rows) if v})
     part = xr.Dataset(
         {
             "embedding": (("cells", "embedding_dim"), embedding.astype(np.float32)),
             "status": (("cells",), status.astype(np.uint8)),
             "model_version": (("cells",), np.full(n, encode_version(model_version), dtype=VERSION_DTYPE)),
-            "source_version": (("cells",), np.full(n, encode_version(source_version), dtype=VERSION_DTYPE)),
+            "source_version": (("cells",), source_rows),
         }
     )
     kwargs = dict(region={"cells": rows}, zarr_format=3, consolidated=False, safe_chunks=False)
@@ -219,10 +234,11 @@ def write_product_region(
         part.to_zarr(path, **kwargs)
     with store_lock(path):
         group = zarr.open_group(path, mode="r+")
-        for key, value in (("model_versions", model_version), ("source_versions", source_version)):
+        for key, values in (("model_versions", [model_version]), ("source_versions", sources)):
             seen = list(group.attrs.get(key, []))
-            if value not in seen:
-                group.attrs[key] = seen + [value]
+            new = [v for v in values if v not in seen]
+            if new:
+                group.attrs[key] = seen + new
 
 
 def open_product(path: str | os.PathLike[str], chunks: dict | str | None = None) -> xr.Dataset:

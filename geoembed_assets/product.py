@@ -8,6 +8,7 @@ Assets are thin: the logic lives in ``geoembed`` and every read or write goes th
 """
 
 
+import contextlib
 import functools
 import json
 import time
@@ -15,23 +16,30 @@ from dataclasses import dataclass
 
 import dagster as dg
 import numpy as np
+import rasterio.errors
 from pydantic import Field
 
 from geoembed import db
 from geoembed import model as encoder
 from geoembed.evaluation import knn_balanced_accuracy, pca_features, split_regions
 from geoembed.grid import ProductLayout, cell_centres, parse_region_key, region_cells, region_key
-from geoembed.raster import RasterInputError
+from geoembed.raster import RasterInfo, RasterInputError
 from geoembed.render import embedding_map_png, loss_curve_png, markdown_image
-from geoembed.sampling import EMBEDDED, STATUSES, Legend, RasterBlocks, sample_windows
+from geoembed.sampling import EMBEDDED, STATUSES, Legend, RasterBlocks, sample_mosaic
+from geoembed.sources import combined_version, manifest_version, newest_first
 from geoembed.settings import ProductSettings
-from geoembed.stencil import product_legend, scan_regions
-from geoembed.stores import NOT_COMPUTED, decode_version, samples_dataset
+from geoembed.stencil import FileStencil, merge_stencils, product_legend, scan_regions
+from geoembed.stores import NOT_COMPUTED, decode_version, encode_version, samples_dataset
 from geoembed_resources import InferenceDevice, PostgresDatabase, ProductStorage, RasterReader
+from geoembed_assets.landing import LANDING_TAG, build_landing_sensor
 from geoembed_resources.postgres import redacted
 
 # Partitions materialized per run when a backfill covers many regions.
 PARTITIONS_PER_RUN = 64
+# Derived assets refresh themselves when what they are made from changes: a retrained model (new
+# model version) makes every embedding partition, the tables, the map and the index stale, and
+# Dagster's automation sensor (run by the daemon) requests them. Training itself is never automatic.
+REFRESH_WHEN_UPSTREAM_CHANGES = dg.AutomationCondition.eager()
 
 
 class TrainingConfig(dg.Config):
@@ -68,6 +76,15 @@ def _layout(state: dict, settings: ProductSettings) -> ProductLayout:
     return ProductLayout.build(regions, settings.resolution, settings.region_res)
 
 
+def _known_versions(storage: ProductStorage, product: str) -> dict[str, tuple[str, str]]:
+    """{file name: (fingerprint, content version)} from the last stencil: unchanged files are not re-read."""
+    path = storage.stencil_path(product)
+    if not path.exists():
+        return {}
+    files = storage.read_json(path, "the stencil").get("sources", {})
+    return {n: (f["fingerprint"], f["version"]) for n, f in files.items()}
+
+
 def _legend(state: dict) -> Legend:
     return Legend.from_mapping({int(k): v for k, v in state["legend"].items()})
 
@@ -97,14 +114,20 @@ def build_product(settings: ProductSettings) -> ProductAssets:
         backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=PARTITIONS_PER_RUN),
     )
 
-    @dg.observable_source_asset(key=source_key, group_name=group, description=f"Categorical raster {settings.raster}")
-    def landcover_source(raster_reader: RasterReader) -> dg.ObserveResult:
-        location = settings.raster_location
-        info = raster_reader.describe(location, settings.nodata)
+    @dg.observable_source_asset(key=source_key, group_name=group,
+                                description=f"Categorical raster source {settings.source_description}")
+    def landcover_source(raster_reader: RasterReader, storage: ProductStorage) -> dg.ObserveResult:
+        files = raster_reader.source_files(settings, _known_versions(storage, name))
+        if not files:
+            raise dg.Failure(f"landing location {settings.landing!r} holds no file matching {settings.landing_pattern!r}")
+        newest = newest_first(files)[0]
+        info = raster_reader.describe(newest.location, settings.nodata)
         return dg.ObserveResult(
-            data_version=dg.DataVersion(raster_reader.version(location)),
+            data_version=dg.DataVersion(manifest_version(files)),
             metadata={
-                "location": location,
+                "location": settings.landing or newest.location,
+                "files": len(files),
+                "newest_file": newest.name,
                 "crs": info.crs.to_string(),
                 "size": f"{info.width} x {info.height}",
                 "nodata": str(info.nodata),
@@ -116,84 +139,154 @@ def build_product(settings: ProductSettings) -> ProductAssets:
         key=dg.AssetKey([name, "h3_regions"]),
         deps=[source_key],
         group_name=group,
-        code_version="1",
+        code_version="2",
         kinds={"h3", "python"},
+        pool=f"{name}_stencil",  # one stencil at a time: each compares itself with the previous one
     )
     def h3_regions(context: dg.AssetExecutionContext, raster_reader: RasterReader, storage: ProductStorage):
-        """The H3 stencil: coarse regions holding valid, non-background data. Each becomes a partition
-        of the samples and embeddings; the embedding Zarr store is laid out (or migrated) for them."""
-        location = settings.raster_location
-        info = raster_reader.describe(location, settings.nodata)
-        legend = product_legend(settings, info)
-        version = raster_reader.version(location)
-        with raster_reader.open(location) as src:
-            stencil = scan_regions(src, info, legend, settings,
-                                   progress=lambda i, n, k: context.log.info(f"stencil: {i}/{n} candidate regions, {k} with data"))
-        keys = [region_key(int(r)) for r in stencil.regions]
+        """The H3 stencil: coarse regions holding valid, non-background data in any source file. Each
+        becomes a partition of the samples and embeddings; the embedding Zarr store is laid out (or
+        migrated) for them. Files whose content is unchanged keep their previous scan; the regions the
+        new, changed or removed files cover are listed as ``changed_regions`` (what needs a refresh)."""
+        path = storage.stencil_path(name)
+        previous = storage.read_json(path, "the stencil") if path.exists() else None
+        current_settings = settings.model_dump(mode="json")
+        comparable = previous if previous and previous.get("settings") == current_settings and "sources" in previous else None
+        old_files = (comparable or {}).get("sources", {})
+        files = newest_first(raster_reader.source_files(settings, _known_versions(storage, name)))
+        if not files:
+            raise dg.Failure(f"landing location {settings.landing!r} holds no file matching {settings.landing_pattern!r}")
+        if comparable:
+            legend = _legend(comparable)
+        else:
+            legend = product_legend(settings, raster_reader.describe(files[0].location, settings.nodata))
+        scanned: list[FileStencil] = []
+        for f in files:
+            old = old_files.get(f.name)
+            if old and old["version"] == f.version and not old.get("error"):
+                scanned.append(FileStencil(**{**old, "location": f.location, "fingerprint": f.fingerprint,
+                                              "modified_ns": f.modified_ns}))
+                continue
+            try:
+                info = raster_reader.describe(f.location, settings.nodata)
+                with raster_reader.open(f.location) as src:
+                    stencil = scan_regions(src, info, legend, settings, progress=lambda i, n, k: context.log.info(
+                        f"stencil {f.name}: {i}/{n} candidate regions, {k} with data"))
+            except (RasterInputError, rasterio.errors.RasterioIOError) as exc:
+                if settings.landing is None:
+                    raise
+                context.log.warning(f"landing file {f.name!r} is not used: {exc}")
+                scanned.append(FileStencil(f.name, f.location, f.version, f.fingerprint, f.modified_ns, [], [], {},
+                                           {}, error=str(exc)))
+                continue
+            scanned.append(FileStencil(f.name, f.location, f.version, f.fingerprint, f.modified_ns,
+                                       [region_key(int(r)) for r in stencil.regions], stencil.covered,
+                                       stencil.cells_per_region, stencil.status_counts))
+        mosaic = merge_stencils(scanned, comparable)
+        rejected = {f.name: f.error for f in scanned if f.error}
+        if not any(mosaic.region_sources.values()):
+            raise dg.Failure(f"no source file of {name!r} covers an H3 cell with data; rejected files: {rejected}")
         existing = set(context.instance.get_dynamic_partitions(regions_partitions.name))
-        new_keys = [k for k in keys if k not in existing]
+        new_keys = [k for k in mosaic.regions if k not in existing]
         if new_keys:
             context.instance.add_dynamic_partitions(regions_partitions.name, new_keys)
-        layout = ProductLayout.build(stencil.regions, settings.resolution, settings.region_res)
+        regions = np.array([int(k, 16) for k in mosaic.regions], dtype=np.uint64)
+        layout = ProductLayout.build(regions, settings.resolution, settings.region_res)
         storage.ensure_product_store(name, layout, settings.embedding_dim, {
-            "product": name, "raster": settings.raster, "description": f"H3 land-cover embeddings of {settings.raster}",
+            "product": name, "raster": settings.source_description,
+            "description": f"H3 land-cover embeddings of {settings.source_description}",
             "window_size": settings.window_size, "legend": json.dumps({str(v): n for v, n in zip(legend.values.tolist(), legend.names)}),
         })
+        source_version = manifest_version(files)
         state = {
-            "settings": settings.model_dump(mode="json"),
-            "source_version": version,
+            "settings": current_settings,
+            "source_version": source_version,
             "legend": {str(v): n for v, n in zip(legend.values.tolist(), legend.names)},
-            "regions": keys,
-            "cells_per_region": stencil.cells_per_region,
+            "regions": mosaic.regions,
+            "cells_per_region": mosaic.cells_per_region,
+            "region_sources": mosaic.region_sources,
+            "sources": {f.name: f.to_json() for f in scanned},
         }
-        storage.write_json(storage.stencil_path(name), state)
+        storage.write_json(path, state)
+        for label, names in (("added", mosaic.added), ("changed", mosaic.changed), ("removed", mosaic.removed)):
+            if names and comparable:
+                context.log.info(f"source files {label}: {names[:20]}{' ...' if len(names) > 20 else ''}")
+        if mosaic.orphaned_regions:
+            context.log.warning(f"{len(mosaic.orphaned_regions)} regions are no longer covered by any source file "
+                                f"(removed: {mosaic.removed}); their previous rows are kept: {mosaic.orphaned_regions[:20]}")
         return dg.MaterializeResult(
             metadata={
-                "regions": len(keys),
+                "regions": len(mosaic.regions),
                 "new_partitions": len(new_keys),
-                "cells": stencil.n_cells,
-                "candidate_regions": stencil.candidates,
-                "cell_status": dg.MetadataValue.json(stencil.status_counts),
-                "source_version": version,
+                "cells": int(sum(mosaic.cells_per_region.values())),
+                "changed_regions": dg.MetadataValue.json(mosaic.changed_regions),
+                "changed_region_count": len(mosaic.changed_regions),
+                "orphaned_regions": dg.MetadataValue.json(mosaic.orphaned_regions),
+                "source_files": len(files),
+                "files_added": dg.MetadataValue.json(mosaic.added),
+                "files_changed": dg.MetadataValue.json(mosaic.changed),
+                "files_removed": dg.MetadataValue.json(mosaic.removed),
+                "files_rejected": dg.MetadataValue.json(rejected),
+                "cell_status": dg.MetadataValue.json(mosaic.status_counts),
+                "source_version": source_version,
                 "legend_classes": legend.n_classes,
-                "seconds": round(stencil.seconds, 2),
-                "stencil": dg.MetadataValue.path(str(storage.stencil_path(name))),
+                "stencil": dg.MetadataValue.path(str(path)),
+                "trigger": context.run.tags.get(LANDING_TAG, ""),
             }
         )
 
     @regional_asset(
         key=samples_key,
         deps=[source_key, dg.AssetKey([name, "h3_regions"])],
-        code_version="1",
+        code_version="2",
         kinds={"zarr"},
     )
     def landcover_samples(context: dg.AssetExecutionContext, raster_reader: RasterReader, storage: ProductStorage):
-        """Per region: a window of class ids centred on every fine cell (raster CRS and pixels), per-class
-        fractions and a status per cell (edge, nodata, unknown class cells kept with a reason). Zarr."""
+        """Per region: a window of class ids centred on every fine cell (raster CRS and pixels; where
+        source files overlap, the newest), per-class fractions, a status per cell (edge, nodata, unknown
+        class cells kept with a reason) and the content version of the file each cell was read from. Zarr."""
         state = _stencil_state(storage, name)
         keys = _checked_keys(context, settings, state)
-        location = settings.raster_location
-        info = raster_reader.describe(location, settings.nodata)
         legend = _legend(state)
-        version = raster_reader.version(location)
+        files = state["sources"]
+        landed = {f.name: f.fingerprint for f in raster_reader.list_files(settings)}
         status_total = np.zeros(len(STATUSES), dtype=np.int64)
         start, done = time.perf_counter(), 0
-        with raster_reader.open(location) as src:
-            blocks = RasterBlocks(src)
+        with contextlib.ExitStack() as stack:
+            opened: dict[str, tuple[RasterBlocks, RasterInfo]] = {}
+
+            def raster(file_name: str) -> tuple[RasterBlocks, RasterInfo]:
+                if file_name not in opened:
+                    entry = files[file_name]
+                    if landed.get(file_name) != entry["fingerprint"]:
+                        raise dg.Failure(
+                            f"source file {entry['location']!r} was {'removed' if file_name not in landed else 'changed'} "
+                            f"after the stencil was made; re-materialize h3_regions first (the landing sensor does)")
+                    info = raster_reader.describe(entry["location"], settings.nodata)
+                    opened[file_name] = (RasterBlocks(stack.enter_context(raster_reader.open(entry["location"]))), info)
+                return opened[file_name]
+
             for i, key in enumerate(keys):
+                names = state["region_sources"].get(key) or []
+                if not names:
+                    raise dg.Failure(f"region {key} is no longer covered by any source file; its previous rows "
+                                     "are kept. Land a file that covers it, or leave this partition as it is")
                 cells = region_cells(parse_region_key(key, settings.region_res), settings.resolution)
                 lat, lon = cell_centres(cells)
-                samples = sample_windows(blocks, info, legend, cells, lat, lon, settings.window_size,
-                                         settings.min_valid_fraction, settings.unknown_classes == "flag")
+                samples, source_index = sample_mosaic([raster(n) for n in names], legend, cells, lat, lon,
+                                                      settings.window_size, settings.min_valid_fraction,
+                                                      settings.unknown_classes == "flag")
                 if len(samples.unknown_values) and settings.unknown_classes == "error":
                     raise RasterInputError(
-                        f"raster {location!r}: region {key} holds values {samples.unknown_values.tolist()} "
-                        f"that are not in the legend; nothing was written for this region"
+                        f"raster {files[names[0]]['location']!r}: region {key} holds values "
+                        f"{samples.unknown_values.tolist()} that are not in the legend; nothing was written for this region"
                     )
+                versions = [files[n]["version"] for n in names]
                 ds = samples_dataset(samples, legend, settings.resolution, {
-                    "product": name, "region": key, "source_version": version, "raster": settings.raster,
+                    "product": name, "region": key, "source_version": combined_version(versions),
+                    "source_files": json.dumps(names), "raster": settings.source_description,
                     "window_size": settings.window_size,
-                })
+                }, source_versions=[versions[j] for j in source_index])
                 storage.write_samples(name, key, ds)
                 status_total += np.bincount(samples.status, minlength=len(STATUSES))
                 done += len(cells)
@@ -205,7 +298,7 @@ def build_product(settings: ProductSettings) -> ProductAssets:
                 "cells": done,
                 "cell_status": dg.MetadataValue.json({s: int(n) for s, n in zip(STATUSES, status_total)}),
                 "cells_per_second": round(done / max(time.perf_counter() - start, 1e-9), 1),
-                "source_version": version,
+                "source_version": state["source_version"],
             }
         )
 
@@ -295,6 +388,7 @@ def build_product(settings: ProductSettings) -> ProductAssets:
 
     @regional_asset(
         key=embeddings_key,
+        automation_condition=REFRESH_WHEN_UPSTREAM_CHANGES,
         deps=[samples_key, model_key],
         pool="gpu",
         code_version="1",
@@ -315,6 +409,7 @@ def build_product(settings: ProductSettings) -> ProductAssets:
         device = inference_device.describe()
         missing = nan = off_norm = 0
         start, done, embedded_total = time.perf_counter(), 0, 0
+        sources_seen: set[str] = set()
         for i, key in enumerate(keys):
             samples = storage.open_samples(name, key).load()
             status = samples["status"].values
@@ -328,7 +423,8 @@ def build_product(settings: ProductSettings) -> ProductAssets:
             off_norm += int((np.abs(norms - 1) > 1e-3).sum())
             storage.write_product_region(name, layout, parse_region_key(key, settings.region_res), embedding=vectors,
                                          status=status, model_version=version,
-                                         source_version=samples.attrs["source_version"])
+                                         source_version=_row_source_versions(samples))
+            sources_seen.update(decode_version(v) for v in np.unique(_row_source_versions(samples)))
             done += len(status)
             embedded_total += int(embedded.sum())
             rate = embedded_total / max(time.perf_counter() - start, 1e-9)
@@ -336,7 +432,7 @@ def build_product(settings: ProductSettings) -> ProductAssets:
         return dg.MaterializeResult(
             metadata={
                 "model_version": version,
-                "source_version": samples.attrs["source_version"] if keys else "",
+                "source_version": ", ".join(sorted(sources_seen)),
                 "regions": len(keys),
                 "cells": done,
                 "embedded_cells": embedded_total,
@@ -355,6 +451,7 @@ def build_product(settings: ProductSettings) -> ProductAssets:
 
     @dg.asset(
         key=dg.AssetKey([name, "embedding_map"]),
+        automation_condition=REFRESH_WHEN_UPSTREAM_CHANGES,
         deps=[embeddings_key],
         group_name=group,
         code_version="1",
@@ -385,6 +482,7 @@ def build_product(settings: ProductSettings) -> ProductAssets:
 
     @regional_asset(
         key=table_key,
+        automation_condition=REFRESH_WHEN_UPSTREAM_CHANGES,
         deps=[embeddings_key],
         code_version="1",
         kinds={"postgres"},
@@ -417,9 +515,8 @@ def build_product(settings: ProductSettings) -> ProductAssets:
                 table = db.ensure_embedding_table(conn, name, version, settings.embedding_dim, settings.resolution)
                 tables.add(table)
                 lat, lon = cell_centres(cells)
-                sources = {decode_version(v) for v in np.unique(part["source_version"].values[keep])}
-                rows = db.RegionRows(region, cells, lon, lat, part["embedding"].values[keep], version,
-                                     sources.pop() if sources else "")
+                sources = [decode_version(v) for v in part["source_version"].values[keep]]
+                rows = db.RegionRows(region, cells, lon, lat, part["embedding"].values[keep], version, sources)
                 seconds += db.replace_region(conn, table, rows)
                 loaded += len(cells)
                 context.log.info(f"table: region {key} ({i + 1}/{len(keys)}), {loaded:,} rows, "
@@ -431,6 +528,7 @@ def build_product(settings: ProductSettings) -> ProductAssets:
 
     @dg.asset(
         key=dg.AssetKey([name, "embedding_index"]),
+        automation_condition=REFRESH_WHEN_UPSTREAM_CHANGES,
         deps=[table_key],
         group_name=group,
         code_version="1",
@@ -461,12 +559,21 @@ def build_product(settings: ProductSettings) -> ProductAssets:
         )
 
     observe_job = dg.define_asset_job(f"{name}_observe_source", selection=dg.AssetSelection.assets(source_key))
+    sensors = [build_landing_sensor(settings, regions_partitions, PARTITIONS_PER_RUN)] if settings.landing else []
     definitions = dg.Definitions(
         assets=[landcover_source, h3_regions, landcover_samples, embedding_model, cell_embeddings, embedding_map,
                 embedding_table, embedding_index],
         jobs=[observe_job],
+        sensors=sensors,
     )
     return ProductAssets(settings, regions_partitions, definitions, source_key)
+
+
+def _row_source_versions(samples) -> np.ndarray:
+    """Per cell, the encoded version of the source file it was read from (older samples: one per region)."""
+    if "source_version" in samples:
+        return samples["source_version"].values
+    return np.full(samples.sizes["cells"], encode_version(samples.attrs["source_version"]), dtype=np.uint64)
 
 
 @dataclass

@@ -124,13 +124,24 @@ def test_retraining_makes_embeddings_stale_and_rerun_replaces(zion_run):
         return get_stale_status_resolver(instance, assets).get_status(key, partition)
 
     assert status() == StaleStatus.FRESH
+    # The automation conditions the daemon evaluates: nothing to do while the product is fresh...
+    baseline = dg.evaluate_automation_conditions(defs, instance)
+    assert baseline.total_requested == 0
     dg.materialize(assets, selection=[dg.AssetKey([name, "embedding_model"])], instance=instance,
                    resources=resources, run_config=_steps(name, 25))
     new_version = json.loads(resources["storage"].current_model_path(name).read_text())["model_version"]
     assert new_version != summary.model_version
     assert status() == StaleStatus.STALE
+    # ...and a new model version requests every embedding partition.
+    after_training = dg.evaluate_automation_conditions(defs, instance, cursor=baseline.cursor)
+    partitions = set(instance.get_dynamic_partitions(f"{name}_regions"))
+    assert set(after_training.get_requested_partitions(key)) == partitions
     dg.materialize(assets, selection=[key], instance=instance, resources=resources, partition_key=partition)
     assert status() == StaleStatus.FRESH
+    # Each partition's latest materialization says which model version it holds (the UI shows it).
+    held = {p: _latest_metadata(instance, key, p)["model_version"].value for p in partitions}
+    assert held[partition] == new_version
+    assert {v for p, v in held.items() if p != partition} == {summary.model_version}
     ds = resources["storage"].open_product(name)
     rows = ds["status"].values <= 2
     versions = np.array([decode_version(v) for v in ds["model_version"].values])
@@ -138,6 +149,12 @@ def test_retraining_makes_embeddings_stale_and_rerun_replaces(zion_run):
     assert set(versions[rows & in_partition].tolist()) == {new_version}
     assert set(versions[rows & ~in_partition].tolist()) == {summary.model_version}
     assert len(np.unique(ds["cell_ids"].values)) == ds.sizes["cells"]  # no duplicated rows
+
+
+def _latest_metadata(instance: dg.DagsterInstance, key: dg.AssetKey, partition: str) -> dict:
+    records = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=key, asset_partitions=[partition]), limit=1).records
+    return records[0].asset_materialization.metadata
 
 
 def test_invalid_partition_key_fails_clearly(zion_run):
@@ -182,11 +199,17 @@ def test_bad_raster_fails_and_keeps_what_was_materialized(tmp_path):
         # The raster changes: now it holds a class that the legend does not know.
         write_raster(raster, np.where(data == 2, 7, data).astype(np.uint8), from_origin(10.0, 1.0, 0.01, 0.01),
                      nodata=0)
-        with pytest.raises(RasterInputError, match=r"lc.tif.*values \[7\].*not in the legend"):
+        # Sampling a file that changed after the stencil was made is refused, naming the file.
+        with pytest.raises(dg.Failure, match=r"lc.tif' was changed after the stencil"):
             dg.materialize(assets, selection=[samples_key], instance=instance, resources=resources,
                            partition_key=key)
+        stencil_before = resources["storage"].stencil_path("bad_test").read_text()
+        with pytest.raises(RasterInputError, match=r"lc.tif.*values \[7\].*not in the legend"):
+            dg.materialize(assets, selection=[dg.AssetKey(["bad_test", "h3_regions"])], instance=instance,
+                           resources=resources)
         after = resources["storage"].open_samples("bad_test", key).load()
         xr.testing.assert_identical(before, after)
+        assert resources["storage"].stencil_path("bad_test").read_text() == stencil_before
         # A raster with no valid data at all fails in the stencil, naming the file.
         write_raster(raster, np.zeros_like(data), from_origin(10.0, 1.0, 0.01, 0.01), nodata=0)
         with pytest.raises(RasterInputError, match="lc.tif.*covers no H3 cell"):

@@ -58,3 +58,16 @@ def test_package_raster_that_is_not_installed(small_product_yaml):
 def test_relative_raster_paths_are_relative_to_the_settings_file(small_product_yaml):
     path = small_product_yaml(raster="rasters/lc.tif")
     assert load_settings(path).raster == str((path.parent / "rasters" / "lc.tif").resolve())
+
+
+def test_exactly_one_of_raster_and_landing(tmp_path):
+    both = tmp_path / "both.yaml"
+    both.write_text("name: x\nraster: a.tif\nlanding: incoming\nresolution: 5\n")
+    with pytest.raises(ProductConfigError, match="both.yaml.*exactly one of 'raster'"):
+        load_settings(both)
+    landing = tmp_path / "landing.yaml"
+    landing.write_text("name: x\nlanding: incoming\nresolution: 5\n")
+    settings = load_settings(landing)
+    assert settings.landing == str(tmp_path / "incoming") and settings.landing_pattern == "*.tif"
+    with pytest.raises(ProductConfigError, match="landing location, not one raster"):
+        _ = settings.raster_location

@@ -58,7 +58,7 @@ def build_landing_sensor(
         known, state = sources.decode_cursor(context.cursor)
         if not context.cursor:
             # First evaluation: what the product was last built from counts as seen.
-            known = _stencil_files(storage, name)
+            known = storage.known_source_versions(name)
         listing = raster_reader.list_files(settings)
         listed = time.monotonic()
         changes = sources.diff_landing(known, listing, deadline=started + VERSIONING_BUDGET_SECONDS)
@@ -114,14 +114,6 @@ def build_landing_sensor(
         return dg.SensorResult(run_requests=run_requests, asset_events=asset_events, cursor=cursor)
 
     return landing_sensor
-
-
-def _stencil_files(storage: ProductStorage, product: str) -> dict[str, tuple[str, str]]:
-    path = storage.stencil_path(product)
-    if not path.exists():
-        return {}
-    files = storage.read_json(path, "the stencil").get("sources", {})
-    return {n: (f["fingerprint"], f["version"]) for n, f in files.items()}
 
 
 def _refresh_requests(

@@ -76,15 +76,6 @@ def _layout(state: dict, settings: ProductSettings) -> ProductLayout:
     return ProductLayout.build(regions, settings.resolution, settings.region_res)
 
 
-def _known_versions(storage: ProductStorage, product: str) -> dict[str, tuple[str, str]]:
-    """{file name: (fingerprint, content version)} from the last stencil: unchanged files are not re-read."""
-    path = storage.stencil_path(product)
-    if not path.exists():
-        return {}
-    files = storage.read_json(path, "the stencil").get("sources", {})
-    return {n: (f["fingerprint"], f["version"]) for n, f in files.items()}
-
-
 def _legend(state: dict) -> Legend:
     return Legend.from_mapping({int(k): v for k, v in state["legend"].items()})
 
@@ -117,7 +108,7 @@ def build_product(settings: ProductSettings) -> ProductAssets:
     @dg.observable_source_asset(key=source_key, group_name=group,
                                 description=f"Categorical raster source {settings.source_description}")
     def landcover_source(raster_reader: RasterReader, storage: ProductStorage) -> dg.ObserveResult:
-        files = raster_reader.source_files(settings, _known_versions(storage, name))
+        files = raster_reader.source_files(settings, storage.known_source_versions(name))
         if not files:
             raise dg.Failure(f"landing location {settings.landing!r} holds no file matching {settings.landing_pattern!r}")
         newest = newest_first(files)[0]
@@ -153,7 +144,7 @@ def build_product(settings: ProductSettings) -> ProductAssets:
         current_settings = settings.model_dump(mode="json")
         comparable = previous if previous and previous.get("settings") == current_settings and "sources" in previous else None
         old_files = (comparable or {}).get("sources", {})
-        files = newest_first(raster_reader.source_files(settings, _known_versions(storage, name)))
+        files = newest_first(raster_reader.source_files(settings, storage.known_source_versions(name)))
         if not files:
             raise dg.Failure(f"landing location {settings.landing!r} holds no file matching {settings.landing_pattern!r}")
         if comparable:

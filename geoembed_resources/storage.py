@@ -59,6 +59,14 @@ class ProductStorage(dg.ConfigurableResource):
     def stencil_path(self, product: str) -> Path:
         return self.product_dir(product) / "stencil.json"
 
+    def known_source_versions(self, product: str) -> dict[str, tuple[str, str]]:
+        """{source file: (fingerprint, content version)} as the last stencil saw them (empty before one)."""
+        path = self.stencil_path(product)
+        if not path.exists():
+            return {}
+        files = self.read_json(path, "the stencil").get("sources", {})
+        return {n: (f["fingerprint"], f["version"]) for n, f in files.items()}
+
     def current_model_path(self, product: str) -> Path:
         return self.product_dir(product) / "models" / "current.json"
 

@@ -130,8 +130,9 @@ def _refresh_requests(
     model only the samples are refreshed (embeddings need a model: materialize embedding_model)."""
     ordered = context.instance.get_dynamic_partitions(regions_partitions.name)
     wanted = changed_regions & set(ordered)
-    selection = refresh_keys if storage.current_model_path(settings.name).exists() else refresh_keys[:1]
-    if selection is refresh_keys[:1]:
+    has_model = storage.current_model_path(settings.name).exists()
+    selection = refresh_keys if has_model else refresh_keys[:1]
+    if not has_model:
         context.log.warning(f"{settings.name}: no trained model yet; refreshing samples only")
     requests = []
     for batch in sources.contiguous_batches(ordered, wanted, partitions_per_run):

@@ -20,6 +20,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterable
 
+from geoembed.raster import content_version
+
 
 class LandingLocationError(ValueError):
     """A landing location cannot be listed."""
@@ -62,11 +64,7 @@ def file_version(source: SourceFile) -> str:
     """Content version of one file: sha256 of a local file's bytes, or a hash of an object's ETag and size."""
     if source.etag:
         return hashlib.sha256(f"{source.etag}:{source.size}".encode()).hexdigest()[:16]
-    digest = hashlib.sha256()
-    with open(source.location, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()[:16]
+    return content_version(source.location)
 
 
 def with_versions(files: Iterable[SourceFile], known: dict[str, tuple[str, str]]) -> list[SourceFile]:

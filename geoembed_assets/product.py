@@ -412,10 +412,11 @@ def build_product(settings: ProductSettings) -> ProductAssets:
             missing += int(np.isnan(vectors[embedded]).all(axis=1).sum())
             nan += int(np.isnan(vectors[embedded]).any(axis=1).sum())
             off_norm += int((np.abs(norms - 1) > 1e-3).sum())
+            row_sources = _row_source_versions(samples)
             storage.write_product_region(name, layout, parse_region_key(key, settings.region_res), embedding=vectors,
                                          status=status, model_version=version,
-                                         source_version=_row_source_versions(samples))
-            sources_seen.update(decode_version(v) for v in np.unique(_row_source_versions(samples)))
+                                         source_version=row_sources)
+            sources_seen.update(decode_version(v) for v in np.unique(row_sources))
             done += len(status)
             embedded_total += int(embedded.sum())
             rate = embedded_total / max(time.perf_counter() - start, 1e-9)

@@ -40,6 +40,20 @@ PARTITIONS_PER_RUN = 64
 # model version) makes every embedding partition, the tables, the map and the index stale, and
 # Dagster's automation sensor (run by the daemon) requests them. Training itself is never automatic.
 REFRESH_WHEN_UPSTREAM_CHANGES = dg.AutomationCondition.eager()
+# On Kubernetes (deploy/k8s/, dagster-k8s's k8s_job_executor) each inference step runs in its own pod
+# that requests one NVIDIA GPU and is scheduled onto GPU nodes; other executors ignore this tag.
+GPU_STEP_K8S_CONFIG = {
+    "container_config": {
+        "resources": {
+            "requests": {"cpu": "4", "memory": "16Gi", "nvidia.com/gpu": "1"},
+            "limits": {"memory": "32Gi", "nvidia.com/gpu": "1"},
+        }
+    },
+    "pod_spec_config": {
+        "node_selector": {"nvidia.com/gpu.present": "true"},
+        "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+    },
+}
 
 
 class TrainingConfig(dg.Config):
@@ -382,6 +396,7 @@ def build_product(settings: ProductSettings) -> ProductAssets:
         automation_condition=REFRESH_WHEN_UPSTREAM_CHANGES,
         deps=[samples_key, model_key],
         pool="gpu",
+        op_tags={"dagster-k8s/config": GPU_STEP_K8S_CONFIG},
         code_version="1",
         kinds={"pytorch", "zarr"},
         check_specs=embedding_checks,

@@ -31,6 +31,7 @@ from geoembed.settings import ProductSettings
 from geoembed.stencil import FileStencil, merge_stencils, product_legend, scan_regions
 from geoembed.stores import NOT_COMPUTED, decode_version, encode_version, samples_dataset
 from geoembed_resources import InferenceDevice, PostgresDatabase, ProductStorage, RasterReader
+from geoembed_assets.failures import TRANSIENT_RETRY, fails_clearly
 from geoembed_assets.landing import LANDING_TAG, build_landing_sensor
 from geoembed_resources.postgres import redacted
 
@@ -117,6 +118,7 @@ def build_product(settings: ProductSettings) -> ProductAssets:
     regional_asset = functools.partial(
         dg.asset, partitions_def=regions_partitions, group_name=group,
         backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=PARTITIONS_PER_RUN),
+        retry_policy=TRANSIENT_RETRY,
     )
 
     @dg.observable_source_asset(key=source_key, group_name=group,
@@ -144,10 +146,12 @@ def build_product(settings: ProductSettings) -> ProductAssets:
         key=dg.AssetKey([name, "h3_regions"]),
         deps=[source_key],
         group_name=group,
+        retry_policy=TRANSIENT_RETRY,
         code_version="2",
         kinds={"h3", "python"},
         pool=f"{name}_stencil",  # one stencil at a time: each compares itself with the previous one
     )
+    @fails_clearly
     def h3_regions(context: dg.AssetExecutionContext, raster_reader: RasterReader, storage: ProductStorage):
         """The H3 stencil: coarse regions holding valid, non-background data in any source file. Each
         becomes a partition of the samples and embeddings; the embedding Zarr store is laid out (or
@@ -246,6 +250,7 @@ def build_product(settings: ProductSettings) -> ProductAssets:
         code_version="2",
         kinds={"zarr"},
     )
+    @fails_clearly
     def landcover_samples(context: dg.AssetExecutionContext, raster_reader: RasterReader, storage: ProductStorage):
         """Per region: a window of class ids centred on every fine cell (raster CRS and pixels; where
         source files overlap, the newest), per-class fractions, a status per cell (edge, nodata, unknown
@@ -311,6 +316,7 @@ def build_product(settings: ProductSettings) -> ProductAssets:
         key=model_key,
         deps=[samples_key],
         group_name=group,
+        retry_policy=TRANSIENT_RETRY,
         code_version="1",
         kinds={"pytorch"},
         check_specs=[dg.AssetCheckSpec(
@@ -318,6 +324,7 @@ def build_product(settings: ProductSettings) -> ProductAssets:
             description="Held-out kNN balanced accuracy of the trained model exceeds the same network untrained.",
         )],
     )
+    @fails_clearly
     def embedding_model(context: dg.AssetExecutionContext, config: TrainingConfig, storage: ProductStorage):
         """Self-supervised CNN trained with a triplet loss (anchor; positive = a nearby cell; negative =
         a cell of another region) on samples from many regions. L2-normalised output. Saved with its
@@ -401,6 +408,7 @@ def build_product(settings: ProductSettings) -> ProductAssets:
         kinds={"pytorch", "zarr"},
         check_specs=embedding_checks,
     )
+    @fails_clearly
     def cell_embeddings(context: dg.AssetExecutionContext, inference_device: InferenceDevice, storage: ProductStorage):
         """Per region: the model's embedding of every valid cell, written to the product's H3-indexed
         Zarr store (one store for the product; xarray opens it in one call, xdggs decodes it), with the
@@ -461,9 +469,11 @@ def build_product(settings: ProductSettings) -> ProductAssets:
         automation_condition=REFRESH_WHEN_UPSTREAM_CHANGES,
         deps=[embeddings_key],
         group_name=group,
+        retry_policy=TRANSIENT_RETRY,
         code_version="1",
         kinds={"matplotlib"},
     )
+    @fails_clearly
     def embedding_map(context: dg.AssetExecutionContext, storage: ProductStorage):
         """The embeddings of every materialized cell projected to 3 principal components, drawn as an RGB map."""
         ds = storage.open_product(name)
@@ -494,6 +504,7 @@ def build_product(settings: ProductSettings) -> ProductAssets:
         code_version="1",
         kinds={"postgres"},
     )
+    @fails_clearly
     def embedding_table(context: dg.AssetExecutionContext, storage: ProductStorage, database: PostgresDatabase):
         """Per region: the embedded cells loaded into PostgreSQL (pgvector), one table per model version
         (geoembed."<product>_<model version>"). A load replaces exactly the region's rows in one
@@ -538,6 +549,7 @@ def build_product(settings: ProductSettings) -> ProductAssets:
         automation_condition=REFRESH_WHEN_UPSTREAM_CHANGES,
         deps=[table_key],
         group_name=group,
+        retry_policy=TRANSIENT_RETRY,
         code_version="1",
         kinds={"postgres"},
         check_specs=[dg.AssetCheckSpec(
@@ -545,6 +557,7 @@ def build_product(settings: ProductSettings) -> ProductAssets:
             description="Recall@10 of the HNSW index against exact search on random query cells is at least 0.95.",
         )],
     )
+    @fails_clearly
     def embedding_index(context: dg.AssetExecutionContext, storage: ProductStorage, database: PostgresDatabase):
         """The cosine HNSW index of the current model's table, built once after the bulk load (later
         partition loads update it in place), with its recall measured against exact search."""

@@ -21,13 +21,18 @@ from pydantic import Field
 from pgvector.psycopg import register_vector
 
 from geoembed.db import ensure_schema
+from geoembed.transient import is_transient
 
 DSN_ENV_VAR = "GEOEMBED_PG_DSN"
 _EMBEDDED: dict[str, object] = {}  # data folder -> running server handle, one per process
 
 
 class DatabaseUnavailableError(ConnectionError):
-    """PostgreSQL could not be reached after retrying."""
+    """PostgreSQL could not be reached after retrying (transient: a later attempt may succeed)."""
+
+
+class DatabaseRefusedError(RuntimeError):
+    """PostgreSQL answered and refused the connection (wrong password, no such database): permanent."""
 
 
 def redacted(dsn: str) -> str:
@@ -80,6 +85,9 @@ class PostgresDatabase(dg.ConfigurableResource):
                 conn = psycopg.connect(dsn, autocommit=True, connect_timeout=self.connect_timeout)
                 break
             except psycopg.OperationalError as exc:
+                if not is_transient(exc):
+                    raise DatabaseRefusedError(
+                        f"PostgreSQL at {redacted(dsn)} refused the connection: {str(exc).strip()}") from exc
                 last = exc
                 if attempt + 1 < self.connect_attempts:
                     time.sleep(self.backoff_seconds * 2**attempt)

@@ -204,15 +204,17 @@ def test_bad_raster_fails_and_keeps_what_was_materialized(tmp_path):
             dg.materialize(assets, selection=[samples_key], instance=instance, resources=resources,
                            partition_key=key)
         stencil_before = resources["storage"].stencil_path("bad_test").read_text()
-        with pytest.raises(RasterInputError, match=r"lc.tif.*values \[7\].*not in the legend"):
+        # Bad input fails at once (no retry), the message naming the error, the file and the problem.
+        with pytest.raises(dg.Failure, match=r"RasterInputError: raster .*lc.tif.*values \[7\].*not in the legend") as err:
             dg.materialize(assets, selection=[dg.AssetKey(["bad_test", "h3_regions"])], instance=instance,
                            resources=resources)
+        assert not err.value.allow_retries and isinstance(err.value.__cause__, RasterInputError)
         after = resources["storage"].open_samples("bad_test", key).load()
         xr.testing.assert_identical(before, after)
         assert resources["storage"].stencil_path("bad_test").read_text() == stencil_before
         # A raster with no valid data at all fails in the stencil, naming the file.
         write_raster(raster, np.zeros_like(data), from_origin(10.0, 1.0, 0.01, 0.01), nodata=0)
-        with pytest.raises(RasterInputError, match="lc.tif.*covers no H3 cell"):
+        with pytest.raises(dg.Failure, match="RasterInputError: .*lc.tif.*covers no H3 cell"):
             dg.materialize(assets, selection=[dg.AssetKey(["bad_test", "h3_regions"])], instance=instance,
                            resources=resources)
 

@@ -6,6 +6,8 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bash scripts/setup.sh
 source scripts/env.sh
+# Debian's chromium for the browser tests (installed as root when missing; otherwise they skip).
+bash scripts/browser.sh || echo "[test] chromium unavailable: tests/test_ui_browser.py will skip"
 
 started_postgis=""
 if [[ $(id -u) -eq 0 && -z "${GEOEMBED_TEST_POSTGIS_DSN:-}" && "${GEOEMBED_SKIP_POSTGIS:-}" != 1 ]]; then

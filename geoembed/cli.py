@@ -7,6 +7,7 @@ import os
 import sys
 from pathlib import Path
 
+from geoembed.backfill import DagsterApiError
 from geoembed.grid import PartitionKeyError
 from geoembed.raster import RasterInputError
 from geoembed.search import SearchInputError
@@ -17,7 +18,7 @@ EXIT_USAGE = 2
 # Errors of the user's input or environment: a message and exit code 2, no traceback.
 INPUT_ERRORS: tuple[type[BaseException], ...] = (ProductConfigError, RasterInputError, PartitionKeyError,
                                                  SearchInputError, LandingLocationError, LookupError,
-                                                 ConnectionError)
+                                                 ConnectionError, DagsterApiError)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -90,6 +91,28 @@ def _similar(args: argparse.Namespace) -> int:
     return 0
 
 
+def _backfill(args: argparse.Namespace) -> int:
+    from geoembed import backfill
+
+    assets = [f"{args.product}/{a}" if "/" not in a else a for a in args.asset]
+    backfill_id = backfill.launch_backfill(args.url, assets, args.partition or None, title=args.title)
+    print(f"[geoembed] backfill {backfill_id} launched: {', '.join(assets)} "
+          f"({'all partitions' if not args.partition else f'{len(args.partition)} partitions'}); {args.url}/runs/b/{backfill_id}")
+    if args.no_wait:
+        return 0
+    last = [""]
+
+    def show(status: backfill.BackfillStatus) -> None:
+        if status.summary() != last[0]:
+            last[0] = status.summary()
+            print(f"[geoembed] {last[0]}", flush=True)
+
+    status = backfill.wait_for_backfill(args.url, backfill_id, args.timeout, progress=show)
+    if status.error:
+        print(f"[geoembed] {status.error}", file=sys.stderr)
+    return 0 if status.succeeded else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="geoembed", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -108,9 +131,22 @@ def main(argv: list[str] | None = None) -> int:
     sim.add_argument("--model-version", help="model version (default: the newest loaded)")
     sim.add_argument("--format", choices=["table", "json", "geojson"], default="table")
     sim.add_argument("--data-dir", help="data folder of the embedded database (default: $GEOEMBED_DATA_DIR or ./data)")
+    bf = sub.add_parser("backfill", help="backfill assets over all (or given) partitions through a running Dagster "
+                                         "webserver's GraphQL API, and wait for it")
+    bf.add_argument("--product", default="modis_global", help="product name (default: modis_global)")
+    bf.add_argument("--asset", action="append", default=None,
+                    help="asset name or product/asset key (repeatable; default: landcover_samples)")
+    bf.add_argument("--partition", action="append", help="region partition key (repeatable; default: all)")
+    bf.add_argument("--url", default="http://127.0.0.1:3000", help="the webserver (default: http://127.0.0.1:3000)")
+    bf.add_argument("--title", help="backfill title shown in the UI")
+    bf.add_argument("--timeout", type=float, default=24 * 3600, help="seconds to wait (default: a day)")
+    bf.add_argument("--no-wait", action="store_true", help="launch and return")
     args = parser.parse_args(argv)
+    if args.command == "backfill" and args.asset is None:
+        args.asset = ["landcover_samples"]
+    commands = {"similar": _similar, "run": _run, "backfill": _backfill}
     try:
-        return _similar(args) if args.command == "similar" else _run(args)
+        return commands[args.command](args)
     except Exception as exc:  # noqa: BLE001 - input errors get a message, anything else a traceback
         user_error = _input_error(exc)
         if user_error is None:

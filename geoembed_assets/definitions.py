@@ -12,11 +12,13 @@ from pathlib import Path
 import dagster as dg
 
 from geoembed.settings import ProductSettings, load_settings, product_files_from_env
+from geoembed_assets.executors import executor_from_env
 from geoembed_assets.product import ProductAssets, build_product
 from geoembed_resources import InferenceDevice, PostgresDatabase, ProductStorage, RasterReader
 from geoembed_resources.postgres import DSN_ENV_VAR
 
 DATA_DIR_ENV_VAR = "GEOEMBED_DATA_DIR"
+OUTPUTS_ENV_VAR = "GEOEMBED_OUTPUTS"
 
 
 def default_resources() -> dict[str, dg.ConfigurableResource]:
@@ -26,7 +28,8 @@ def default_resources() -> dict[str, dg.ConfigurableResource]:
     dsn = dg.EnvVar(DSN_ENV_VAR) if os.environ.get(DSN_ENV_VAR) else None
     return {
         "raster_reader": RasterReader(),
-        "storage": ProductStorage(root=data_dir),
+        # GEOEMBED_OUTPUTS (e.g. s3://bucket/prefix): the embedding store and models on an object store.
+        "storage": ProductStorage(root=data_dir, outputs=os.environ.get(OUTPUTS_ENV_VAR) or None),
         "inference_device": InferenceDevice(),
         "database": PostgresDatabase(dsn=dsn, embedded_dir=str(Path(data_dir) / "postgres")),
     }
@@ -39,7 +42,9 @@ def build_definitions(products: list[ProductSettings], resources: dict | None = 
     built: list[ProductAssets] = [build_product(p) for p in products]
     return dg.Definitions.merge(
         *[b.definitions for b in built],
-        dg.Definitions(resources=resources if resources is not None else default_resources()),
+        # GEOEMBED_EXECUTOR=k8s: one Kubernetes pod per step (deploy/k8s); unset: Dagster's default.
+        dg.Definitions(resources=resources if resources is not None else default_resources(),
+                       executor=executor_from_env()),
     )
 
 

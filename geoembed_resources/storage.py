@@ -1,4 +1,8 @@
-"""Where a product's outputs live: ``<root>/<product>/``, a folder that git ignores by default."""
+"""Where a product's data lives: working data (samples, stencil, pictures) under ``<root>/<product>/``,
+a folder that git ignores by default; the published outputs (the embedding Zarr store and the model
+artifacts) there too, or under ``<outputs>/<product>/`` on an object store (``s3://bucket/prefix``,
+through fsspec/s3fs; credentials and endpoint from the environment: AWS_ACCESS_KEY_ID,
+AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL for S3-compatible servers)."""
 
 from __future__ import annotations
 
@@ -8,31 +12,62 @@ from pathlib import Path
 
 import dagster as dg
 import xarray as xr
-from pydantic import Field
+from pydantic import Field, field_validator
+from upath import UPath
 
 from geoembed import stores
 from geoembed.grid import ProductLayout
 
+AnyPath = Path | UPath
+
 
 class ProductStorage(dg.ConfigurableResource):
-    """Local output storage for products (samples, models, the embedding Zarr store, pictures)."""
+    """Storage for products: samples, stencil and pictures in ``root``; the embedding Zarr store and the
+    models in ``outputs`` (default: ``root``)."""
 
-    root: str = Field(default="data", description="Folder holding one sub-folder per product.")
+    root: str = Field(default="data", description="Local folder holding one sub-folder per product.")
+    outputs: str | None = Field(default=None, description="Where the embedding store and models go: a folder "
+                                "or an object-store URL such as s3://bucket/prefix (default: root).")
+
+    @field_validator("outputs")
+    @classmethod
+    def _known_protocol(cls, value: str | None) -> str | None:
+        if value and "://" in value:
+            import fsspec
+
+            protocol = value.split("://", 1)[0]
+            try:
+                fsspec.get_filesystem_class(protocol)
+            except (ImportError, ValueError) as exc:
+                raise ValueError(f"outputs {value!r}: no filesystem for {protocol}:// ({exc})") from None
+        return value or None
 
     def product_dir(self, product: str) -> Path:
         path = Path(self.root).expanduser().resolve() / product
         path.mkdir(parents=True, exist_ok=True)
         return path
 
+    def outputs_dir(self, product: str) -> AnyPath:
+        """The product's published outputs: a local folder or an object-store prefix."""
+        if self.outputs is None:
+            return self.product_dir(product)
+        if "://" in self.outputs:
+            url = self.outputs.rstrip("/")
+            return UPath(url, **stores.storage_options(url)) / product
+        path = Path(self.outputs).expanduser().resolve() / product
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
     def samples_path(self, product: str, region_key: str) -> Path:
         return self.product_dir(product) / "samples" / f"{region_key}.zarr"
 
-    def embeddings_path(self, product: str) -> Path:
-        return self.product_dir(product) / "embeddings.zarr"
+    def embeddings_path(self, product: str) -> AnyPath:
+        return self.outputs_dir(product) / "embeddings.zarr"
 
-    def model_dir(self, product: str, version: str) -> Path:
-        path = self.product_dir(product) / "models" / version
-        path.mkdir(parents=True, exist_ok=True)
+    def model_dir(self, product: str, version: str) -> AnyPath:
+        path = self.outputs_dir(product) / "models" / version
+        if not stores.is_remote(path):
+            path.mkdir(parents=True, exist_ok=True)
         return path
 
     def picture_path(self, product: str, name: str) -> Path:
@@ -40,18 +75,21 @@ class ProductStorage(dg.ConfigurableResource):
         path.parent.mkdir(parents=True, exist_ok=True)
         return path
 
-    def write_json(self, path: Path, payload: dict) -> None:
+    def write_json(self, path: AnyPath, payload: dict) -> None:
         """Write JSON atomically (a reader never sees half a file)."""
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        tmp.write_text(json.dumps(payload, indent=2, sort_keys=True))
-        os.replace(tmp, path)
+        self.write_bytes(path, json.dumps(payload, indent=2, sort_keys=True).encode())
 
-    def read_json(self, path: Path, what: str) -> dict:
+    def read_json(self, path: AnyPath, what: str) -> dict:
         if not path.exists():
             raise FileNotFoundError(f"{what} ({path}) does not exist yet; materialize it first")
         return json.loads(path.read_text())
 
-    def write_bytes(self, path: Path, data: bytes) -> None:
+    def write_bytes(self, path: AnyPath, data: bytes) -> None:
+        """Write a file atomically: locally a temporary file renamed into place; on an object store one
+        PUT, which is atomic (readers see the old object or the new one)."""
+        if stores.is_remote(path):
+            path.write_bytes(data)
+            return
         tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
         tmp.write_bytes(data)
         os.replace(tmp, path)
@@ -67,8 +105,8 @@ class ProductStorage(dg.ConfigurableResource):
         files = self.read_json(path, "the stencil").get("sources", {})
         return {n: (f["fingerprint"], f["version"]) for n, f in files.items()}
 
-    def current_model_path(self, product: str) -> Path:
-        return self.product_dir(product) / "models" / "current.json"
+    def current_model_path(self, product: str) -> AnyPath:
+        return self.outputs_dir(product) / "models" / "current.json"
 
     # Zarr stores (formats in geoembed.stores) -------------------------------------------------
 

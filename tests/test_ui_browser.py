@@ -13,22 +13,16 @@ import base64
 import json
 import os
 import shutil
-import signal
-import socket
 import struct
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
 from conftest import REPO, shared_file
+from geoembed.backfill import serve_dagster
 
 pytestmark = pytest.mark.integration
 
-BIN = Path(sys.executable).parent
 ARTIFACTS = REPO / "test-artifacts" / "ui"
 PRODUCT = REPO / "products" / "nlcd_zion.yaml"
 NAME = "nlcd_zion"
@@ -42,12 +36,6 @@ def _chromium() -> str:
         if candidate and os.access(candidate, os.X_OK):
             return candidate
     pytest.skip("Debian's chromium is not installed (/usr/bin/chromium); run scripts/browser.sh as root")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _png_size(png: bytes) -> tuple[int, int]:
@@ -115,40 +103,14 @@ def ui(tmp_path_factory):
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     for old in ARTIFACTS.glob("*.png"):
         old.unlink()
-    port = _free_port()
-    base = f"http://127.0.0.1:{port}"
-    server_env = {k: v for k, v in os.environ.items() if k != "GEOEMBED_PG_DSN"}
-    server_env.update(env, PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
-    log = open(ARTIFACTS / "webserver.log", "w")
-    # Its own session: teardown stops the webserver and the code server it starts, nothing else.
-    server = subprocess.Popen([str(BIN / "dagster-webserver"), "-h", "127.0.0.1", "-p", str(port), "-w", "workspace.yaml"],
-                              cwd=REPO, env=server_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert server.poll() is None, f"dagster-webserver exited ({server.returncode}); see {ARTIFACTS / 'webserver.log'}"
-            try:
-                with urllib.request.urlopen(f"{base}/server_info", timeout=5) as response:
-                    info = json.loads(response.read())
-                break
-            except OSError:
-                assert time.monotonic() < deadline, f"dagster-webserver did not answer on {base} within 120 s"
-                time.sleep(0.5)
+    with serve_dagster("dagster-webserver", env, ARTIFACTS / "webserver.log") as base:
         with sync_api.sync_playwright() as playwright:
             args = ["--disable-dev-shm-usage"] + (["--no-sandbox"] if os.geteuid() == 0 else [])
             browser = playwright.chromium.launch(executable_path=chromium, headless=True, args=args)
             try:
-                yield {**product, "base": base, "browser": browser, "server_info": info}
+                yield {**product, "base": base, "browser": browser}
             finally:
                 browser.close()
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait(timeout=30)
-        log.close()
 
 
 def _page(ui, height: int = 1000):

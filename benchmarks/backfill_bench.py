@@ -29,8 +29,8 @@ from dagster._core.storage.tags import BACKFILL_ID_TAG
 
 from geoembed.backfill import launch_backfill, serve_dagster, wait_for_backfill
 from geoembed.settings import load_settings
-from geoembed_assets.definitions import build_definitions
-from geoembed_resources import InferenceDevice, PostgresDatabase, ProductStorage, RasterReader
+from geoembed_assets.definitions import build_definitions, local_resources
+from geoembed_resources import InferenceDevice
 
 REPO = Path(__file__).resolve().parent.parent
 PRODUCT = REPO / "products" / "modis_global_res5.yaml"
@@ -55,9 +55,7 @@ def main(argv: list[str] | None = None) -> None:
         env = {"DAGSTER_HOME": str(home), "GEOEMBED_PRODUCT": str(PRODUCT), "GEOEMBED_DATA_DIR": str(data)}
         os.environ.update(env)
         os.environ.pop("GEOEMBED_PG_DSN", None)
-        resources = {"raster_reader": RasterReader(), "storage": ProductStorage(root=str(data)),
-                     "inference_device": InferenceDevice(device="cpu"),
-                     "database": PostgresDatabase(embedded_dir=str(data / "postgres"))}
+        resources = local_resources(data, inference_device=InferenceDevice(device="cpu"))
         with dg.DagsterInstance.get() as instance:
             started = time.perf_counter()
             dg.materialize(list(build_definitions([settings], resources).assets),

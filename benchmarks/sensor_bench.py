@@ -32,9 +32,8 @@ import yaml
 from rasterio.transform import from_origin
 
 from geoembed.settings import load_settings
-from geoembed_assets.definitions import build_definitions
+from geoembed_assets.definitions import build_definitions, local_resources
 from geoembed_assets.landing import landing_sensor_name
-from geoembed_resources import ProductStorage, RasterReader
 
 REPO = Path(__file__).resolve().parent.parent
 TILE = REPO.parent / "shared" / "data" / "landcover" / "ESA_WorldCover_10m_2020_v100_N00E006_Map.tif"
@@ -87,8 +86,8 @@ def main(argv: list[str] | None = None) -> None:
         product.write_text(yaml.safe_dump({"name": "sensor_bench", "landing": str(landing), "legend": "tag:legend",
                                            "resolution": 8, "region_resolution": 5}))
         settings = load_settings(product)
-        resources = {"raster_reader": RasterReader(), "storage": ProductStorage(root=str(data))}
-        defs = build_definitions([settings], {**resources, "inference_device": None, "database": None})
+        resources = local_resources(data)
+        defs = build_definitions([settings], resources)
         sensor = defs.get_sensor_def(landing_sensor_name(settings.name))
 
         with dg.instance_for_test() as instance:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import dask.array as da
 import h3.api.basic_int as h3i
 import numpy as np
 from sklearn.decomposition import PCA
@@ -62,10 +63,28 @@ def pca_features(train_fractions: np.ndarray, test_fractions: np.ndarray, dim: i
     return pca.transform(train_fractions), pca.transform(test_fractions)
 
 
-def principal_rgb(embeddings: np.ndarray) -> np.ndarray:
+def principal_scores(embeddings, k: int = 3) -> np.ndarray:
+    """Rows projected on their first ``k`` principal components (numpy in memory, or a dask array
+    computed chunk-parallel: tall-and-skinny QR of the centred rows on whatever cluster is active).
+    Signs follow scikit-learn: each component's largest loading is positive."""
+    if isinstance(embeddings, da.Array):
+        x = embeddings.astype(np.float64).rechunk({1: -1})
+        centred = x - x.mean(axis=0)
+        _, _, vt = da.linalg.svd(centred)
+        vt = np.asarray(vt[:k].compute())
+    else:
+        x = np.asarray(embeddings, dtype=np.float64)
+        centred = x - x.mean(axis=0)
+        vt = np.linalg.svd(centred, full_matrices=False)[2][:k]
+    vt = vt * np.sign(vt[np.arange(len(vt)), np.argmax(np.abs(vt), axis=1)])[:, None]
+    scores = centred @ vt.T
+    return np.asarray(scores.compute() if isinstance(scores, da.Array) else scores)
+
+
+def principal_rgb(embeddings) -> np.ndarray:
     """First three principal components scaled to [0, 1] (2-98 % stretch): an RGB colour per row."""
     if len(embeddings) < 3:
         return np.full((len(embeddings), 3), 0.5)
-    pcs = PCA(n_components=3, random_state=0).fit_transform(embeddings)
+    pcs = principal_scores(embeddings, 3)
     lo, hi = np.percentile(pcs, 2, axis=0), np.percentile(pcs, 98, axis=0)
     return np.clip((pcs - lo) / np.where(hi > lo, hi - lo, 1.0), 0.0, 1.0)

@@ -13,8 +13,6 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.collections import PolyCollection  # noqa: E402
 
-from geoembed.evaluation import principal_rgb  # noqa: E402
-
 
 def hexagons(cells: np.ndarray) -> list[np.ndarray]:
     """Cell boundaries as (lon, lat) rings; rings crossing the antimeridian are unwrapped east."""
@@ -27,11 +25,9 @@ def hexagons(cells: np.ndarray) -> list[np.ndarray]:
     return rings
 
 
-def embedding_map_png(cells: np.ndarray, embeddings: np.ndarray, title: str, width_px: int = 900) -> bytes:
-    """An RGB map of the cells coloured by the first three principal components of their embeddings.
-
-    At most ``width_px`` wide and never taller than wide, so it fits the Dagster UI's metadata dialog."""
-    colours = principal_rgb(embeddings)
+def embedding_map_png(cells: np.ndarray, colours: np.ndarray, title: str, width_px: int = 900) -> bytes:
+    """An RGB map of the cells, one colour (r, g, b in [0, 1]) per cell (e.g. ``principal_rgb`` of their
+    embeddings). At most ``width_px`` wide, so it fits the Dagster UI's metadata dialog."""
     rings = hexagons(cells)
     lon = np.concatenate([r[:, 0] for r in rings]) if rings else np.array([-180, 180])
     lat = np.concatenate([r[:, 1] for r in rings]) if rings else np.array([-90, 90])

@@ -14,25 +14,45 @@ import dagster as dg
 from geoembed.settings import ProductSettings, load_settings, product_files_from_env
 from geoembed_assets.executors import executor_from_env
 from geoembed_assets.product import ProductAssets, build_product
-from geoembed_resources import InferenceDevice, PostgresDatabase, ProductStorage, RasterReader
+from geoembed_resources import DaskCluster, InferenceDevice, PostgresDatabase, ProductStorage, RasterReader
 from geoembed_resources.postgres import DSN_ENV_VAR
 
 DATA_DIR_ENV_VAR = "GEOEMBED_DATA_DIR"
 OUTPUTS_ENV_VAR = "GEOEMBED_OUTPUTS"
+DASK_ENV_VAR = "GEOEMBED_DASK_SCHEDULER"
+
+
+def local_resources(data_dir: str | Path, **overrides: dg.ConfigurableResource) -> dict[str, dg.ConfigurableResource]:
+    """Every resource the assets need, for a deployment whose data lives in ``data_dir``: the embedded
+    PostgreSQL there, a local Dask cluster, the GPU if torch sees one. ``overrides`` replace entries."""
+    data_dir = Path(data_dir)
+    resources = {
+        "raster_reader": RasterReader(),
+        "storage": ProductStorage(root=str(data_dir)),
+        "inference_device": InferenceDevice(),
+        "database": PostgresDatabase(embedded_dir=str(data_dir / "postgres")),
+        "dask_cluster": DaskCluster(),
+    }
+    unknown = set(overrides) - set(resources)
+    if unknown:
+        raise KeyError(f"unknown resource keys {sorted(unknown)}; known: {sorted(resources)}")
+    return {**resources, **overrides}
 
 
 def default_resources() -> dict[str, dg.ConfigurableResource]:
+    """The resources as the environment configures them (the code location's defaults)."""
     data_dir = os.environ.get(DATA_DIR_ENV_VAR, str(Path.cwd() / "data"))
-    # An external PostgreSQL when GEOEMBED_PG_DSN is set (credentials stay in the environment),
-    # else the embedded server under the data folder.
-    dsn = dg.EnvVar(DSN_ENV_VAR) if os.environ.get(DSN_ENV_VAR) else None
-    return {
-        "raster_reader": RasterReader(),
+    overrides: dict[str, dg.ConfigurableResource] = {
         # GEOEMBED_OUTPUTS (e.g. s3://bucket/prefix): the embedding store and models on an object store.
         "storage": ProductStorage(root=data_dir, outputs=os.environ.get(OUTPUTS_ENV_VAR) or None),
-        "inference_device": InferenceDevice(),
-        "database": PostgresDatabase(dsn=dsn, embedded_dir=str(Path(data_dir) / "postgres")),
+        # GEOEMBED_DASK_SCHEDULER (tcp://host:8786): an existing Dask cluster instead of a local one.
+        "dask_cluster": DaskCluster(scheduler_address=os.environ.get(DASK_ENV_VAR) or None),
     }
+    if os.environ.get(DSN_ENV_VAR):
+        # An external PostgreSQL (credentials stay in the environment), else the embedded server.
+        overrides["database"] = PostgresDatabase(dsn=dg.EnvVar(DSN_ENV_VAR),
+                                                 embedded_dir=str(Path(data_dir) / "postgres"))
+    return local_resources(data_dir, **overrides)
 
 
 def build_definitions(products: list[ProductSettings], resources: dict | None = None) -> dg.Definitions:

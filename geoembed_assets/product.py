@@ -21,7 +21,7 @@ from pydantic import Field
 
 from geoembed import db
 from geoembed import model as encoder
-from geoembed.evaluation import knn_balanced_accuracy, pca_features, split_regions
+from geoembed.evaluation import knn_balanced_accuracy, pca_features, principal_rgb, split_regions
 from geoembed.grid import ProductLayout, cell_centres, parse_region_key, region_cells, region_key
 from geoembed.raster import RasterInfo, RasterInputError
 from geoembed.render import embedding_map_png, loss_curve_png, markdown_image
@@ -30,7 +30,7 @@ from geoembed.sources import combined_version, manifest_version, newest_first
 from geoembed.settings import ProductSettings
 from geoembed.stencil import FileStencil, merge_stencils, product_legend, scan_regions
 from geoembed.stores import NOT_COMPUTED, decode_version, encode_version, samples_dataset
-from geoembed_resources import InferenceDevice, PostgresDatabase, ProductStorage, RasterReader
+from geoembed_resources import DaskCluster, InferenceDevice, PostgresDatabase, ProductStorage, RasterReader
 from geoembed_assets.failures import TRANSIENT_RETRY, fails_clearly
 from geoembed_assets.landing import LANDING_TAG, build_landing_sensor
 from geoembed_resources.postgres import redacted
@@ -476,15 +476,20 @@ def build_product(settings: ProductSettings) -> ProductAssets:
         kinds={"matplotlib"},
     )
     @fails_clearly
-    def embedding_map(context: dg.AssetExecutionContext, storage: ProductStorage):
-        """The embeddings of every materialized cell projected to 3 principal components, drawn as an RGB map."""
-        ds = storage.open_product(name)
+    def embedding_map(context: dg.AssetExecutionContext, storage: ProductStorage, dask_cluster: DaskCluster):
+        """The embeddings of every materialized cell projected to 3 principal components, drawn as an RGB map.
+        The PCA runs chunk-parallel on the Dask cluster, straight from the store's chunks."""
+        ds = storage.open_product(name, chunks={})  # dask arrays, one task per Zarr chunk
         status = ds["status"].values
-        rows = np.isin(status, EMBEDDED)
+        rows = np.nonzero(np.isin(status, EMBEDDED))[0]
         cells = ds["cell_ids"].values[rows]
-        vectors = ds["embedding"].values[rows]
         versions = sorted(decode_version(v) for v in np.unique(ds["model_version"].values[rows]))
-        png = embedding_map_png(cells, vectors, f"{name}: {len(cells):,} cells, PCA of embeddings as RGB "
+        with dask_cluster.client() as client:
+            workers = len(client.scheduler_info()["workers"])
+            start = time.perf_counter()
+            colours = principal_rgb(ds["embedding"].data[rows])
+            pca_seconds = time.perf_counter() - start
+        png = embedding_map_png(cells, colours, f"{name}: {len(cells):,} cells, PCA of embeddings as RGB "
                                                 f"(model {', '.join(versions)})")
         path = storage.picture_path(name, "embedding_map.png")
         storage.write_bytes(path, png)
@@ -493,6 +498,7 @@ def build_product(settings: ProductSettings) -> ProductAssets:
                 "map": dg.MetadataValue.md(markdown_image(png, "embedding map")),
                 "cells": int(len(cells)),
                 "model_versions": ", ".join(versions),
+                "pca": f"{pca_seconds:.2f} s on {workers} Dask workers ({dask_cluster.scheduler_address or 'local cluster'})",
                 "path": dg.MetadataValue.path(str(path)),
             }
         )

@@ -124,5 +124,6 @@ class ProductStorage(dg.ConfigurableResource):
     def write_product_region(self, product: str, layout: ProductLayout, region: int, **arrays) -> None:
         stores.write_product_region(self.embeddings_path(product), layout, region, **arrays)
 
-    def open_product(self, product: str) -> xr.Dataset:
-        return stores.open_product(self.embeddings_path(product))
+    def open_product(self, product: str, chunks: dict | str | None = None) -> xr.Dataset:
+        """The product store (``chunks={}``: dask arrays with the store's chunks)."""
+        return stores.open_product(self.embeddings_path(product), chunks=chunks)

@@ -18,9 +18,9 @@ from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PART
 from conftest import REPO
 from geoembed.backfill import backfill_status, serve_dagster
 from geoembed.settings import load_settings
-from geoembed_assets.definitions import build_definitions
+from geoembed_assets.definitions import build_definitions, local_resources
 from geoembed_assets.product import PARTITIONS_PER_RUN
-from geoembed_resources import InferenceDevice, PostgresDatabase, ProductStorage, RasterReader
+from geoembed_resources import InferenceDevice, ProductStorage
 
 pytestmark = pytest.mark.integration
 PRODUCT = REPO / "products" / "modis_global_res5.yaml"
@@ -40,8 +40,7 @@ def test_graphql_backfill_of_all_2562_partitions_completes_in_batches(tmp_path, 
         monkeypatch.setenv(key, value)
     monkeypatch.delenv("GEOEMBED_PG_DSN", raising=False)
     storage = ProductStorage(root=str(data))
-    resources = {"raster_reader": RasterReader(), "storage": storage, "inference_device": InferenceDevice(device="cpu"),
-                 "database": PostgresDatabase(embedded_dir=str(data / "postgres"))}
+    resources = local_resources(data, storage=storage, inference_device=InferenceDevice(device="cpu"))
     samples = dg.AssetKey([name, "landcover_samples"])
     with dg.DagsterInstance.get() as instance:
         # The stencil registers the partitions (one per H3 region with land).

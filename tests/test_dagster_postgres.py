@@ -11,8 +11,8 @@ from rasterio.transform import from_origin
 
 from conftest import REPO, write_raster
 from geoembed.settings import settings_from_mapping
-from geoembed_assets.definitions import build_definitions
-from geoembed_resources import InferenceDevice, PostgresDatabase, ProductStorage, RasterReader
+from geoembed_assets.definitions import build_definitions, local_resources
+from geoembed_resources import InferenceDevice
 from geoembed_resources.postgres import embedded_dsn
 
 pytestmark = pytest.mark.integration
@@ -32,9 +32,7 @@ def test_runs_and_events_are_stored_in_postgres(tmp_path, monkeypatch):
     raster = write_raster(tmp_path / "lc.tif", data, from_origin(10.0, 1.0, 0.01, 0.01), nodata=0)
     settings = settings_from_mapping({"name": "pgstore", "raster": str(raster), "legend": {1: "a", 2: "b"},
                                       "resolution": 7, "region_resolution": 5, "window_size": 8, "embedding_dim": 8})
-    resources = {"raster_reader": RasterReader(), "storage": ProductStorage(root=str(tmp_path / "data")),
-                 "inference_device": InferenceDevice(device="cpu"),
-                 "database": PostgresDatabase(embedded_dir=str(tmp_path / "postgres"))}
+    resources = local_resources(tmp_path / "data", inference_device=InferenceDevice(device="cpu"))
     assets = list(build_definitions([settings], resources).assets)
     with dg.DagsterInstance.from_config(str(home)) as instance:
         assert type(instance.run_storage).__name__ == "PostgresRunStorage"

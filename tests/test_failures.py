@@ -20,9 +20,9 @@ from conftest import REPO, shared_file
 from geoembed.raster import RasterInputError
 from geoembed.settings import load_settings
 from geoembed.transient import is_transient
-from geoembed_assets.definitions import build_definitions
+from geoembed_assets.definitions import build_definitions, local_resources
 from geoembed_assets.failures import TRANSIENT_RETRY
-from geoembed_resources import InferenceDevice, PostgresDatabase, ProductStorage, RasterReader
+from geoembed_resources import InferenceDevice, PostgresDatabase
 from geoembed_resources.postgres import DatabaseRefusedError, embedded_dsn
 
 
@@ -130,11 +130,10 @@ def test_database_briefly_unavailable_is_retried_and_a_refusal_fails_at_once(tmp
     data = tmp_path / "data"
     pg_uri = embedded_dsn(data / "postgres")
     socket_dir = parse_qs(urlparse(pg_uri).query)["host"][0]
-    base = {"raster_reader": RasterReader(), "storage": ProductStorage(root=str(data)),
-            "inference_device": InferenceDevice(device="cpu")}
+    base = local_resources(data, inference_device=InferenceDevice(device="cpu"))
     key = lambda asset: dg.AssetKey([name, asset])  # noqa: E731
     with dg.instance_for_test() as instance:
-        resources = {**base, "database": PostgresDatabase(embedded_dir=str(data / "postgres"))}
+        resources = base
         assets = list(build_definitions([settings], resources).assets)
         dg.materialize(assets, selection=[key("h3_regions")], instance=instance, resources=resources)
         partition = sorted(instance.get_dynamic_partitions(f"{name}_regions"))[0]

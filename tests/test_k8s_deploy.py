@@ -37,9 +37,9 @@ from kubernetes.utils.quantity import parse_quantity
 
 from conftest import REPO
 from geoembed.settings import load_settings
-from geoembed_assets.definitions import build_definitions
+from geoembed_assets.definitions import build_definitions, local_resources
 from geoembed_assets.executors import EXECUTOR_ENV_VAR, executor_from_env
-from geoembed_resources import InferenceDevice, PostgresDatabase, ProductStorage, RasterReader
+from geoembed_resources import InferenceDevice, ProductStorage
 
 K8S_DIR = REPO / "deploy" / "k8s"
 GPU = "nvidia.com/gpu"
@@ -166,9 +166,7 @@ def k8s_instance(instance_yaml, dummy_env, tmp_path_factory):
 @pytest.fixture(scope="module")
 def product_defs(tmp_path_factory):
     data = tmp_path_factory.mktemp("data")
-    resources = {"raster_reader": RasterReader(), "storage": ProductStorage(root=str(data)),
-                 "inference_device": InferenceDevice(device="cpu"),
-                 "database": PostgresDatabase(embedded_dir=str(data / "postgres"))}
+    resources = local_resources(data, inference_device=InferenceDevice(device="cpu"))
     return build_definitions([load_settings(REPO / "products" / f"{PRODUCT}.yaml")], resources)
 
 

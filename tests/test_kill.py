@@ -30,8 +30,8 @@ from filelock import FileLock
 from conftest import REPO, shared_file
 from geoembed.backfill import launch_backfill, serve_dagster, wait_for_backfill
 from geoembed.settings import load_settings
-from geoembed_assets.definitions import build_definitions
-from geoembed_resources import InferenceDevice, PostgresDatabase, ProductStorage, RasterReader
+from geoembed_assets.definitions import build_definitions, local_resources
+from geoembed_resources import InferenceDevice, PostgresDatabase, ProductStorage
 
 pytestmark = pytest.mark.integration
 PRODUCT = REPO / "products" / "nlcd_zion.yaml"
@@ -130,8 +130,7 @@ def test_sigkill_mid_write_fails_the_run_and_rerun_equals_uninterrupted(tmp_path
     monkeypatch.delenv("GEOEMBED_PG_DSN", raising=False)
     storage = ProductStorage(root=str(data))
     database = PostgresDatabase(embedded_dir=str(data / "postgres"))
-    resources = {"raster_reader": RasterReader(), "storage": storage, "inference_device": InferenceDevice(device="cpu"),
-                 "database": database}
+    resources = local_resources(data, storage=storage, database=database, inference_device=InferenceDevice(device="cpu"))
     assets = list(build_definitions([settings], resources).assets)
     key = lambda asset: dg.AssetKey([name, asset])  # noqa: E731
     store = storage.embeddings_path(name)

@@ -24,9 +24,9 @@ from geoembed import sources
 from geoembed.grid import cell_centres, region_cells
 from geoembed.settings import load_settings
 from geoembed.stores import decode_version
-from geoembed_assets.definitions import build_definitions
+from geoembed_assets.definitions import build_definitions, local_resources
 from geoembed_assets.landing import LANDING_TAG, landing_sensor_name
-from geoembed_resources import InferenceDevice, PostgresDatabase, ProductStorage, RasterReader
+from geoembed_resources import ProductStorage
 
 from conftest import REPO, shared_file
 
@@ -163,8 +163,7 @@ def landing_product(tmp_path, monkeypatch):
         monkeypatch.setenv(key, value)
     monkeypatch.delenv("GEOEMBED_PG_DSN", raising=False)
     settings = load_settings(product)
-    resources = {"raster_reader": RasterReader(), "storage": ProductStorage(root=str(data)),
-                 "inference_device": InferenceDevice(), "database": PostgresDatabase(embedded_dir=str(data / "postgres"))}
+    resources = local_resources(data)
     return settings, resources, landing, tile_2021, {**os.environ, **env}, tmp_path
 
 

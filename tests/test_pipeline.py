@@ -19,17 +19,15 @@ from geoembed.grid import region_cells
 from geoembed.raster import RasterInputError
 from geoembed.settings import load_settings, settings_from_mapping
 from geoembed.stores import decode_version
-from geoembed_assets.definitions import build_definitions
+from geoembed_assets.definitions import build_definitions, local_resources
 from geoembed_assets.run import materialize_product
-from geoembed_resources import InferenceDevice, PostgresDatabase, ProductStorage, RasterReader
+from geoembed_resources import InferenceDevice
 
 pytestmark = pytest.mark.integration
 
 
 def _resources(root) -> dict:
-    return {"raster_reader": RasterReader(), "storage": ProductStorage(root=str(root)),
-            "inference_device": InferenceDevice(device="cpu", batch_size=512),
-            "database": PostgresDatabase(embedded_dir=str(root / "postgres"))}
+    return local_resources(root, inference_device=InferenceDevice(device="cpu", batch_size=512))
 
 
 def _steps(name: str, steps: int) -> dict:
@@ -99,6 +97,8 @@ def test_lineage_model_and_source_versions(zion_run):
     assert "data:image/png;base64," in model_meta["loss_curve"].value
     map_event = instance.get_latest_materialization_event(dg.AssetKey([name, "embedding_map"]))
     assert "data:image/png;base64," in map_event.asset_materialization.metadata["map"].value
+    # the map's PCA ran chunk-parallel on the (local) Dask cluster resource
+    assert "on 2 Dask workers (local cluster)" in map_event.asset_materialization.metadata["pca"].value
 
 
 def test_asset_checks_pass(zion_run):

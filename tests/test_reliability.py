@@ -18,8 +18,8 @@ from conftest import REPO, shared_file
 from geoembed.grid import region_cells
 from geoembed.settings import load_settings
 from geoembed.stores import decode_version
-from geoembed_assets.definitions import build_definitions
-from geoembed_resources import InferenceDevice, PostgresDatabase, ProductStorage, RasterReader
+from geoembed_assets.definitions import build_definitions, local_resources
+from geoembed_resources import InferenceDevice
 
 pytestmark = pytest.mark.integration
 BIN = Path(sys.executable).parent
@@ -37,9 +37,7 @@ def test_four_concurrent_runs_into_one_store_and_table_lose_and_duplicate_nothin
     monkeypatch.delenv("GEOEMBED_PG_DSN", raising=False)
     settings = load_settings(product)
     name = settings.name
-    resources = {"raster_reader": RasterReader(), "storage": ProductStorage(root=str(data)),
-                 "inference_device": InferenceDevice(device="cpu"),
-                 "database": PostgresDatabase(embedded_dir=str(data / "postgres"))}
+    resources = local_resources(data, inference_device=InferenceDevice(device="cpu"))
     assets = list(build_definitions([settings], resources).assets)
     key = lambda asset: dg.AssetKey([name, asset])  # noqa: E731
     with dg.DagsterInstance.get() as instance:

@@ -4,7 +4,6 @@ store and the models, boto3 through dagster-aws for listings)."""
 
 from __future__ import annotations
 
-import io
 import json
 import threading
 import time
@@ -22,8 +21,8 @@ from geoembed import model as encoder
 from geoembed.backfill import free_port
 from geoembed.settings import load_settings, settings_from_mapping
 from geoembed.stores import decode_version
-from geoembed_assets.definitions import build_definitions
-from geoembed_resources import InferenceDevice, PostgresDatabase, ProductStorage, RasterReader
+from geoembed_assets.definitions import build_definitions, local_resources
+from geoembed_resources import InferenceDevice, ProductStorage, RasterReader
 
 moto_server = pytest.importorskip("moto.server", reason="moto[server] is not installed")
 BUCKET = "geoembed-test"
@@ -59,8 +58,7 @@ def test_embedding_store_and_models_on_s3(s3, tmp_path):
     name = settings.name
     outputs = f"s3://{BUCKET}/products"
     storage = ProductStorage(root=str(tmp_path / "work"), outputs=outputs)
-    resources = {"raster_reader": RasterReader(), "storage": storage, "inference_device": InferenceDevice(device="cpu"),
-                 "database": PostgresDatabase(embedded_dir=str(tmp_path / "postgres"))}
+    resources = local_resources(tmp_path, storage=storage, inference_device=InferenceDevice(device="cpu"))
     assets = list(build_definitions([settings], resources).assets)
     key = lambda asset: dg.AssetKey([name, asset])  # noqa: E731
     with dg.instance_for_test() as instance:
@@ -145,8 +143,7 @@ def test_object_store_briefly_unavailable_is_retried(s3, tmp_path):
     settings = load_settings(REPO / "products" / "nlcd_zion.yaml")
     name = settings.name
     storage = ProductStorage(root=str(tmp_path / "work"), outputs=f"s3://{BUCKET}/flaky")
-    resources = {"raster_reader": RasterReader(), "storage": storage, "inference_device": InferenceDevice(device="cpu"),
-                 "database": PostgresDatabase(embedded_dir=str(tmp_path / "postgres"))}
+    resources = local_resources(tmp_path, storage=storage, inference_device=InferenceDevice(device="cpu"))
     assets = list(build_definitions([settings], resources).assets)
     key = lambda asset: dg.AssetKey([name, asset])  # noqa: E731
     with dg.instance_for_test() as instance:

@@ -49,14 +49,12 @@ def _materialize(home: Path, data: Path) -> dict:
     from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
     from geoembed.settings import load_settings
-    from geoembed_assets.definitions import build_definitions
-    from geoembed_resources import InferenceDevice, PostgresDatabase, ProductStorage, RasterReader
+    from geoembed_assets.definitions import build_definitions, local_resources
+    from geoembed_resources import InferenceDevice, ProductStorage
 
     settings = load_settings(PRODUCT)
     storage = ProductStorage(root=str(data))
-    resources = {"raster_reader": RasterReader(), "storage": storage,
-                 "inference_device": InferenceDevice(device="cpu"),
-                 "database": PostgresDatabase(embedded_dir=str(data / "postgres"))}
+    resources = local_resources(data, storage=storage, inference_device=InferenceDevice(device="cpu"))
     assets = list(build_definitions([settings], resources).assets)
 
     def run(asset: str, **kwargs) -> None:

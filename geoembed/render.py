@@ -50,7 +50,7 @@ def loss_curve_png(losses: list[float], title: str) -> bytes:
     steps = np.arange(1, len(losses) + 1)
     ax.plot(steps, losses, lw=0.6, alpha=0.4, label="step")
     window = max(1, len(losses) // 50)
-    if len(losses) >= window:
+    if window > 1 and len(losses) >= window:  # a running mean only when it averages something
         smooth = np.convolve(losses, np.ones(window) / window, mode="valid")
         ax.plot(steps[window - 1 :], smooth, lw=1.8, label=f"mean of {window}")
     ax.set_xlabel("training step")

@@ -4,6 +4,7 @@ generated rasters for the cases real data does not cover (global grids, bad inpu
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,20 @@ from rasterio.transform import from_origin
 REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA = Path(os.environ.get("GEOEMBED_SHARED_DATA", REPO.parent / "shared" / "data"))
 LANDCOVER = SHARED_DATA / "landcover"
+
+
+def dagster_deployment(root: Path, product: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """A local deployment under ``root``: a Dagster home with the project's dagster.yaml, a data folder,
+    and the environment pointing the code location at them and at ``product`` (set here through
+    ``monkeypatch``; pass it on to servers and subprocesses). The embedded PostgreSQL, not GEOEMBED_PG_DSN."""
+    home = root / "home"
+    home.mkdir(parents=True, exist_ok=True)
+    shutil.copy(REPO / "dagster.yaml", home / "dagster.yaml")
+    env = {"DAGSTER_HOME": str(home), "GEOEMBED_PRODUCT": str(product), "GEOEMBED_DATA_DIR": str(root / "data")}
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("GEOEMBED_PG_DSN", raising=False)
+    return env
 
 
 def shared_file(name: str) -> Path:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import importlib.util
 import math
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +14,7 @@ import dagster as dg
 import pytest
 from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG, BACKFILL_ID_TAG
 
-from conftest import REPO
+from conftest import REPO, dagster_deployment
 from geoembed.backfill import backfill_status, serve_dagster
 from geoembed.settings import load_settings
 from geoembed_assets.definitions import build_definitions, local_resources
@@ -32,13 +31,8 @@ def test_graphql_backfill_of_all_2562_partitions_completes_in_batches(tmp_path, 
         pytest.skip("the MODIS land cover package is not installed (scripts/setup.sh installs it)")
     settings = load_settings(PRODUCT)
     name = settings.name
-    home, data = tmp_path / "home", tmp_path / "data"
-    home.mkdir()
-    shutil.copy(REPO / "dagster.yaml", home / "dagster.yaml")
-    env = {"DAGSTER_HOME": str(home), "GEOEMBED_PRODUCT": str(PRODUCT), "GEOEMBED_DATA_DIR": str(data)}
-    for key, value in env.items():
-        monkeypatch.setenv(key, value)
-    monkeypatch.delenv("GEOEMBED_PG_DSN", raising=False)
+    env = dagster_deployment(tmp_path, PRODUCT, monkeypatch)
+    data = Path(env["GEOEMBED_DATA_DIR"])
     storage = ProductStorage(root=str(data))
     resources = local_resources(data, storage=storage, inference_device=InferenceDevice(device="cpu"))
     samples = dg.AssetKey([name, "landcover_samples"])

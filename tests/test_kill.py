@@ -16,10 +16,10 @@ gives exactly what an uninterrupted run gave (same bytes in Zarr, same rows in t
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import threading
 import time
+from pathlib import Path
 
 import dagster as dg
 import numpy as np
@@ -27,7 +27,7 @@ import pytest
 import zarr
 from filelock import FileLock
 
-from conftest import REPO, shared_file
+from conftest import REPO, dagster_deployment, shared_file
 from geoembed.backfill import launch_backfill, serve_dagster, wait_for_backfill
 from geoembed.settings import load_settings
 from geoembed_assets.definitions import build_definitions, local_resources
@@ -121,13 +121,8 @@ def test_sigkill_mid_write_fails_the_run_and_rerun_equals_uninterrupted(tmp_path
     shared_file("nlcd2011_zion.tif")
     settings = load_settings(PRODUCT)
     name = settings.name
-    home, data = tmp_path / "home", tmp_path / "data"
-    home.mkdir()
-    shutil.copy(REPO / "dagster.yaml", home / "dagster.yaml")
-    env = {"DAGSTER_HOME": str(home), "GEOEMBED_PRODUCT": str(PRODUCT), "GEOEMBED_DATA_DIR": str(data)}
-    for key, value in env.items():
-        monkeypatch.setenv(key, value)
-    monkeypatch.delenv("GEOEMBED_PG_DSN", raising=False)
+    env = dagster_deployment(tmp_path, PRODUCT, monkeypatch)
+    data = Path(env["GEOEMBED_DATA_DIR"])
     storage = ProductStorage(root=str(data))
     database = PostgresDatabase(embedded_dir=str(data / "postgres"))
     resources = local_resources(data, storage=storage, database=database, inference_device=InferenceDevice(device="cpu"))

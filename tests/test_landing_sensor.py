@@ -28,7 +28,7 @@ from geoembed_assets.definitions import build_definitions, local_resources
 from geoembed_assets.landing import LANDING_TAG, landing_sensor_name
 from geoembed_resources import ProductStorage
 
-from conftest import REPO, shared_file
+from conftest import REPO, dagster_deployment, shared_file
 
 pytestmark = pytest.mark.integration
 
@@ -147,10 +147,8 @@ def _expect_refresh(instance, daemon, storage, runs_before: int, stencils_before
 def landing_product(tmp_path, monkeypatch):
     tile_2020 = shared_file("ESA_WorldCover_10m_2020_v100_N00E006_Map.tif")
     tile_2021 = shared_file("ESA_WorldCover_10m_2021_v200_N00E006_Map.tif")
-    landing, data, home = tmp_path / "landing", tmp_path / "data", tmp_path / "home"
-    for folder in (landing, data, home):
-        folder.mkdir()
-    shutil.copy(REPO / "dagster.yaml", home / "dagster.yaml")
+    landing = tmp_path / "landing"
+    landing.mkdir()
     _land(tile_2020, landing / tile_2020.name)
     product = tmp_path / f"{NAME}.yaml"
     product.write_text(yaml.safe_dump({
@@ -158,10 +156,8 @@ def landing_product(tmp_path, monkeypatch):
         "background_classes": [80], "resolution": 7, "region_resolution": 5, "window_size": 32,
         "embedding_dim": 16, "landing_check_seconds": 2,
     }))
-    env = {"DAGSTER_HOME": str(home), "GEOEMBED_PRODUCT": str(product), "GEOEMBED_DATA_DIR": str(data)}
-    for key, value in env.items():
-        monkeypatch.setenv(key, value)
-    monkeypatch.delenv("GEOEMBED_PG_DSN", raising=False)
+    env = dagster_deployment(tmp_path, product, monkeypatch)
+    data = Path(env["GEOEMBED_DATA_DIR"])
     settings = load_settings(product)
     resources = local_resources(data)
     return settings, resources, landing, tile_2021, {**os.environ, **env}, tmp_path

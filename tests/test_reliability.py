@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +13,7 @@ import numpy as np
 import pytest
 from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
-from conftest import REPO, shared_file
+from conftest import REPO, dagster_deployment, shared_file
 from geoembed.grid import region_cells
 from geoembed.settings import load_settings
 from geoembed.stores import decode_version
@@ -28,13 +27,8 @@ BIN = Path(sys.executable).parent
 def test_four_concurrent_runs_into_one_store_and_table_lose_and_duplicate_nothing(tmp_path, monkeypatch):
     shared_file("nlcd2011_zion.tif")
     product = REPO / "products" / "nlcd_zion.yaml"
-    home, data = tmp_path / "home", tmp_path / "data"
-    home.mkdir()
-    shutil.copy(REPO / "dagster.yaml", home / "dagster.yaml")
-    env = {"DAGSTER_HOME": str(home), "GEOEMBED_PRODUCT": str(product), "GEOEMBED_DATA_DIR": str(data)}
-    for key, value in env.items():
-        monkeypatch.setenv(key, value)
-    monkeypatch.delenv("GEOEMBED_PG_DSN", raising=False)
+    env = dagster_deployment(tmp_path, product, monkeypatch)
+    data = Path(env["GEOEMBED_DATA_DIR"])
     settings = load_settings(product)
     name = settings.name
     resources = local_resources(data, inference_device=InferenceDevice(device="cpu"))

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, shared_file
+from conftest import REPO, dagster_deployment, shared_file
 from geoembed.backfill import serve_dagster
 
 pytestmark = pytest.mark.integration
@@ -88,15 +88,9 @@ def ui(tmp_path_factory):
     sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed in .venv")
     shared_file("nlcd2011_zion.tif")
     root = tmp_path_factory.mktemp("ui")
-    home, data = root / "home", root / "data"
-    home.mkdir()
-    shutil.copy(REPO / "dagster.yaml", home / "dagster.yaml")
-    env = {"DAGSTER_HOME": str(home), "GEOEMBED_PRODUCT": str(PRODUCT), "GEOEMBED_DATA_DIR": str(data)}
     with pytest.MonkeyPatch.context() as mp:
-        for key, value in env.items():
-            mp.setenv(key, value)
-        mp.delenv("GEOEMBED_PG_DSN", raising=False)
-        product = _materialize(home, data)
+        env = dagster_deployment(root, PRODUCT, mp)
+        product = _materialize(Path(env["DAGSTER_HOME"]), Path(env["GEOEMBED_DATA_DIR"]))
 
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     for old in ARTIFACTS.glob("*.png"):

@@ -29,8 +29,8 @@ import dagster as dg
 import yaml
 from dagster._core.storage.tags import BACKFILL_ID_TAG
 
-from geoembed.backfill import launch_backfill, serve_dagster, wait_for_backfill
-from geoembed.settings import load_settings
+from geoembed.core.backfill import launch_backfill, serve_dagster, wait_for_backfill
+from geoembed.landcover.settings import load_settings
 from geoembed_assets.definitions import build_definitions, local_resources
 from geoembed_resources import InferenceDevice
 

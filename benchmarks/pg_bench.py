@@ -25,10 +25,11 @@ import numpy as np
 import psycopg
 from psycopg import sql
 
-from geoembed import db, search
-from geoembed.grid import ProductLayout, cell_centres
-from geoembed.sampling import EMBEDDED
-from geoembed.stores import decode_version, open_product
+from geoembed.core.sinks import pgvector as db, search
+from geoembed.core.grids.h3 import ProductLayout, cell_centres
+from geoembed.landcover.windows import EMBEDDED
+from geoembed.core.lineage import decode_version
+from geoembed.landcover.stores import open_product
 from geoembed_resources.postgres import PostgresDatabase
 
 DATA_DIR = Path(os.environ.get("GEOEMBED_DATA_DIR", "data"))

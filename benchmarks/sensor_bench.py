@@ -31,9 +31,9 @@ import rasterio
 import yaml
 from rasterio.transform import from_origin
 
-from geoembed.settings import load_settings
+from geoembed.landcover.settings import load_settings
 from geoembed_assets.definitions import build_definitions, local_resources
-from geoembed_assets.landing import landing_sensor_name
+from geoembed_assets.landcover.sensors import landing_sensor_name
 
 REPO = Path(__file__).resolve().parent.parent
 TILE = REPO.parent / "shared" / "data" / "landcover" / "ESA_WorldCover_10m_2020_v100_N00E006_Map.tif"

@@ -7,25 +7,23 @@ import os
 import sys
 from pathlib import Path
 
-from geoembed.backfill import DagsterApiError
-from geoembed.grid import PartitionKeyError
-from geoembed.raster import RasterInputError
-from geoembed.search import SearchInputError
-from geoembed.sources import LandingLocationError
-from geoembed.settings import DEFAULT_PRODUCT_FILE, ProductConfigError, load_settings
+from geoembed.core.backfill import DagsterApiError
+from geoembed.core.errors import InputError
+from geoembed.landcover.settings import DEFAULT_PRODUCT_FILE, load_settings
 
 EXIT_USAGE = 2
-# Errors of the user's input or environment: a message and exit code 2, no traceback.
-INPUT_ERRORS: tuple[type[BaseException], ...] = (ProductConfigError, RasterInputError, PartitionKeyError,
-                                                 SearchInputError, LandingLocationError, LookupError,
-                                                 ConnectionError, DagsterApiError)
+# Errors of the user's input or environment: a message and exit code 2, no traceback. InputError covers
+# every bad input (settings, rasters, partition keys, queries, landing locations); LookupError a missing
+# upstream (no table, no stencil); ConnectionError an unreachable server.
+INPUT_ERRORS: tuple[type[BaseException], ...] = (InputError, LookupError, ConnectionError, DagsterApiError)
 
 
 def _run(args: argparse.Namespace) -> int:
     # Dagster is imported here so that `geoembed --help` stays fast.
     import dagster as dg
 
-    from geoembed_assets.run import ensure_dagster_home, materialize_product
+    from geoembed_assets.core.runner import ensure_dagster_home
+    from geoembed_assets.landcover.job import materialize_product
 
     products = [load_settings(p) for p in (args.product or [DEFAULT_PRODUCT_FILE])]
     if args.data_dir:
@@ -54,8 +52,8 @@ def _run(args: argparse.Namespace) -> int:
 def _similar(args: argparse.Namespace) -> int:
     import json
 
-    from geoembed import search
-    from geoembed.db import latest_model_table
+    from geoembed.core.sinks import search
+    from geoembed.core.sinks.pgvector import latest_model_table
     from geoembed_resources.postgres import DSN_ENV_VAR, PostgresDatabase
 
     if (args.cell is None) == (args.lonlat is None):
@@ -92,7 +90,7 @@ def _similar(args: argparse.Namespace) -> int:
 
 
 def _backfill(args: argparse.Namespace) -> int:
-    from geoembed import backfill
+    from geoembed.core import backfill
 
     assets = [f"{args.product}/{a}" if "/" not in a else a for a in args.asset]
     backfill_id = backfill.launch_backfill(args.url, assets, args.partition or None, title=args.title)

@@ -1,5 +1,10 @@
 """The geoembed code location: one asset graph per configured product, plus shared resources.
 
+Each pipeline is a folder of ``geoembed_assets`` whose builder turns a product's settings into its
+Definitions:
+
+    landcover/   H3 land-cover embeddings        build_landcover_product  (geoembed/landcover)
+
 Products come from the YAML files named in GEOEMBED_PRODUCT (comma-separated); by default the
 global MODIS product (products/modis_global.yaml). Outputs go under GEOEMBED_DATA_DIR (default ./data).
 """
@@ -11,9 +16,9 @@ from pathlib import Path
 
 import dagster as dg
 
-from geoembed.settings import ProductSettings, load_settings, product_files_from_env
-from geoembed_assets.executors import executor_from_env
-from geoembed_assets.product import ProductAssets, build_product
+from geoembed.landcover.settings import ProductSettings, load_settings, product_files_from_env
+from geoembed_assets.core.executors import executor_from_env
+from geoembed_assets.landcover import build_landcover_product
 from geoembed_resources import DaskCluster, InferenceDevice, PostgresDatabase, ProductStorage, RasterReader
 from geoembed_resources.postgres import DSN_ENV_VAR
 
@@ -59,9 +64,8 @@ def build_definitions(products: list[ProductSettings], resources: dict | None = 
     names = [p.name for p in products]
     if len(set(names)) != len(names):
         raise ValueError(f"product names must be unique, got {names}")
-    built: list[ProductAssets] = [build_product(p) for p in products]
     return dg.Definitions.merge(
-        *[b.definitions for b in built],
+        *[build_landcover_product(p).definitions for p in products],
         # GEOEMBED_EXECUTOR=k8s: one Kubernetes pod per step (deploy/k8s); unset: Dagster's default.
         dg.Definitions(resources=resources if resources is not None else default_resources(),
                        executor=executor_from_env()),

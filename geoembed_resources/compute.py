@@ -2,21 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Callable, Literal, Sequence
 
 import dagster as dg
 import numpy as np
 import torch
 from pydantic import Field
 
-from geoembed.model import embed
+from geoembed.core.inference import Outputs, batched_inference
 
 
 class InferenceDevice(dg.ConfigurableResource):
     """Where model inference runs. Inference steps also sit in the Dagster pool ``gpu``."""
 
     device: Literal["auto", "cuda", "cpu"] = Field(default="auto", description="auto: CUDA if available.")
-    batch_size: int = Field(default=4096, ge=1, description="Cells per forward pass.")
+    batch_size: int = Field(default=4096, ge=1, description="Inputs (cells, chips) per forward pass.")
     bf16: bool = Field(default=True, description="bf16 autocast on GPUs that support it (float32 on CPU).")
     cpu_threads: int | None = Field(default=None, ge=1, description="torch threads on CPU (default: torch's).")
 
@@ -36,11 +36,14 @@ class InferenceDevice(dg.ConfigurableResource):
             return f"cuda:{torch.cuda.get_device_name(device)}{' bf16' if self.uses_bf16(device) else ''}"
         return f"cpu ({torch.get_num_threads()} threads)"
 
-    def embed(self, model: torch.nn.Module, windows: np.ndarray) -> np.ndarray:
+    def infer(
+        self, model: torch.nn.Module, inputs: np.ndarray | Sequence, finish: Callable[[Outputs], Outputs] | None = None
+    ) -> np.ndarray | tuple[np.ndarray, ...]:
+        """Every input through ``model`` on this device, in batches (see ``batched_inference``)."""
         device = self.torch_device()
         if device.type == "cpu" and self.cpu_threads:
             torch.set_num_threads(self.cpu_threads)
         model = model.to(device)
         if device.type == "cuda":
             model = model.to(memory_format=torch.channels_last)
-        return embed(model, windows, device, self.batch_size, self.uses_bf16(device))
+        return batched_inference(model, inputs, device, self.batch_size, self.uses_bf16(device), finish)

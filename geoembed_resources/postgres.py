@@ -20,8 +20,8 @@ from pydantic import Field
 
 from pgvector.psycopg import register_vector
 
-from geoembed.db import ensure_schema
-from geoembed.transient import is_transient
+from geoembed.core.sinks.pgvector import ensure_schema
+from geoembed.core.transient import is_transient
 
 DSN_ENV_VAR = "GEOEMBED_PG_DSN"
 _EMBEDDED: dict[str, object] = {}  # data folder -> running server handle, one per process

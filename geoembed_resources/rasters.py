@@ -11,9 +11,11 @@ import rasterio
 from dagster_aws.s3 import S3Resource
 from pydantic import Field
 
-from geoembed import sources
-from geoembed.raster import RasterInfo, RasterInputError, content_version, describe_raster, open_raster
-from geoembed.settings import ProductSettings
+from geoembed.core import sources
+from geoembed.core.lineage import content_version
+from geoembed.core.rasters import RasterInfo, RasterInputError, open_raster
+from geoembed.landcover.categorical import describe_raster
+from geoembed.landcover.settings import ProductSettings
 
 
 class RasterReader(dg.ConfigurableResource):

@@ -15,8 +15,10 @@ import xarray as xr
 from pydantic import Field, field_validator
 from upath import UPath
 
-from geoembed import stores
-from geoembed.grid import ProductLayout
+from geoembed.core.sinks import zarr as zarr_stores
+from geoembed.landcover import stores
+from geoembed.landcover.stencil import StencilState
+from geoembed.core.grids.h3 import ProductLayout
 
 AnyPath = Path | UPath
 
@@ -53,7 +55,7 @@ class ProductStorage(dg.ConfigurableResource):
             return self.product_dir(product)
         if "://" in self.outputs:
             url = self.outputs.rstrip("/")
-            return UPath(url, **stores.storage_options(url)) / product
+            return UPath(url, **zarr_stores.storage_options(url)) / product
         path = Path(self.outputs).expanduser().resolve() / product
         path.mkdir(parents=True, exist_ok=True)
         return path
@@ -66,7 +68,7 @@ class ProductStorage(dg.ConfigurableResource):
 
     def model_dir(self, product: str, version: str) -> AnyPath:
         path = self.outputs_dir(product) / "models" / version
-        if not stores.is_remote(path):
+        if not zarr_stores.is_remote(path):
             path.mkdir(parents=True, exist_ok=True)
         return path
 
@@ -87,7 +89,7 @@ class ProductStorage(dg.ConfigurableResource):
     def write_bytes(self, path: AnyPath, data: bytes) -> None:
         """Write a file atomically: locally a temporary file renamed into place; on an object store one
         PUT, which is atomic (readers see the old object or the new one)."""
-        if stores.is_remote(path):
+        if zarr_stores.is_remote(path):
             path.write_bytes(data)
             return
         tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
@@ -97,18 +99,28 @@ class ProductStorage(dg.ConfigurableResource):
     def stencil_path(self, product: str) -> Path:
         return self.product_dir(product) / "stencil.json"
 
+    def read_stencil(self, product: str) -> StencilState:
+        """The product's current H3 stencil (written by ``h3_regions``)."""
+        return StencilState.model_validate(self.read_json(self.stencil_path(product),
+                                                          f"the H3 stencil of product {product!r}"))
+
+    def read_stencil_if_any(self, product: str) -> StencilState | None:
+        return self.read_stencil(product) if self.stencil_path(product).exists() else None
+
+    def write_stencil(self, product: str, state: StencilState) -> Path:
+        path = self.stencil_path(product)
+        self.write_json(path, state.to_json())
+        return path
+
     def known_source_versions(self, product: str) -> dict[str, tuple[str, str]]:
         """{source file: (fingerprint, content version)} as the last stencil saw them (empty before one)."""
-        path = self.stencil_path(product)
-        if not path.exists():
-            return {}
-        files = self.read_json(path, "the stencil").get("sources", {})
-        return {n: (f["fingerprint"], f["version"]) for n, f in files.items()}
+        state = self.read_stencil_if_any(product)
+        return state.known_versions() if state else {}
 
     def current_model_path(self, product: str) -> AnyPath:
         return self.outputs_dir(product) / "models" / "current.json"
 
-    # Zarr stores (formats in geoembed.stores) -------------------------------------------------
+    # Zarr stores (formats in geoembed.landcover.stores) -------------------------------------------------
 
     def write_samples(self, product: str, region_key: str, ds: xr.Dataset) -> Path:
         path = self.samples_path(product, region_key)

@@ -1,0 +1,1 @@
+"""Spatial grids that partition products and index their rows."""

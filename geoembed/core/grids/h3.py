@@ -1,0 +1,131 @@
+"""H3 grid logic: regions (partitions), their fine cells, and the product's row layout.
+
+Cell ids are uint64 (MISSION.md section 3). Region partition keys are H3 strings of the region cell.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import h3
+import h3.api.basic_int as h3i
+import numpy as np
+
+from geoembed.core.errors import InputError
+
+
+class PartitionKeyError(InputError):
+    """A region partition key is not a valid H3 cell of the product's region resolution."""
+
+
+def parse_region_key(key: str, region_res: int) -> int:
+    """The H3 cell (int) behind a region partition key, validated."""
+    try:
+        valid = h3.is_valid_cell(key)
+    except (TypeError, ValueError):
+        valid = False
+    if not valid:
+        raise PartitionKeyError(f"partition key {key!r} is not an H3 cell id (expected e.g. '81083ffffffffff')")
+    res = h3.get_resolution(key)
+    if res != region_res:
+        raise PartitionKeyError(
+            f"partition key {key!r} is an H3 cell of resolution {res}; this product's regions have resolution {region_res}"
+        )
+    return h3.str_to_int(key)
+
+
+def region_key(region: int) -> str:
+    return h3.int_to_str(int(region))
+
+
+def region_cells(region: int, resolution: int) -> np.ndarray:
+    """The fine cells of a region, sorted, as uint64."""
+    return np.sort(np.fromiter(h3i.cell_to_children(int(region), resolution), dtype=np.uint64))
+
+
+def cell_centres(cells: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(lat, lon) in degrees of each cell's centre."""
+    latlng = np.array([h3i.cell_to_latlng(int(c)) for c in cells], dtype=np.float64).reshape(-1, 2)
+    return latlng[:, 0], latlng[:, 1]
+
+
+def cells_at(resolution: int) -> np.ndarray:
+    """Every H3 cell of a resolution (for coarse resolutions: regions of the whole globe)."""
+    if resolution > 3:
+        raise ValueError("enumerating every cell is meant for coarse region resolutions (0-3)")
+    cells = [c for base in h3i.get_res0_cells() for c in h3i.cell_to_children(base, resolution)]
+    return np.sort(np.array(cells, dtype=np.uint64))
+
+
+def regions_touching(bounds: tuple[float, float, float, float], region_res: int) -> np.ndarray:
+    """Regions that overlap a lon/lat box, plus a ring of neighbours (windows reach past a cell).
+
+    ``bounds`` is (west, south, east, north); west > east means the box crosses the antimeridian."""
+    west, south, east, north = bounds
+    if east - west >= 359.0 and north - south >= 179.0 and region_res <= 3:
+        return cells_at(region_res)
+    boxes = [(west, south, east, north)] if west <= east else [(west, south, 180.0, north), (-180.0, south, east, north)]
+    found: set[int] = set()
+    for w, s, e, n in boxes:
+        # Split wide boxes: H3 polygons must span less than 180 degrees of longitude.
+        edges = np.linspace(w, e, int(np.ceil((e - w) / 90.0)) + 1) if e > w else [w, e]
+        for a, b in zip(edges[:-1], edges[1:]):
+            shape = h3.LatLngPoly([(s, a), (s, b), (n, b), (n, a)])
+            cells = h3.h3shape_to_cells_experimental(shape, region_res, contain="overlap")
+            found.update(h3.str_to_int(c) for c in cells)
+    ring = {n for c in found for n in h3i.grid_disk(c, 1)}
+    return np.sort(np.array(sorted(found | ring), dtype=np.uint64))
+
+
+@dataclass(frozen=True)
+class ProductLayout:
+    """Rows of the product store: each region owns a chunk-aligned slot of ``slot`` rows.
+
+    Hexagon regions have exactly ``slot = 7**(res - region_res)`` cells, so each owns one chunk and
+    concurrent writes of different regions never touch the same chunk. Pentagon regions have fewer
+    cells; they are placed last, and writes that share a chunk are serialised by the store's lock.
+    """
+
+    regions: np.ndarray  # uint64, in row order
+    offsets: np.ndarray  # int64, first row of each region
+    counts: np.ndarray  # int64, cells in each region
+    resolution: int
+    region_res: int
+
+    @classmethod
+    def build(cls, regions: np.ndarray, resolution: int, region_res: int) -> ProductLayout:
+        regions = np.asarray(regions, dtype=np.uint64)
+        pentagon = np.array([h3i.is_pentagon(int(r)) for r in regions], dtype=bool)
+        order = np.concatenate([np.sort(regions[~pentagon]), np.sort(regions[pentagon])])
+        counts = np.array([h3i.cell_to_children_size(int(r), resolution) for r in order], dtype=np.int64)
+        offsets = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+        return cls(order, offsets, counts, resolution, region_res)
+
+    @property
+    def slot(self) -> int:
+        """Rows (and chunk length) of a hexagon region."""
+        return 7 ** (self.resolution - self.region_res)
+
+    @property
+    def n_rows(self) -> int:
+        return int(self.counts.sum())
+
+    def index_of(self, region: int) -> int:
+        hits = np.nonzero(self.regions == np.uint64(region))[0]
+        if not len(hits):
+            raise KeyError(f"region {region_key(region)} is not part of this product's layout")
+        return int(hits[0])
+
+    def rows_of(self, region: int) -> slice:
+        i = self.index_of(region)
+        return slice(int(self.offsets[i]), int(self.offsets[i] + self.counts[i]))
+
+    def shares_chunk(self, region: int) -> bool:
+        """True if the region's rows share a chunk with another region (pentagon tail)."""
+        rows = self.rows_of(region)
+        return rows.start % self.slot != 0 or (rows.stop - rows.start) != self.slot
+
+    def all_cells(self) -> np.ndarray:
+        return np.concatenate([region_cells(int(r), self.resolution) for r in self.regions]) if len(
+            self.regions
+        ) else np.zeros(0, dtype=np.uint64)

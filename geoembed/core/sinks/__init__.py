@@ -1,0 +1,1 @@
+"""Where products are written and served from: Zarr stores, PostgreSQL (pgvector) tables, search."""

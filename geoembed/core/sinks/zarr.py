@@ -1,0 +1,133 @@
+"""Zarr stores, local or on an object store: opening, atomic replacement, and the lock for
+read-modify-write steps. Every pipeline writes its Zarr outputs through these.
+
+A store is a local path or an fsspec URL (s3://bucket/prefix/x.zarr; credentials and endpoint from the
+environment, e.g. AWS_ACCESS_KEY_ID, AWS_ENDPOINT_URL). Local writes swap directories atomically; an
+object store has no rename, so there a store is written in place.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+import uuid
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import fsspec
+import numpy as np
+import xarray as xr
+from filelock import FileLock
+from zarr.storage import FsspecStore
+
+def h3_coordinate(cells: np.ndarray, resolution: int) -> tuple:
+    # xdggs rejects any other attribute on this coordinate.
+    return ("cells", np.asarray(cells, dtype=np.uint64), {"grid_name": "h3", "level": int(resolution)})
+
+
+StorePath = str | os.PathLike[str]  # a local path, or a URL (str or universal_pathlib's UPath)
+
+
+def is_remote(path: StorePath) -> bool:
+    return "://" in str(path)
+
+
+def storage_options(url: StorePath) -> dict:
+    """fsspec options for a URL. The S3 endpoint is passed explicitly (not only left to botocore's
+    environment lookup) because fsspec caches filesystems by their options: a process that changes
+    AWS_ENDPOINT_URL must get a new one."""
+    options = dict(getattr(url, "storage_options", {}) or {})
+    if str(url).startswith("s3://") and os.environ.get("AWS_ENDPOINT_URL"):
+        options.setdefault("endpoint_url", os.environ["AWS_ENDPOINT_URL"])
+    return options
+
+
+def _fs(url: StorePath) -> tuple[fsspec.AbstractFileSystem, str]:
+    return fsspec.core.url_to_fs(str(url), **storage_options(url))
+
+
+def zarr_target(path: StorePath) -> "Path | FsspecStore":
+    """What xarray/zarr open: the local path, or an fsspec store for a URL."""
+    if is_remote(path):
+        return FsspecStore.from_url(str(path), storage_options=storage_options(path))
+    return Path(path)
+
+
+def store_exists(path: StorePath) -> bool:
+    if is_remote(path):
+        fs, root = _fs(path)
+        return fs.exists(f"{root.rstrip('/')}/zarr.json")
+    return Path(path).exists()
+
+
+@contextmanager
+def store_lock(path: StorePath) -> Iterator[None]:
+    """An exclusive lock for read-modify-write steps on a store (attributes, shared chunks). Beside a
+    local store; for an object store, on this machine (several writers on several machines each write
+    their own regions' chunks, which never overlap, but attributes are last-writer-wins)."""
+    if is_remote(path):
+        digest = hashlib.sha256(str(path).encode()).hexdigest()[:16]
+        lock_path = Path(tempfile.gettempdir()) / "geoembed-locks" / f"{digest}.lock"
+    else:
+        lock_path = Path(f"{os.fspath(path).rstrip('/')}.lock")
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(lock_path)):
+        yield
+
+
+def replace_directory(tmp: StorePath, final: StorePath) -> None:
+    """Swap a freshly written directory into place; the old one is kept until the new one is there.
+    (Object stores have no rename: the new objects are copied over the old ones, then the leftovers
+    deleted; a reader in between may see a mix, which only a stencil change causes.)"""
+    if is_remote(final):
+        fs, final_key = _fs(final)
+        _, tmp_key = _fs(tmp)
+        new = fs.find(tmp_key)  # objects only (no pseudo-directories)
+        targets = [final_key + key[len(tmp_key):] for key in new]
+        stale = sorted(set(fs.find(final_key)) - set(targets))
+        if new:
+            fs.copy(new, targets)  # new objects over the old ones first,
+        if stale:
+            fs.rm(stale)  # then the old objects the new store does not have,
+        if new:
+            fs.rm(new)  # then the temporary copy.
+        return
+    old = final.with_name(f".{final.name}.old-{uuid.uuid4().hex[:8]}")
+    if final.exists():
+        os.replace(final, old)
+    os.replace(tmp, final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def sibling(path: StorePath, name: str) -> StorePath:
+    if is_remote(path):
+        return f"{str(path).rstrip('/').rsplit('/', 1)[0]}/{name}"
+    return Path(path).with_name(name)
+
+
+def store_name(path: StorePath) -> str:
+    return str(path).rstrip("/").rsplit("/", 1)[-1]
+
+
+def write_dataset(path: StorePath, ds: xr.Dataset, encoding: dict | None = None) -> None:
+    """Write a whole dataset as a Zarr v3 store; locally a re-write replaces the previous store only once
+    the new one is complete (readers see the old store or the new one, never a mix)."""
+    if is_remote(path):
+        ds.to_zarr(zarr_target(path), mode="w", zarr_format=3, consolidated=False, encoding=encoding)
+        return
+    final = Path(path)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.with_name(f".{final.name}.tmp-{uuid.uuid4().hex[:8]}")
+    ds.to_zarr(tmp, mode="w", zarr_format=3, consolidated=False, encoding=encoding)
+    replace_directory(tmp, final)
+
+
+def open_store(path: StorePath, what: str, chunks: dict | str | None = None) -> xr.Dataset:
+    """A store, lazily indexed without dask unless ``chunks`` is given (``{}``: the store's chunks).
+    A missing store is named, with what it is (``what``)."""
+    if not store_exists(path):
+        raise FileNotFoundError(f"{what} {str(path)!r} does not exist; materialize it first")
+    return xr.open_zarr(zarr_target(path), consolidated=False, chunks=chunks)

@@ -1,0 +1,240 @@
+"""The self-supervised land-cover encoder: a small CNN trained with a triplet loss (Tile2Vec style).
+
+Input: a window of class indices (B, S, S). Each class index is embedded, the map is average-pooled
+to at most 16 x 16 early (the cost per cell stays flat whatever the window), then three strided
+convolutions and a linear head give an L2-normalised vector.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import time
+from dataclasses import asdict, dataclass
+from typing import Callable
+
+import h3.api.basic_int as h3i
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from geoembed.core.inference import batched_inference
+from geoembed.core.lineage import weights_version
+
+POOLED_SIZE = 16
+
+
+@dataclass(frozen=True)
+class EncoderSpec:
+    """Architecture hyper-parameters: enough to rebuild the network."""
+
+    n_tokens: int  # classes + 1 (no data)
+    window_size: int
+    embedding_dim: int
+    token_dim: int = 16
+    width: int = 64
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+
+class LandCoverEncoder(nn.Module):
+    def __init__(self, spec: EncoderSpec):
+        super().__init__()
+        self.spec = spec
+        w = spec.width
+        self.tokens = nn.Embedding(spec.n_tokens, spec.token_dim)
+        self.pool = max(1, spec.window_size // POOLED_SIZE)
+        self.features = nn.Sequential(
+            nn.Conv2d(spec.token_dim, w, 3, stride=2, padding=1, bias=False),
+            nn.BatchNorm2d(w),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(w, w, 3, stride=2, padding=1, bias=False),
+            nn.BatchNorm2d(w),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(w, 2 * w, 3, stride=2, padding=1, bias=False),
+            nn.BatchNorm2d(2 * w),
+            nn.ReLU(inplace=True),
+            nn.AdaptiveAvgPool2d(1),
+        )
+        self.head = nn.Linear(2 * w, spec.embedding_dim)
+
+    def forward(self, windows: torch.Tensor) -> torch.Tensor:
+        x = self.embed_tokens(windows.long())
+        x = self.features(x).flatten(1)
+        return F.normalize(self.head(x).float(), dim=1)
+
+    def embed_tokens(self, windows: torch.Tensor) -> torch.Tensor:
+        """Token embeddings average-pooled to at most POOLED_SIZE^2: (B, token_dim, H, W).
+
+        Embedding then averaging is linear, so for pooled windows we average one-hot class counts per
+        block (a scatter-add over integer ids) and apply the embedding once per block: the same result
+        as embedding every pixel, without a (B, S, S, token_dim) tensor."""
+        if self.pool == 1:
+            return self.tokens(windows).permute(0, 3, 1, 2)
+        b, s, _ = windows.shape
+        p, n = self.pool, self.spec.n_tokens
+        h = s // p
+        rows = torch.arange(s, device=windows.device) // p
+        block = (rows[:, None] * h + rows[None, :]).reshape(1, -1)
+        index = block * n + windows.reshape(b, -1)
+        counts = torch.zeros(b, h * h * n, device=windows.device, dtype=self.tokens.weight.dtype)
+        counts.scatter_add_(1, index, torch.ones_like(index, dtype=counts.dtype))
+        fractions = counts.reshape(b, h, h, n) / float(p * p)
+        return (fractions @ self.tokens.weight).permute(0, 3, 1, 2)
+
+
+def build_encoder(spec: EncoderSpec, seed: int) -> LandCoverEncoder:
+    torch.manual_seed(seed)
+    return LandCoverEncoder(spec)
+
+
+def model_version(model: LandCoverEncoder) -> str:
+    """Content hash of the architecture and the weights (16 hex digits)."""
+    return weights_version(model.spec.to_json(), model.state_dict())
+
+
+# ---------------------------------------------------------------------------------------------
+# Triplet sampling: positives are near neighbours, negatives come from another region.
+# ---------------------------------------------------------------------------------------------
+
+
+class TripletSampler:
+    """Draws (anchor, positive, negative) row indices over a set of embeddable cells.
+
+    positive: a cell within ``positive_rings`` grid steps of the anchor (the nearest context);
+    negative: a cell of a different region, so at least a region's width away."""
+
+    def __init__(self, cells: np.ndarray, regions: np.ndarray, positive_rings: int = 2, seed: int = 0):
+        self.cells = np.asarray(cells, dtype=np.uint64)
+        self.regions = np.asarray(regions, dtype=np.uint64)
+        self.rng = np.random.default_rng(seed)
+        index = {int(c): i for i, c in enumerate(self.cells)}
+        neighbours: list[np.ndarray] = []
+        for c in self.cells:
+            near = [index[n] for n in h3i.grid_disk(int(c), positive_rings) if n != c and n in index]
+            neighbours.append(np.array(near, dtype=np.int64))
+        self.neighbours = neighbours
+        self.anchors = np.array([i for i, n in enumerate(neighbours) if len(n)], dtype=np.int64)
+        if len(self.anchors) == 0:
+            raise ValueError("no cell has an embeddable neighbour: too few cells to train on")
+        self.distinct_regions = np.unique(self.regions)
+
+    def sample(self, batch_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        anchor = self.rng.choice(self.anchors, size=batch_size)
+        positive = np.array([self.rng.choice(self.neighbours[a]) for a in anchor], dtype=np.int64)
+        negative = self.rng.integers(0, len(self.cells), size=batch_size)
+        if len(self.distinct_regions) > 1:
+            same = self.regions[negative] == self.regions[anchor]
+            while same.any():
+                negative[same] = self.rng.integers(0, len(self.cells), size=int(same.sum()))
+                same = self.regions[negative] == self.regions[anchor]
+        return anchor, positive, negative
+
+
+def random_dihedral(windows: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Random rotation by k*90 degrees and flip, per sample (land cover has no preferred orientation)."""
+    k = int(torch.randint(0, 4, (1,), generator=generator))
+    out = torch.rot90(windows, k, dims=(1, 2))
+    if bool(torch.randint(0, 2, (1,), generator=generator)):
+        out = torch.flip(out, dims=(2,))
+    return out
+
+
+@dataclass
+class TrainingResult:
+    model: LandCoverEncoder
+    losses: list[float]
+    seconds: float
+    steps: int
+
+
+def train_triplet(
+    model: LandCoverEncoder,
+    windows: np.ndarray,
+    sampler: TripletSampler,
+    steps: int,
+    batch_size: int,
+    learning_rate: float,
+    margin: float,
+    seed: int,
+    progress: Callable[[int, float], None] | None = None,
+) -> TrainingResult:
+    """Train in place on CPU or the model's device; returns the per-step loss curve."""
+    device = next(model.parameters()).device
+    generator = torch.Generator().manual_seed(seed)
+    optimiser = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=1e-4)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=learning_rate, total_steps=steps)
+    loss_fn = nn.TripletMarginLoss(margin=margin)
+    data = torch.from_numpy(windows)
+    losses: list[float] = []
+    start = time.perf_counter()
+    model.train()
+    for step in range(steps):
+        a, p, n = sampler.sample(batch_size)
+        batch = [random_dihedral(data[torch.from_numpy(idx)], generator).to(device) for idx in (a, p, n)]
+        za, zp, zn = model(torch.cat(batch)).split(batch_size)
+        loss = loss_fn(za, zp, zn)
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        optimiser.step()
+        schedule.step()
+        losses.append(float(loss.detach()))
+        if progress and (step + 1) % max(1, steps // 20) == 0:
+            progress(step + 1, float(np.mean(losses[-max(1, steps // 20) :])))
+    model.eval()
+    return TrainingResult(model, losses, time.perf_counter() - start, steps)
+
+
+# ---------------------------------------------------------------------------------------------
+# Inference and export
+# ---------------------------------------------------------------------------------------------
+
+
+def renormalise(z: torch.Tensor) -> torch.Tensor:
+    """Unit vectors in float32 (bf16 arithmetic leaves norms off by ~1e-3)."""
+    return F.normalize(z.float(), dim=1)
+
+
+def embed(
+    model: nn.Module, windows: np.ndarray, device: torch.device, batch_size: int, bf16: bool
+) -> np.ndarray:
+    """Embed every window (the last partial batch included), returning float32 unit vectors."""
+    if len(windows) == 0:
+        return np.empty((0, model.spec.embedding_dim), dtype=np.float32)
+    return batched_inference(model, windows, device, batch_size, bf16, finish=renormalise)
+
+
+def save_checkpoint(model: LandCoverEncoder, extra: dict) -> bytes:
+    buffer = io.BytesIO()
+    torch.save({"spec": asdict(model.spec), "state_dict": model.state_dict(), **extra}, buffer)
+    return buffer.getvalue()
+
+
+def load_checkpoint(data: bytes, device: torch.device | str = "cpu") -> tuple[LandCoverEncoder, dict]:
+    payload = torch.load(io.BytesIO(data), map_location=device, weights_only=False)
+    model = LandCoverEncoder(EncoderSpec(**payload.pop("spec")))
+    model.load_state_dict(payload.pop("state_dict"))
+    return model.to(device).eval(), payload
+
+
+def export_torchscript(model: LandCoverEncoder) -> bytes:
+    """A portable TorchScript module (loads with torch.jit.load, no geoembed import needed)."""
+    example = torch.zeros((2, model.spec.window_size, model.spec.window_size), dtype=torch.long)
+    traced = torch.jit.trace(model.cpu().eval(), example)
+    buffer = io.BytesIO()
+    torch.jit.save(traced, buffer)
+    return buffer.getvalue()
+
+
+def flops_per_cell(spec: EncoderSpec) -> float:
+    """Multiply-accumulates of one forward pass (for reporting)."""
+    s = spec.window_size // max(1, spec.window_size // POOLED_SIZE)
+    macs, c_in = 0, spec.token_dim
+    for c_out in (spec.width, spec.width, 2 * spec.width):
+        s = math.ceil(s / 2)
+        macs += s * s * c_out * c_in * 9
+        c_in = c_out
+    return float(macs + 2 * spec.width * spec.embedding_dim)

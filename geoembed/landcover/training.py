@@ -1,0 +1,172 @@
+"""Training the land-cover encoder on a product's samples, and measuring it on held-out regions.
+
+Regions are split into training and held-out groups (whole coarse H3 groups, see ``split_regions``);
+the model is trained with the triplet loss on training regions and scored by kNN on held-out ones,
+beside the same network untrained and PCA of the class fractions.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Callable, Protocol
+
+import numpy as np
+import torch
+import xarray as xr
+
+from geoembed.core.evaluation import RegionSplit, knn_balanced_accuracy, pca_features, split_regions
+from geoembed.core.grids.h3 import region_key
+from geoembed.landcover import encoder
+from geoembed.landcover.settings import ProductSettings
+from geoembed.landcover.stencil import StencilState
+from geoembed.landcover.windows import EMBEDDED
+
+
+class NoSamplesError(LookupError):
+    """No region of the product has materialized samples to train on."""
+
+
+class TripletHyperParameters(Protocol):
+    """What training reads from its configuration (the model asset's run config)."""
+
+    steps: int
+    batch_size: int
+    learning_rate: float
+    margin: float
+    positive_rings: int
+    max_train_cells: int
+    max_eval_cells: int
+    held_out_fraction: float
+    seed: int
+
+
+@dataclass
+class TrainingSamples:
+    cells: np.ndarray
+    regions: np.ndarray
+    windows: np.ndarray
+    fractions: np.ndarray
+    dominant: np.ndarray
+    train_rows: np.ndarray
+    eval_train: np.ndarray
+    eval_test: np.ndarray
+
+
+def load_training_samples(
+    open_samples: Callable[[str], xr.Dataset | None], product: str, state: StencilState, split: RegionSplit,
+    config: TripletHyperParameters,
+) -> TrainingSamples:
+    """Embeddable cells of every materialized region (``open_samples`` returns None for a region not
+    materialized yet), with row subsets for training and evaluation."""
+    parts: dict[str, list[np.ndarray]] = {"cells": [], "regions": [], "windows": [], "fractions": [], "dominant": []}
+    for key in state.regions:
+        ds = open_samples(key)
+        if ds is None:
+            continue
+        keep = np.isin(ds["status"].values, EMBEDDED)
+        parts["cells"].append(ds["cell_ids"].values[keep])
+        parts["regions"].append(np.full(int(keep.sum()), int(key, 16), dtype=np.uint64))
+        parts["windows"].append(ds["windows"].values[keep])
+        parts["fractions"].append(ds["fractions"].values[keep])
+        parts["dominant"].append(ds["dominant_class"].values[keep])
+    if not parts["cells"]:
+        raise NoSamplesError(f"no land-cover samples of product {product!r} are materialized; "
+                             "materialize landcover_samples first")
+    data = {k: np.concatenate(v) for k, v in parts.items()}
+    rng = np.random.default_rng(config.seed)
+    in_train = np.isin(data["regions"], split.train)
+    train_pool = np.nonzero(in_train)[0]
+    test_pool = np.nonzero(~in_train)[0]
+    if len(test_pool) == 0:  # a single region: evaluate on training regions (reported as such)
+        test_pool = train_pool
+
+    def pick(pool: np.ndarray, n: int) -> np.ndarray:
+        return np.sort(rng.choice(pool, size=min(n, len(pool)), replace=False))
+
+    return TrainingSamples(**data, train_rows=pick(train_pool, config.max_train_cells),
+                           eval_train=pick(train_pool, config.max_eval_cells),
+                           eval_test=pick(test_pool, config.max_eval_cells))
+
+
+def held_out_quality(data: TrainingSamples, model, untrained, dim: int) -> dict[str, float]:
+    """kNN (k=5) balanced accuracy of the dominant class on held-out regions: the trained model, the
+    same network untrained, and PCA of the class fractions at the same dimension."""
+    device = torch.device("cpu")
+    tr, te = data.eval_train, data.eval_test
+    y_tr, y_te = data.dominant[tr], data.dominant[te]
+    scores = {}
+    for label, net in (("trained", model), ("untrained", untrained)):
+        scores[label] = knn_balanced_accuracy(encoder.embed(net, data.windows[tr], device, 4096, False), y_tr,
+                                              encoder.embed(net, data.windows[te], device, 4096, False), y_te)
+    p_tr, p_te = pca_features(data.fractions[tr], data.fractions[te], dim)
+    scores["pca_of_class_fractions"] = knn_balanced_accuracy(p_tr, y_tr, p_te, y_te)
+    return {k: round(v, 4) for k, v in scores.items()}
+
+
+def quality_table(quality: dict[str, float]) -> str:
+    rows = "\n".join(f"| {k} | {v:.4f} |" for k, v in quality.items())
+    return "kNN (k=5) balanced accuracy of the dominant class on held-out regions\n\n| features | score |\n|---|---|\n" + rows
+
+
+@dataclass
+class TrainedEncoder:
+    """A trained model with everything recorded about it."""
+
+    model: encoder.LandCoverEncoder
+    version: str
+    quality: dict[str, float]
+    losses: list[float]
+    seconds: float
+    hyper_parameters: dict
+    metrics: dict  # what metrics.json and the checkpoint record
+    split: RegionSplit
+    train_cells: int
+
+    @property
+    def beats_untrained(self) -> bool:
+        return bool(self.quality["trained"] > self.quality["untrained"])
+
+
+def train_encoder(
+    settings: ProductSettings,
+    state: StencilState,
+    open_samples: Callable[[str], xr.Dataset | None],
+    config: TripletHyperParameters,
+    log: Callable[[str], None] = lambda _: None,
+) -> TrainedEncoder:
+    """Train the triplet CNN on the product's materialized samples and measure it on held-out regions."""
+    name = settings.name
+    split = split_regions(state.region_ids(), config.held_out_fraction, config.seed)
+    data = load_training_samples(open_samples, name, state, split, config)
+    log(f"training on {len(data.train_rows):,} cells of {len(split.train)} regions; "
+        f"{len(data.eval_test):,} held-out cells of {len(split.held_out)} regions")
+    spec = encoder.EncoderSpec(n_tokens=len(state.legend) + 1, window_size=settings.window_size,
+                               embedding_dim=settings.embedding_dim)
+    untrained = encoder.build_encoder(spec, config.seed)
+    model = encoder.build_encoder(spec, config.seed)
+    sampler = encoder.TripletSampler(data.cells[data.train_rows], data.regions[data.train_rows],
+                                     config.positive_rings, config.seed)
+    result = encoder.train_triplet(
+        model, data.windows[data.train_rows], sampler, config.steps, config.batch_size, config.learning_rate,
+        config.margin, config.seed,
+        progress=lambda step, loss: log(f"training: step {step}/{config.steps}, loss {loss:.4f}"),
+    )
+    version = encoder.model_version(model)
+    quality = held_out_quality(data, model, untrained, settings.embedding_dim)
+    log(f"model {version}: held-out kNN balanced accuracy {quality}")
+    hyper = {**_config_values(config), **json.loads(spec.to_json())}
+    metrics = {
+        "model_version": version, "product": name, "source_version": state.source_version,
+        "hyper_parameters": hyper, "losses": result.losses, "training_seconds": result.seconds,
+        "train_cells": int(len(data.train_rows)), "train_regions": len(split.train),
+        "held_out_regions": [region_key(int(r)) for r in split.held_out], "quality_knn5_balanced_accuracy": quality,
+        "macs_per_cell": encoder.flops_per_cell(spec), "torch": torch.__version__,
+    }
+    return TrainedEncoder(model, version, quality, result.losses, result.seconds, hyper, metrics, split,
+                          int(len(data.train_rows)))
+
+
+def _config_values(config: TripletHyperParameters) -> dict:
+    dump = getattr(config, "model_dump", None)
+    return dump() if dump else {k: getattr(config, k) for k in TripletHyperParameters.__annotations__}

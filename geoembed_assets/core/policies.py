@@ -1,0 +1,37 @@
+"""How every pipeline's assets run: partitions per run in backfills, refresh when upstream changes, and
+the GPU inference step (the Dagster pool ``gpu``, one NVIDIA GPU per pod on Kubernetes)."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+# Partitions materialized per run when a backfill (or the main job) covers many of them: one process
+# start and one code load per batch, not per partition.
+PARTITIONS_PER_RUN = 64
+# Derived assets refresh themselves when what they are made from changes: a retrained model (new
+# model version) makes every embedding partition and what is made from it stale, and Dagster's
+# automation sensor (run by the daemon) requests them. Training itself is never automatic.
+REFRESH_WHEN_UPSTREAM_CHANGES = dg.AutomationCondition.eager()
+# Inference steps share one pool: its limit is how many run at once across all runs (one per GPU;
+# dagster.yaml's default_limit, or `dagster instance concurrency set gpu N`).
+GPU_POOL = "gpu"
+# On Kubernetes (deploy/k8s/, dagster-k8s's k8s_job_executor) each inference step runs in its own pod
+# that requests one NVIDIA GPU and is scheduled onto GPU nodes; other executors ignore this tag.
+GPU_STEP_K8S_CONFIG = {
+    "container_config": {
+        "resources": {
+            "requests": {"cpu": "4", "memory": "16Gi", "nvidia.com/gpu": "1"},
+            "limits": {"memory": "32Gi", "nvidia.com/gpu": "1"},
+        }
+    },
+    "pod_spec_config": {
+        "node_selector": {"nvidia.com/gpu.present": "true"},
+        "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+    },
+}
+# Keyword arguments that make an asset a GPU inference step.
+GPU_STEP = {"pool": GPU_POOL, "op_tags": {"dagster-k8s/config": GPU_STEP_K8S_CONFIG}}
+
+
+def batched_backfills() -> dg.BackfillPolicy:
+    return dg.BackfillPolicy.multi_run(max_partitions_per_run=PARTITIONS_PER_RUN)

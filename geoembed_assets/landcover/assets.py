@@ -1,0 +1,422 @@
+"""The asset graph of one land-cover product ([region] = partitioned by H3 region):
+
+    landcover_source (observable) -> h3_regions -> landcover_samples [region] -> embedding_model
+    landcover_samples [region] + embedding_model -> cell_embeddings [region] -> embedding_map
+    cell_embeddings [region] -> embedding_table [region] (PostgreSQL) -> embedding_index (HNSW)
+
+Each asset is built by its own small factory; bodies say what they make from what and call
+``geoembed.landcover`` for the logic; every read or write goes through a resource.
+"""
+
+
+import json
+import time
+from dataclasses import dataclass
+from functools import partial
+
+import dagster as dg
+import numpy as np
+from pydantic import Field
+
+from geoembed.core.evaluation import principal_rgb
+from geoembed.core.lineage import decode_version
+from geoembed.core.progress import Progress
+from geoembed.core.render import embedding_map_png, loss_curve_png, markdown_image
+from geoembed.core.sinks import pgvector as db
+from geoembed.core.sources import manifest_version, newest_first
+from geoembed.landcover import encoder
+from geoembed.landcover.regions import MosaicRasters, region_embeddings, region_rows, region_samples
+from geoembed.landcover.settings import ProductSettings
+from geoembed.landcover.stencil import update_stencil
+from geoembed.landcover.training import quality_table, train_encoder
+from geoembed.landcover.windows import EMBEDDED, STATUSES
+from geoembed_assets.core.failures import TRANSIENT_RETRY, fails_clearly
+from geoembed_assets.core.policies import (
+    GPU_STEP, PARTITIONS_PER_RUN, REFRESH_WHEN_UPSTREAM_CHANGES, batched_backfills,
+)
+from geoembed_assets.landcover.partitions import LandcoverKeys, region_partitions
+from geoembed_assets.landcover.sensors import LANDING_TAG, build_landing_sensor
+from geoembed_resources import DaskCluster, InferenceDevice, PostgresDatabase, ProductStorage, RasterReader
+from geoembed_resources.postgres import redacted
+
+
+class TrainingConfig(dg.Config):
+    """Hyper-parameters of the triplet training (run config; defaults suit the global demo)."""
+
+    steps: int = Field(default=1000, ge=1, le=1_000_000)
+    batch_size: int = Field(default=256, ge=2, le=65536)
+    learning_rate: float = Field(default=1e-3, gt=0, le=1.0)
+    margin: float = Field(default=1.0, gt=0, le=2.0, description="Triplet margin (unit vectors: distances <= 2).")
+    positive_rings: int = Field(default=1, ge=1, le=10, description="Positives lie within this many H3 steps.")
+    max_train_cells: int = Field(default=60_000, ge=10)
+    max_eval_cells: int = Field(default=30_000, ge=10)
+    held_out_fraction: float = Field(default=0.2, gt=0, lt=1)
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class LandcoverAssets:
+    settings: ProductSettings
+    keys: LandcoverKeys
+    regions: dg.DynamicPartitionsDefinition
+    definitions: dg.Definitions
+
+
+def build_landcover_product(settings: ProductSettings) -> LandcoverAssets:
+    """Every asset, check, job and sensor of one land-cover product."""
+    keys = LandcoverKeys(settings.name)
+    regions = region_partitions(settings.name)
+    # Assets partitioned by region share their partitions, backfill batching, group and retries.
+    regional = partial(dg.asset, partitions_def=regions, group_name=settings.name,
+                       backfill_policy=batched_backfills(), retry_policy=TRANSIENT_RETRY)
+    single = partial(dg.asset, group_name=settings.name, retry_policy=TRANSIENT_RETRY)
+    sensors = [build_landing_sensor(settings, keys, regions, PARTITIONS_PER_RUN)] if settings.landing else []
+    definitions = dg.Definitions(
+        assets=[
+            source_asset(settings, keys),
+            stencil_asset(settings, keys, regions, single),
+            samples_asset(settings, keys, regional),
+            model_asset(settings, keys, single),
+            embeddings_asset(settings, keys, regional),
+            map_asset(settings, keys, single),
+            table_asset(settings, keys, regional),
+            index_asset(settings, keys, single),
+        ],
+        jobs=[dg.define_asset_job(keys.observe_job, selection=dg.AssetSelection.assets(keys.source))],
+        sensors=sensors,
+    )
+    return LandcoverAssets(settings, keys, regions, definitions)
+
+
+def _no_files(settings: ProductSettings) -> dg.Failure:
+    return dg.Failure(f"landing location {settings.landing!r} holds no file matching {settings.landing_pattern!r}")
+
+
+def source_asset(settings: ProductSettings, keys: LandcoverKeys) -> dg.SourceAsset:
+    @dg.observable_source_asset(key=keys.source, group_name=settings.name,
+                                description=f"Categorical raster source {settings.source_description}")
+    def landcover_source(raster_reader: RasterReader, storage: ProductStorage) -> dg.ObserveResult:
+        files = raster_reader.source_files(settings, storage.known_source_versions(settings.name))
+        if not files:
+            raise _no_files(settings)
+        newest = newest_first(files)[0]
+        info = raster_reader.describe(newest.location, settings.nodata)
+        return dg.ObserveResult(
+            data_version=dg.DataVersion(manifest_version(files)),
+            metadata={
+                "location": settings.landing or newest.location,
+                "files": len(files),
+                "newest_file": newest.name,
+                "crs": info.crs.to_string(),
+                "size": f"{info.width} x {info.height}",
+                "nodata": str(info.nodata),
+                "lonlat_bounds": str([round(v, 5) for v in info.lonlat_bounds()]),
+            },
+        )
+
+    return landcover_source
+
+
+def stencil_asset(settings: ProductSettings, keys: LandcoverKeys, regions: dg.DynamicPartitionsDefinition,
+                  single) -> dg.AssetsDefinition:
+    name = settings.name
+
+    @single(key=keys.regions, deps=[keys.source], code_version="2", kinds={"h3", "python"},
+            pool=f"{name}_stencil")  # one stencil at a time: each compares itself with the previous one
+    @fails_clearly
+    def h3_regions(context: dg.AssetExecutionContext, raster_reader: RasterReader, storage: ProductStorage):
+        """The H3 stencil: coarse regions holding valid, non-background data in any source file. Each
+        becomes a partition of the samples and embeddings; the embedding Zarr store is laid out (or
+        migrated) for them. Files whose content is unchanged keep their previous scan; the regions the
+        new, changed or removed files cover are listed as ``changed_regions`` (what needs a refresh)."""
+        previous = storage.read_stencil_if_any(name)
+        files = newest_first(raster_reader.source_files(settings, storage.known_source_versions(name)))
+        if not files:
+            raise _no_files(settings)
+        update = update_stencil(
+            settings, files, previous, describe=partial(raster_reader.describe, nodata_override=settings.nodata),
+            open_source=raster_reader.open, warn=context.log.warning,
+            progress=lambda f, i, n, k: context.log.info(f"stencil {f}: {i}/{n} candidate regions, {k} with data"))
+        state, mosaic = update.state, update.mosaic
+        existing = set(context.instance.get_dynamic_partitions(regions.name))
+        new_keys = [k for k in mosaic.regions if k not in existing]
+        if new_keys:
+            context.instance.add_dynamic_partitions(regions.name, new_keys)
+        storage.ensure_product_store(name, state.layout(settings), settings.embedding_dim, {
+            "product": name, "raster": settings.source_description,
+            "description": f"H3 land-cover embeddings of {settings.source_description}",
+            "window_size": settings.window_size, "legend": json.dumps(state.legend),
+        })
+        path = storage.write_stencil(name, state)
+        for label, names in (("added", mosaic.added), ("changed", mosaic.changed), ("removed", mosaic.removed)):
+            if names and update.compared:
+                context.log.info(f"source files {label}: {names[:20]}{' ...' if len(names) > 20 else ''}")
+        if mosaic.orphaned_regions:
+            context.log.warning(f"{len(mosaic.orphaned_regions)} regions are no longer covered by any source file "
+                                f"(removed: {mosaic.removed}); their previous rows are kept: {mosaic.orphaned_regions[:20]}")
+        return dg.MaterializeResult(metadata={
+            "regions": len(mosaic.regions),
+            "new_partitions": len(new_keys),
+            "cells": int(sum(mosaic.cells_per_region.values())),
+            "changed_regions": dg.MetadataValue.json(mosaic.changed_regions),
+            "changed_region_count": len(mosaic.changed_regions),
+            "orphaned_regions": dg.MetadataValue.json(mosaic.orphaned_regions),
+            "source_files": len(files),
+            "files_added": dg.MetadataValue.json(mosaic.added),
+            "files_changed": dg.MetadataValue.json(mosaic.changed),
+            "files_removed": dg.MetadataValue.json(mosaic.removed),
+            "files_rejected": dg.MetadataValue.json(update.rejected),
+            "cell_status": dg.MetadataValue.json(mosaic.status_counts),
+            "source_version": state.source_version,
+            "legend_classes": len(state.legend),
+            "stencil": dg.MetadataValue.path(str(path)),
+            "trigger": context.run.tags.get(LANDING_TAG, ""),
+        })
+
+    return h3_regions
+
+
+def samples_asset(settings: ProductSettings, keys: LandcoverKeys, regional) -> dg.AssetsDefinition:
+    name = settings.name
+
+    @regional(key=keys.samples, deps=[keys.source, keys.regions], code_version="2", kinds={"zarr"})
+    @fails_clearly
+    def landcover_samples(context: dg.AssetExecutionContext, raster_reader: RasterReader, storage: ProductStorage):
+        """Per region: a window of class ids centred on every fine cell (raster CRS and pixels; where
+        source files overlap, the newest), per-class fractions, a status per cell (edge, nodata, unknown
+        class cells kept with a reason) and the content version of the file each cell was read from. Zarr."""
+        state = storage.read_stencil(name)
+        keys_done = state.checked_keys(list(context.partition_keys), settings)
+        landed = {f.name: f.fingerprint for f in raster_reader.list_files(settings)}
+        progress = Progress("samples", len(keys_done), context.log.info)
+        status_total = np.zeros(len(STATUSES), dtype=np.int64)
+        with MosaicRasters(state, landed, partial(raster_reader.describe, nodata_override=settings.nodata),
+                           raster_reader.open) as rasters:
+            for key in keys_done:
+                ds = region_samples(key, state, settings, rasters)
+                storage.write_samples(name, key, ds)
+                status_total += np.bincount(ds["status"].values, minlength=len(STATUSES))
+                progress.done(key, ds.sizes["cells"])
+        return dg.MaterializeResult(metadata={
+            "regions": len(keys_done),
+            "cells": progress.items,
+            "cell_status": dg.MetadataValue.json({s: int(n) for s, n in zip(STATUSES, status_total)}),
+            "cells_per_second": round(progress.rate(), 1),
+            "compute_seconds": round(progress.seconds, 3),  # time in our code (benchmarks subtract it from run time)
+            "source_version": state.source_version,
+        })
+
+    return landcover_samples
+
+
+def model_asset(settings: ProductSettings, keys: LandcoverKeys, single) -> dg.AssetsDefinition:
+    name = settings.name
+
+    @single(key=keys.model, deps=[keys.samples], code_version="1", kinds={"pytorch"}, check_specs=[
+        dg.AssetCheckSpec("beats_untrained_baseline", asset=keys.model, description=(
+            "Held-out kNN balanced accuracy of the trained model exceeds the same network untrained.")),
+    ])
+    @fails_clearly
+    def embedding_model(context: dg.AssetExecutionContext, config: TrainingConfig, storage: ProductStorage):
+        """Self-supervised CNN trained with a triplet loss (anchor; positive = a nearby cell; negative =
+        a cell of another region) on samples from many regions. L2-normalised output. Saved with its
+        hyper-parameters, loss curve, held-out quality, content-hash version and a TorchScript export."""
+        state = storage.read_stencil(name)
+
+        def open_samples(key: str):
+            return storage.open_samples(name, key) if storage.samples_path(name, key).exists() else None
+
+        trained = train_encoder(settings, state, open_samples, config, log=context.log.info)
+        version = trained.version
+        folder = storage.model_dir(name, version)
+        storage.write_bytes(folder / "checkpoint.pt", encoder.save_checkpoint(trained.model, {"metrics": trained.metrics}))
+        storage.write_bytes(folder / "encoder.torchscript.pt", encoder.export_torchscript(trained.model))
+        loss_png = loss_curve_png(trained.losses, f"{name}: triplet loss, model {version}")
+        storage.write_bytes(folder / "loss_curve.png", loss_png)
+        storage.write_json(folder / "metrics.json", trained.metrics)
+        storage.write_json(storage.current_model_path(name), {"model_version": version, "folder": str(folder)})
+        quality = trained.quality
+        return dg.MaterializeResult(
+            data_version=dg.DataVersion(version),
+            check_results=[dg.AssetCheckResult(
+                check_name="beats_untrained_baseline", passed=trained.beats_untrained,
+                severity=dg.AssetCheckSeverity.WARN,
+                metadata={"trained": quality["trained"], "untrained": quality["untrained"],
+                          "held_out_regions": len(trained.split.held_out)},
+            )],
+            metadata={
+                "model_version": version,
+                "source_version": state.source_version,
+                "hyper_parameters": dg.MetadataValue.json(trained.hyper_parameters),
+                "quality_knn5_balanced_accuracy": dg.MetadataValue.md(quality_table(quality)),
+                "trained_beats_untrained": trained.beats_untrained,
+                "final_loss": float(np.mean(trained.losses[-max(1, len(trained.losses) // 20):])),
+                "loss_curve": dg.MetadataValue.md(markdown_image(loss_png, "triplet loss")),
+                "training_seconds": round(trained.seconds, 1),
+                "train_cells": trained.train_cells,
+                "checkpoint": dg.MetadataValue.path(str(folder / "checkpoint.pt")),
+                "torchscript": dg.MetadataValue.path(str(folder / "encoder.torchscript.pt")),
+            },
+        )
+
+    return embedding_model
+
+
+EMBEDDING_CHECKS = (
+    ("every_valid_cell_embedded", "Every cell whose window has enough valid pixels has an embedding."),
+    ("no_nan", "No embedded cell has a NaN component."),
+    ("unit_norm", "Every embedding has norm 1 (+-1e-3)."),
+)
+
+
+def embeddings_asset(settings: ProductSettings, keys: LandcoverKeys, regional) -> dg.AssetsDefinition:
+    name = settings.name
+
+    @regional(key=keys.embeddings, automation_condition=REFRESH_WHEN_UPSTREAM_CHANGES,
+              deps=[keys.samples, keys.model], code_version="1", kinds={"pytorch", "zarr"}, **GPU_STEP,
+              check_specs=[dg.AssetCheckSpec(n, asset=keys.embeddings, description=d) for n, d in EMBEDDING_CHECKS])
+    @fails_clearly
+    def cell_embeddings(context: dg.AssetExecutionContext, inference_device: InferenceDevice, storage: ProductStorage):
+        """Per region: the model's embedding of every valid cell, written to the product's H3-indexed
+        Zarr store (one store for the product; xarray opens it in one call, xdggs decodes it), with the
+        model version and source data version of each row."""
+        state = storage.read_stencil(name)
+        keys_done = state.checked_keys(list(context.partition_keys), settings)
+        current = storage.read_json(storage.current_model_path(name), f"the embedding model of {name!r}")
+        version = current["model_version"]
+        model, _ = encoder.load_checkpoint((storage.model_dir(name, version) / "checkpoint.pt").read_bytes())
+        layout = state.layout(settings)
+        device = inference_device.describe()
+        progress = Progress("embeddings", len(keys_done), context.log.info)
+        missing = nan = off_norm = embedded_total = 0
+        sources_seen: set[str] = set()
+        for key in keys_done:
+            out = region_embeddings(storage.open_samples(name, key), settings.embedding_dim,
+                                    partial(inference_device.infer, model, finish=encoder.renormalise))
+            storage.write_product_region(name, layout, int(key, 16), embedding=out.vectors, status=out.status,
+                                         model_version=version, source_version=out.source_versions)
+            sources_seen.update(decode_version(v) for v in np.unique(out.source_versions))
+            missing, nan, off_norm = missing + out.missing, nan + out.with_nan, off_norm + out.off_unit_norm
+            embedded_total += out.embedded
+            progress.done(key, len(out.status), rate=progress.rate(embedded_total), suffix=f" on {device}")
+        return dg.MaterializeResult(
+            metadata={
+                "model_version": version,
+                "source_version": ", ".join(sorted(sources_seen)),
+                "regions": len(keys_done),
+                "cells": progress.items,
+                "embedded_cells": embedded_total,
+                "cells_per_second": round(progress.rate(embedded_total), 1),
+                "device": device,
+                "store": dg.MetadataValue.path(str(storage.embeddings_path(name))),
+            },
+            check_results=[
+                dg.AssetCheckResult(check_name="every_valid_cell_embedded", passed=missing == 0,
+                                    metadata={"valid_cells_without_embedding": missing}),
+                dg.AssetCheckResult(check_name="no_nan", passed=nan == 0, metadata={"cells_with_nan": nan}),
+                dg.AssetCheckResult(check_name="unit_norm", passed=off_norm == 0,
+                                    metadata={"cells_off_unit_norm": off_norm}),
+            ],
+        )
+
+    return cell_embeddings
+
+
+def map_asset(settings: ProductSettings, keys: LandcoverKeys, single) -> dg.AssetsDefinition:
+    name = settings.name
+
+    @single(key=keys.map, automation_condition=REFRESH_WHEN_UPSTREAM_CHANGES, deps=[keys.embeddings],
+            code_version="1", kinds={"matplotlib"})
+    @fails_clearly
+    def embedding_map(context: dg.AssetExecutionContext, storage: ProductStorage, dask_cluster: DaskCluster):
+        """The embeddings of every materialized cell projected to 3 principal components, drawn as an RGB map.
+        The PCA runs chunk-parallel on the Dask cluster, straight from the store's chunks."""
+        ds = storage.open_product(name, chunks={})  # dask arrays, one task per Zarr chunk
+        rows = np.nonzero(np.isin(ds["status"].values, EMBEDDED))[0]
+        cells = ds["cell_ids"].values[rows]
+        versions = sorted(decode_version(v) for v in np.unique(ds["model_version"].values[rows]))
+        with dask_cluster.client() as client:
+            workers = len(client.scheduler_info()["workers"])
+            start = time.perf_counter()
+            colours = principal_rgb(ds["embedding"].data[rows])
+            pca_seconds = time.perf_counter() - start
+        png = embedding_map_png(cells, colours, f"{name}: {len(cells):,} cells, PCA of embeddings as RGB "
+                                                f"(model {', '.join(versions)})")
+        path = storage.picture_path(name, "embedding_map.png")
+        storage.write_bytes(path, png)
+        return dg.MaterializeResult(metadata={
+            "map": dg.MetadataValue.md(markdown_image(png, "embedding map")),
+            "cells": int(len(cells)),
+            "model_versions": ", ".join(versions),
+            "pca": f"{pca_seconds:.2f} s on {workers} Dask workers ({dask_cluster.scheduler_address or 'local cluster'})",
+            "path": dg.MetadataValue.path(str(path)),
+        })
+
+    return embedding_map
+
+
+def table_asset(settings: ProductSettings, keys: LandcoverKeys, regional) -> dg.AssetsDefinition:
+    name = settings.name
+
+    @regional(key=keys.table, automation_condition=REFRESH_WHEN_UPSTREAM_CHANGES, deps=[keys.embeddings],
+              code_version="1", kinds={"postgres"})
+    @fails_clearly
+    def embedding_table(context: dg.AssetExecutionContext, storage: ProductStorage, database: PostgresDatabase):
+        """Per region: the embedded cells loaded into PostgreSQL (pgvector), one table per model version
+        (geoembed."<product>_<model version>"). A load replaces exactly the region's rows in one
+        transaction (DELETE + binary COPY): re-runs never duplicate, failures keep the previous rows."""
+        state = storage.read_stencil(name)
+        keys_done = state.checked_keys(list(context.partition_keys), settings)
+        layout = state.layout(settings)
+        ds = storage.open_product(name)
+        progress = Progress("table", len(keys_done), context.log.info, unit="rows")
+        seconds, tables = 0.0, set()
+        with database.connect() as conn:
+            for key in keys_done:
+                rows = region_rows(ds, layout, key, settings.region_res)
+                if rows is None:  # no cell of this region has enough valid data: nothing to serve
+                    context.log.info(f"table: region {key} has no embedded cells; skipped")
+                    continue
+                table = db.ensure_embedding_table(conn, name, rows.model_version, settings.embedding_dim,
+                                                  settings.resolution)
+                tables.add(table)
+                seconds += db.replace_region(conn, table, rows)  # the rate shown is the database's
+                progress.done(key, len(rows.cells), rate=(progress.items + len(rows.cells)) / max(seconds, 1e-9),
+                              suffix=f" into {db.SCHEMA}.{table}")
+        return dg.MaterializeResult(metadata={
+            "rows": progress.items, "regions": len(keys_done), "tables": ", ".join(sorted(tables)),
+            "rows_per_second": round(progress.items / max(seconds, 1e-9), 1),
+            "database": redacted(database.resolved_dsn()),
+        })
+
+    return embedding_table
+
+
+def index_asset(settings: ProductSettings, keys: LandcoverKeys, single) -> dg.AssetsDefinition:
+    name = settings.name
+
+    @single(key=keys.index, automation_condition=REFRESH_WHEN_UPSTREAM_CHANGES, deps=[keys.table],
+            code_version="1", kinds={"postgres"}, check_specs=[dg.AssetCheckSpec(
+                "ann_recall_at_10", asset=keys.index,
+                description="Recall@10 of the HNSW index against exact search on random query cells is at least 0.95.")])
+    @fails_clearly
+    def embedding_index(context: dg.AssetExecutionContext, storage: ProductStorage, database: PostgresDatabase):
+        """The cosine HNSW index of the current model's table, built once after the bulk load (later
+        partition loads update it in place), with its recall measured against exact search."""
+        current = storage.read_json(storage.current_model_path(name), f"the embedding model of {name!r}")
+        with database.connect() as conn:
+            found = db.latest_model_table(conn, name, current["model_version"])
+            start = time.perf_counter()
+            built = db.build_hnsw_index(conn, found.table)
+            build_seconds = time.perf_counter() - start
+            rows = db.count_rows(conn, found.table)
+            recall = db.recall_at_k(conn, found.table, n_queries=100, k=10)
+        context.log.info(f"index on {found.table}: {rows:,} rows, recall@10 {recall:.3f}")
+        return dg.MaterializeResult(
+            metadata={"table": f"{db.SCHEMA}.{found.table}", "model_version": found.model_version, "rows": rows,
+                      "built_now": built, "build_seconds": round(build_seconds, 2), "recall_at_10": round(recall, 4)},
+            check_results=[dg.AssetCheckResult(check_name="ann_recall_at_10", passed=recall >= 0.95,
+                                               metadata={"recall_at_10": round(recall, 4), "queries": 100})],
+        )
+
+    return embedding_index

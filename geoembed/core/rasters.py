@@ -4,7 +4,11 @@ Pipelines validate what their rasters must be (one categorical band, the bands o
 
 from __future__ import annotations
 
+import functools
 import math
+import threading
+from contextlib import contextmanager
+from typing import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -69,3 +73,62 @@ def open_raster(location: str) -> rasterio.DatasetReader:
         return rasterio.open(location)
     except rasterio.errors.RasterioIOError as exc:
         raise RasterInputError(f"raster {location!r} cannot be read: {exc}") from None
+
+
+# ---------------------------------------------------------------------------------------------
+# GDAL errors that do not raise
+# ---------------------------------------------------------------------------------------------
+# Some GDAL drivers only log a decoding failure and return zeros (JP2OpenJPEG on a truncated file logs
+# "Stream too short" from its decoding threads, and rasterio returns an array). ``failing_reads``
+# installs a process-wide GDAL error handler for the duration of a read, so such errors raise.
+
+_CE_FAILURE = 3
+_handler_lock = threading.Lock()
+
+
+@functools.lru_cache(maxsize=1)
+def _gdal_library():
+    """rasterio's libgdal through ctypes (None when it cannot be found: reads then raise only what
+    rasterio raises)."""
+    import ctypes
+    import ctypes.util
+    import glob
+    import os
+
+    candidates = glob.glob(os.path.join(os.path.dirname(rasterio.__file__) + ".libs", "libgdal*"))
+    name = candidates[0] if candidates else ctypes.util.find_library("gdal")
+    if not name:
+        return None
+    library = ctypes.CDLL(name)
+    library.CPLSetErrorHandler.restype = ctypes.c_void_p
+    library.CPLSetErrorHandler.argtypes = [ctypes.c_void_p]
+    return library
+
+
+@contextmanager
+def failing_reads(what: str) -> Iterator[None]:
+    """Reads inside the block raise ``RasterInputError`` naming ``what`` when GDAL reports a failure,
+    even one its driver only logged."""
+    import ctypes
+
+    library = _gdal_library()
+    if library is None:
+        yield
+        return
+    failures: list[str] = []
+    handler_type = ctypes.CFUNCTYPE(None, ctypes.c_int, ctypes.c_int, ctypes.c_char_p)
+
+    def record(error_class: int, number: int, message: bytes) -> None:
+        if error_class >= _CE_FAILURE:
+            failures.append((message or b"").decode(errors="replace").strip())
+
+    handler = handler_type(record)
+    with _handler_lock:
+        previous = library.CPLSetErrorHandler(ctypes.cast(handler, ctypes.c_void_p))
+        try:
+            yield
+        finally:
+            library.CPLSetErrorHandler(previous)
+    if failures:
+        raise RasterInputError(f"{what} cannot be read: {failures[0]}"
+                               + (f" (and {len(failures) - 1} more errors)" if len(failures) > 1 else ""))

@@ -42,7 +42,7 @@ def embedding_map_png(cells: np.ndarray, colours: np.ndarray, title: str, width_
     ax.set_title(title, fontsize=11)
     ax.set_xlabel("longitude")
     ax.set_ylabel("latitude")
-    return _png(fig)
+    return figure_png(fig)
 
 
 def loss_curve_png(losses: list[float], title: str) -> bytes:
@@ -58,10 +58,10 @@ def loss_curve_png(losses: list[float], title: str) -> bytes:
     ax.set_title(title, fontsize=11)
     ax.legend()
     ax.grid(alpha=0.3)
-    return _png(fig)
+    return figure_png(fig)
 
 
-def _png(fig: plt.Figure) -> bytes:
+def figure_png(fig: plt.Figure) -> bytes:
     buffer = io.BytesIO()
     fig.tight_layout()
     fig.savefig(buffer, format="png")

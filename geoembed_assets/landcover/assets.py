@@ -35,7 +35,9 @@ from geoembed_assets.core.policies import (
     GPU_STEP, PARTITIONS_PER_RUN, REFRESH_WHEN_UPSTREAM_CHANGES, batched_backfills,
 )
 from geoembed_assets.landcover.partitions import LandcoverKeys, region_partitions
-from geoembed_assets.landcover.sensors import LANDING_TAG, build_landing_sensor
+from geoembed_assets.core.landing import LANDING_TAG
+from geoembed_assets.core.serving import index_asset
+from geoembed_assets.landcover.sensors import build_landcover_landing_sensor
 from geoembed_resources import DaskCluster, InferenceDevice, PostgresDatabase, ProductStorage, RasterReader
 from geoembed_resources.postgres import redacted
 
@@ -70,7 +72,7 @@ def build_landcover_product(settings: ProductSettings) -> LandcoverAssets:
     regional = partial(dg.asset, partitions_def=regions, group_name=settings.name,
                        backfill_policy=batched_backfills(), retry_policy=TRANSIENT_RETRY)
     single = partial(dg.asset, group_name=settings.name, retry_policy=TRANSIENT_RETRY)
-    sensors = [build_landing_sensor(settings, keys, regions, PARTITIONS_PER_RUN)] if settings.landing else []
+    sensors = [build_landcover_landing_sensor(settings, keys, regions, PARTITIONS_PER_RUN)] if settings.landing else []
     definitions = dg.Definitions(
         assets=[
             source_asset(settings, keys),
@@ -80,7 +82,9 @@ def build_landcover_product(settings: ProductSettings) -> LandcoverAssets:
             embeddings_asset(settings, keys, regional),
             map_asset(settings, keys, single),
             table_asset(settings, keys, regional),
-            index_asset(settings, keys, single),
+            index_asset(settings.name, keys.index, keys.table, "cells", single,
+                        "The cosine HNSW index of the current model's table, built once after the bulk load (later "
+                        "partition loads update it in place), with its recall measured against exact search."),
         ],
         jobs=[dg.define_asset_job(keys.observe_job, selection=dg.AssetSelection.assets(keys.source))],
         sensors=sensors,
@@ -390,33 +394,3 @@ def table_asset(settings: ProductSettings, keys: LandcoverKeys, regional) -> dg.
         })
 
     return embedding_table
-
-
-def index_asset(settings: ProductSettings, keys: LandcoverKeys, single) -> dg.AssetsDefinition:
-    name = settings.name
-
-    @single(key=keys.index, automation_condition=REFRESH_WHEN_UPSTREAM_CHANGES, deps=[keys.table],
-            code_version="1", kinds={"postgres"}, check_specs=[dg.AssetCheckSpec(
-                "ann_recall_at_10", asset=keys.index,
-                description="Recall@10 of the HNSW index against exact search on random query cells is at least 0.95.")])
-    @fails_clearly
-    def embedding_index(context: dg.AssetExecutionContext, storage: ProductStorage, database: PostgresDatabase):
-        """The cosine HNSW index of the current model's table, built once after the bulk load (later
-        partition loads update it in place), with its recall measured against exact search."""
-        current = storage.read_json(storage.current_model_path(name), f"the embedding model of {name!r}")
-        with database.connect() as conn:
-            found = db.latest_model_table(conn, name, current["model_version"])
-            start = time.perf_counter()
-            built = db.build_hnsw_index(conn, found.table)
-            build_seconds = time.perf_counter() - start
-            rows = db.count_rows(conn, found.table)
-            recall = db.recall_at_k(conn, found.table, n_queries=100, k=10)
-        context.log.info(f"index on {found.table}: {rows:,} rows, recall@10 {recall:.3f}")
-        return dg.MaterializeResult(
-            metadata={"table": f"{db.SCHEMA}.{found.table}", "model_version": found.model_version, "rows": rows,
-                      "built_now": built, "build_seconds": round(build_seconds, 2), "recall_at_10": round(recall, 4)},
-            check_results=[dg.AssetCheckResult(check_name="ann_recall_at_10", passed=recall >= 0.95,
-                                               metadata={"recall_at_10": round(recall, 4), "queries": 100})],
-        )
-
-    return embedding_index

@@ -5,8 +5,7 @@ partitions), samples in batches of regions, train, embeddings in batches, the ma
 recorded on the instance, so `dagster dev` afterwards shows the history, lineage and metadata.
 """
 
-import resource
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 import dagster as dg
@@ -14,26 +13,18 @@ import numpy as np
 
 from geoembed.landcover.settings import ProductSettings
 from geoembed.landcover.windows import EMBEDDED
-from geoembed_assets.core.runner import AssetRunner, StepTiming
+from geoembed_assets.core.runner import AssetRunner, RunSummary
 from geoembed_assets.definitions import build_definitions, default_resources
 from geoembed_assets.landcover.partitions import LandcoverKeys, region_partitions
 
 
 @dataclass
-class ProductRunSummary:
-    product: str
+class ProductRunSummary(RunSummary):
     regions: int = 0
     cells: int = 0
     embedded_cells: int = 0
     model_version: str = ""
     quality: str = ""
-    outputs: dict[str, str] = field(default_factory=dict)
-    steps: list[StepTiming] = field(default_factory=list)
-    peak_rss_mb: float = 0.0
-
-    @property
-    def seconds(self) -> float:
-        return sum(s.seconds for s in self.steps)
 
 
 def materialize_product(
@@ -83,5 +74,5 @@ def materialize_product(
         "PostgreSQL table": f"{index_meta.get('table')} at {resources['database'].resolved_dsn()}",
         "Dagster instance": str(instance.root_directory),
     }
-    summary.peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    summary.finish()
     return summary

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import struct
 import time
-from dataclasses import dataclass
-from typing import Sequence
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
 
 import h3.api.basic_int as h3i
 
@@ -19,6 +19,7 @@ import numpy as np
 import psycopg
 from pgvector.psycopg import register_vector
 from psycopg import sql
+from psycopg.types.json import Jsonb
 
 SCHEMA = "geoembed"
 
@@ -48,6 +49,12 @@ def ensure_schema(conn: psycopg.Connection) -> bool:
                created_at timestamptz NOT NULL DEFAULT now(),
                PRIMARY KEY (product, model_version))"""
     ).format(sql.Identifier(SCHEMA)))
+    # The kind of rows (H3 cells or chips); registries made before chips existed hold cells only.
+    conn.execute(sql.SQL("ALTER TABLE {}.model_tables ADD COLUMN IF NOT EXISTS kind text NOT NULL DEFAULT 'h3_cells'")
+                 .format(sql.Identifier(SCHEMA)))
+    # What a kind needs to know besides (e.g. a chip table's chip size, to find the chip at a point).
+    conn.execute(sql.SQL("ALTER TABLE {}.model_tables ADD COLUMN IF NOT EXISTS meta jsonb NOT NULL DEFAULT '{{}}'")
+                 .format(sql.Identifier(SCHEMA)))
     register_vector(conn)
     return postgis
 
@@ -79,11 +86,34 @@ def hexagon_ewkb(cell: int) -> bytes:
     return header + ring.astype("<f8").tobytes()
 
 
+@dataclass(frozen=True)
+class TableLayout:
+    """What one kind of embedding table holds besides the common columns (lon, lat, model and source
+    versions, embedding, geometry): its key column, the partition column whose rows are replaced
+    together, and extra columns."""
+
+    kind: str
+    key: str
+    partition: str
+    extra: tuple[tuple[str, str], ...] = ()  # (name, SQL type: bigint, text or date)
+    geometry_type: str = "Polygon"
+
+
+# H3 cells: key = the cell, partition = its coarse region. Chips: key = chip (tile, date, row, col),
+# partition = the scene (tile, date); ``h3`` is the chip centre's cell (area filters), ``place`` the chip
+# without its date (the same ground on every date).
+H3_CELLS = TableLayout("h3_cells", "h3", "region")
+CHIPS = TableLayout("chips", "chip", "scene", (("h3", "bigint"), ("place", "bigint"), ("tile", "text"),
+                                               ("acquired", "date"), ("chip_id", "text")), "Geometry")
+LAYOUTS = {layout.kind: layout for layout in (H3_CELLS, CHIPS)}
+
+
 def ensure_embedding_table(
-    conn: psycopg.Connection, product: str, model_version: str, dim: int, resolution: int
+    conn: psycopg.Connection, product: str, model_version: str, dim: int, resolution: int,
+    layout: TableLayout = H3_CELLS, meta: dict | None = None,
 ) -> str:
-    """Create the table of one model version (with a GiST-indexed hexagon geometry where PostGIS is
-    available), or check the existing one's dimension first."""
+    """Create the table of one model version (with a GiST-indexed geometry where PostGIS is available),
+    or check the existing one's dimension first. ``resolution``: the H3 resolution of its ``h3`` column."""
     name = table_name(product, model_version)
     row = conn.execute(
         "SELECT dim FROM geoembed.model_tables WHERE product = %s AND model_version = %s", (product, model_version)
@@ -97,30 +127,50 @@ def ensure_embedding_table(
         return name
     table = sql.Identifier(SCHEMA, name)
     postgis = has_postgis(conn)
+    extra = sql.SQL("").join(sql.SQL(",\n               {} {} NOT NULL").format(sql.Identifier(c), sql.SQL(t))
+                             for c, t in layout.extra)
     conn.execute(sql.SQL(
         """CREATE TABLE IF NOT EXISTS {table} (
-               h3 bigint PRIMARY KEY,
-               region bigint NOT NULL,
+               {key} bigint PRIMARY KEY,
+               {partition} bigint NOT NULL{extra},
                lon double precision NOT NULL,
                lat double precision NOT NULL,
                model_version text NOT NULL,
                source_version text NOT NULL,
                embedding vector({dim}) NOT NULL{geometry})"""
-    ).format(table=table, dim=sql.Literal(int(dim)), geometry=sql.SQL(
-        ",\n               geom geometry(Polygon, 4326) NOT NULL" if postgis else "")))
+    ).format(table=table, key=sql.Identifier(layout.key), partition=sql.Identifier(layout.partition), extra=extra,
+             dim=sql.Literal(int(dim)), geometry=sql.SQL(
+                 f",\n               geom geometry({layout.geometry_type}, 4326) NOT NULL" if postgis else "")))
     if postgis:
         conn.execute(sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {} USING gist (geom)").format(
             sql.Identifier(f"{name}_geom"), table))
-    conn.execute(sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {} (region)").format(
-        sql.Identifier(f"{name}_region"), table))
+    conn.execute(sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {} ({})").format(
+        sql.Identifier(f"{name}_{layout.partition}"), table, sql.Identifier(layout.partition)))
     conn.execute(sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {} (lat, lon)").format(
         sql.Identifier(f"{name}_latlon"), table))
+    if layout.key != "h3" and "h3" in dict(layout.extra):
+        conn.execute(sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {} (h3)").format(sql.Identifier(f"{name}_h3"), table))
     conn.execute(
-        "INSERT INTO geoembed.model_tables (product, model_version, dim, resolution, has_geometry, table_name) "
-        "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
-        (product, model_version, int(dim), int(resolution), postgis, name),
+        "INSERT INTO geoembed.model_tables (product, model_version, dim, resolution, has_geometry, table_name, kind, "
+        "meta) VALUES (%s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
+        (product, model_version, int(dim), int(resolution), postgis, name, layout.kind, Jsonb(meta or {})),
     )
     return name
+
+
+@dataclass
+class TableRows:
+    """One partition's rows, ready to load into a table of ``layout``."""
+
+    partition: int
+    keys: np.ndarray  # int64 (or uint64 below 2**63)
+    lon: np.ndarray
+    lat: np.ndarray
+    embedding: np.ndarray  # (n, dim) float32
+    model_version: str
+    source_version: str | Sequence[str]  # one for every row, or per row
+    geometry: Callable[[], Sequence[bytes]] | None = None  # EWKB per row (EPSG:4326), computed when needed
+    extra: dict[str, object] = field(default_factory=dict)  # values of the layout's extra columns
 
 
 @dataclass
@@ -135,21 +185,26 @@ class RegionRows:
     model_version: str
     source_version: str | Sequence[str]  # one for every row, or per row (mosaics: the file each came from)
 
+    def table_rows(self) -> TableRows:
+        return TableRows(int(self.region), np.asarray(self.cells, dtype=np.uint64).astype(np.int64), self.lon,
+                         self.lat, self.embedding, self.model_version, self.source_version,
+                         geometry=lambda: [hexagon_ewkb(int(c)) for c in self.cells])
 
-def replace_region(conn: psycopg.Connection, table: str, rows: RegionRows) -> float:
-    """Replace exactly one region's rows in one transaction: DELETE, then binary COPY.
 
-    A failure rolls back to the previous rows; readers never see a half-replaced region.
+def replace_partition(conn: psycopg.Connection, table: str, rows: TableRows, layout: TableLayout) -> float:
+    """Replace exactly one partition's rows in one transaction: DELETE, then binary COPY.
+
+    A failure rolls back to the previous rows; readers never see a half-replaced partition.
     Returns the seconds spent."""
     start = time.perf_counter()
     ident = sql.Identifier(SCHEMA, table)
     geometry = table_has_geometry(conn, table)
-    columns = ["h3", "region", "lon", "lat", "model_version", "source_version", "embedding"]
-    if geometry:
-        columns.append("geom")
-    payload = copy_payload(rows, with_geometry=geometry)
+    columns = [layout.key, layout.partition, *(c for c, _ in layout.extra), "lon", "lat", "model_version",
+               "source_version", "embedding"] + (["geom"] if geometry else [])
+    payload = copy_rows_payload(rows, layout, with_geometry=geometry)
     with conn.transaction():
-        conn.execute(sql.SQL("DELETE FROM {} WHERE region = %s").format(ident), (int(rows.region),))
+        conn.execute(sql.SQL("DELETE FROM {} WHERE {} = %s").format(ident, sql.Identifier(layout.partition)),
+                     (int(rows.partition),))
         copy_sql = sql.SQL("COPY {} ({}) FROM STDIN WITH (FORMAT BINARY)").format(
             ident, sql.SQL(", ").join(map(sql.Identifier, columns)))
         with conn.cursor().copy(copy_sql) as copy:
@@ -157,68 +212,98 @@ def replace_region(conn: psycopg.Connection, table: str, rows: RegionRows) -> fl
     return time.perf_counter() - start
 
 
-def _text_fields(name: str, text: bytes) -> list[tuple[str, str]]:
-    """A text column: its length, then its bytes (none for an empty string)."""
-    return [(f"l_{name}", ">i4")] + ([(name, f"V{len(text)}")] if text else [])
+def replace_region(conn: psycopg.Connection, table: str, rows: RegionRows) -> float:
+    """Replace exactly one H3 region's rows (see ``replace_partition``)."""
+    return replace_partition(conn, table, rows.table_rows(), H3_CELLS)
 
 
 _COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + struct.pack(">ii", 0, 0)
 _COPY_TRAILER = struct.pack(">h", -1)
+_PG_EPOCH = np.datetime64("2000-01-01", "D")
 
 
-def copy_payload(rows: RegionRows, with_geometry: bool = False) -> bytes:
-    """The binary COPY stream for a region's rows, built with numpy in one go.
-
-    Every row has the same layout (bigint, bigint, float8, float8, text, text, vector(dim)
-    [, geometry]), so rows are records of one big-endian structured dtype: no per-row Python.
-    Geometries differ in length (hexagons, pentagons, cells cut by icosahedron edges), so rows are
-    grouped by geometry length, each group one structured array."""
-    vectors = np.asarray(rows.embedding, dtype=np.float32)
-    n = len(rows.cells)
-    if vectors.ndim != 2 or vectors.shape[0] != n:
-        raise ValueError(f"region {rows.region:x}: {n} cells but embeddings of shape {vectors.shape}")
-    dim = vectors.shape[1]
-    model = rows.model_version.encode()
+def _column_values(rows: TableRows, layout: TableLayout, with_geometry: bool) -> list[tuple[str, str, object]]:
+    """(name, kind, values) of every column in COPY order; kind: int8, float8, date, text, vector, bytes."""
+    n = len(rows.keys)
     per_row = [rows.source_version] * n if isinstance(rows.source_version, str) else list(rows.source_version)
     if len(per_row) != n:
-        raise ValueError(f"region {rows.region:x}: {n} cells but {len(per_row)} source versions")
-    source_of_row = np.array([v.encode() for v in per_row], dtype=object)
-    geometries = [hexagon_ewkb(int(c)) for c in rows.cells] if with_geometry else None
-    lengths = np.array([len(g) for g in geometries]) if geometries else np.zeros(n, dtype=int)
-    # Rows are grouped by everything that changes the record layout: geometry and source text lengths.
-    source_lengths = np.array([len(v) for v in source_of_row], dtype=int)
+        raise ValueError(f"partition {rows.partition:x}: {n} rows but {len(per_row)} source versions")
+    columns: list[tuple[str, str, object]] = [
+        (layout.key, "int8", np.asarray(rows.keys).astype(np.int64)),
+        (layout.partition, "int8", np.full(n, int(rows.partition), dtype=np.int64)),
+    ]
+    for name, sql_type in layout.extra:
+        values = rows.extra[name]
+        if sql_type == "bigint":
+            columns.append((name, "int8", np.asarray(values).astype(np.int64)))
+        elif sql_type == "date":
+            columns.append((name, "date", (np.asarray(values, dtype="datetime64[D]") - _PG_EPOCH).astype(np.int32)))
+        else:
+            columns.append((name, "text", [str(v).encode() for v in values]))
+    columns += [("lon", "float8", np.asarray(rows.lon, dtype=np.float64)),
+                ("lat", "float8", np.asarray(rows.lat, dtype=np.float64)),
+                ("model_version", "text", [rows.model_version.encode()] * n),
+                ("source_version", "text", [v.encode() for v in per_row]),
+                ("embedding", "vector", np.asarray(rows.embedding, dtype=np.float32))]
+    if with_geometry:
+        if rows.geometry is None:
+            raise ValueError(f"partition {rows.partition:x}: the table has a geometry column but the rows have none")
+        columns.append(("geom", "bytes", list(rows.geometry())))
+    return columns
+
+
+def copy_rows_payload(rows: TableRows, layout: TableLayout, with_geometry: bool = False) -> bytes:
+    """The binary COPY stream of a partition's rows, built with numpy in one go.
+
+    Rows whose variable-length values (texts, geometries) have the same lengths share one record layout,
+    so each such group is one big-endian structured array: no per-row Python when building records."""
+    vectors = np.asarray(rows.embedding, dtype=np.float32)
+    n = len(rows.keys)
+    if vectors.ndim != 2 or vectors.shape[0] != n:
+        raise ValueError(f"partition {rows.partition:x}: {n} rows but embeddings of shape {vectors.shape}")
+    dim = vectors.shape[1]
+    columns = _column_values(rows, layout, with_geometry)
+    variable = [i for i, (_, kind, _) in enumerate(columns) if kind in ("text", "bytes")]
+    lengths = np.array([[len(columns[i][2][r]) for i in variable] for r in range(n)], dtype=np.int64).reshape(n, -1)
     parts = [_COPY_HEADER]
-    for length, source_length in sorted({(int(a), int(b)) for a, b in zip(lengths, source_lengths)}):
-        index = np.nonzero((lengths == length) & (source_lengths == source_length))[0]
-        source = b"x" * source_length  # the layout; the values are filled per row below
-        fields = [("count", ">i2"),
-                  ("l_h3", ">i4"), ("h3", ">i8"), ("l_region", ">i4"), ("region", ">i8"),
-                  ("l_lon", ">i4"), ("lon", ">f8"), ("l_lat", ">i4"), ("lat", ">f8"),
-                  *_text_fields("model", model), *_text_fields("source", source),
-                  ("l_vec", ">i4"), ("dim", ">i2"), ("unused", ">i2"), ("vec", ">f4", (dim,))]
-        if geometries:
-            fields += [("l_geom", ">i4"), ("geom", f"V{int(length)}")]
+    groups, inverse = np.unique(lengths, axis=0, return_inverse=True)
+    for g, group_lengths in enumerate(groups):
+        index = np.nonzero(inverse.ravel() == g)[0]
+        widths = dict(zip(variable, group_lengths.tolist()))
+        fields: list[tuple] = [("count", ">i2")]
+        for i, (name, kind, _) in enumerate(columns):
+            fields.append((f"l_{name}", ">i4"))
+            if kind == "int8":
+                fields.append((name, ">i8"))
+            elif kind == "float8":
+                fields.append((name, ">f8"))
+            elif kind == "date":
+                fields.append((name, ">i4"))
+            elif kind == "vector":
+                fields += [(f"dim_{name}", ">i2"), (f"unused_{name}", ">i2"), (name, ">f4", (dim,))]
+            elif widths[i]:
+                fields.append((name, f"V{widths[i]}"))
         block = np.zeros(len(index), dtype=np.dtype(fields))
-        block["count"] = 8 if geometries else 7
-        block["l_h3"] = block["l_region"] = block["l_lon"] = block["l_lat"] = 8
-        block["h3"] = np.asarray(rows.cells, dtype=np.uint64)[index].astype(np.int64)
-        block["region"] = int(rows.region)
-        block["lon"] = np.asarray(rows.lon, dtype=np.float64)[index]
-        block["lat"] = np.asarray(rows.lat, dtype=np.float64)[index]
-        block["l_model"] = len(model)
-        if model:
-            block["model"] = np.frombuffer(model, dtype=f"V{len(model)}")[0]
-        block["l_source"] = source_length
-        if source_length:
-            block["source"] = np.frombuffer(b"".join(source_of_row[index]), dtype=f"V{source_length}")
-        block["l_vec"], block["dim"] = 4 + 4 * dim, dim
-        block["vec"] = vectors[index]
-        if geometries:
-            block["l_geom"] = int(length)
-            block["geom"] = np.frombuffer(b"".join(geometries[i] for i in index), dtype=f"V{int(length)}")
+        block["count"] = len(columns)
+        for i, (name, kind, values) in enumerate(columns):
+            if kind in ("int8", "float8"):
+                block[f"l_{name}"], block[name] = 8, values[index]
+            elif kind == "date":
+                block[f"l_{name}"], block[name] = 4, values[index]
+            elif kind == "vector":
+                block[f"l_{name}"], block[f"dim_{name}"], block[name] = 4 + 4 * dim, dim, values[index]
+            else:
+                block[f"l_{name}"] = widths[i]
+                if widths[i]:
+                    block[name] = np.frombuffer(b"".join(values[r] for r in index), dtype=f"V{widths[i]}")
         parts.append(block.tobytes())
     parts.append(_COPY_TRAILER)
     return b"".join(parts)
+
+
+def copy_payload(rows: RegionRows, with_geometry: bool = False) -> bytes:
+    """The binary COPY stream of an H3 region's rows."""
+    return copy_rows_payload(rows.table_rows(), H3_CELLS, with_geometry)
 
 
 def table_has_geometry(conn: psycopg.Connection, table: str) -> bool:
@@ -249,12 +334,20 @@ class ModelTable:
     dim: int
     resolution: int
     has_geometry: bool
+    kind: str = "h3_cells"
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def layout(self) -> TableLayout:
+        return LAYOUTS[self.kind]
 
 
 def latest_model_table(conn: psycopg.Connection, product: str, model_version: str | None = None) -> ModelTable:
     """The table of a product's newest model version, or of the one named."""
-    columns = ("SELECT table_name, model_version, dim, resolution, has_geometry FROM geoembed.model_tables "
-               "WHERE product = %s")
+    # A registry written before chip tables existed has no ``kind`` column: read it as cells.
+    columns = ("SELECT table_name, model_version, dim, resolution, has_geometry, "
+               "COALESCE(to_jsonb(m) ->> 'kind', 'h3_cells'), COALESCE(to_jsonb(m) -> 'meta', '{}'::jsonb) "
+               "FROM geoembed.model_tables AS m WHERE product = %s")
     if model_version:
         row = conn.execute(columns + " AND model_version = %s", (product, model_version)).fetchone()
     else:

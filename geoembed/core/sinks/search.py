@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import h3
 import h3.api.basic_int as h3i
@@ -21,7 +20,9 @@ import psycopg
 from psycopg import sql
 
 from geoembed.core.errors import InputError
-from geoembed.core.sinks.pgvector import SCHEMA, latest_model_table
+from geoembed.core.geometry import GeometryInputError, geojson_polygons, read_geojson
+from geoembed.core.grids.mgrs import ChipRef
+from geoembed.core.sinks.pgvector import SCHEMA, ModelTable, latest_model_table
 
 EXACT_SEARCH_MAX_ROWS = 50_000  # areas with at most this many rows are searched exactly
 
@@ -134,19 +135,11 @@ def bbox_area(bbox: str | list[float], resolution: int) -> Area:
 
 def geojson_area(geojson: str | dict, resolution: int) -> Area:
     """A GeoJSON Polygon/MultiPolygon, Feature or FeatureCollection: inline text, a dict or a file path."""
-    source = "GeoJSON"
-    if isinstance(geojson, str):
-        text = geojson
-        if not text.lstrip().startswith("{"):
-            path = Path(text)
-            if not path.exists():
-                raise SearchInputError(f"GeoJSON {text!r} is neither a JSON object nor an existing file")
-            source, text = f"GeoJSON file {text!r}", path.read_text()
-        try:
-            geojson = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise SearchInputError(f"{source} is not valid JSON: {exc}") from None
-    geometries = _geometries(geojson, source)
+    try:
+        obj, source = read_geojson(geojson)
+        geometries = geojson_polygons(obj, source)
+    except GeometryInputError as exc:
+        raise SearchInputError(str(exc)) from None
     shapes = []
     polygons = [p for g in geometries for p in ([g["coordinates"]] if g["type"] == "Polygon" else g["coordinates"])]
     for geometry in geometries:
@@ -155,19 +148,6 @@ def geojson_area(geojson: str | dict, resolution: int) -> Area:
         except (ValueError, TypeError, KeyError, IndexError) as exc:
             raise SearchInputError(f"{source}: invalid {geometry.get('type')} geometry: {exc}") from None
     return _area_from_shapes(shapes, polygons, resolution, source)
-
-
-def _geometries(obj, source: str) -> list[dict]:
-    if not isinstance(obj, dict) or "type" not in obj:
-        raise SearchInputError(f"{source} must be a GeoJSON object with a 'type'")
-    kind = obj["type"]
-    if kind == "FeatureCollection":
-        return [g for f in obj.get("features", []) for g in _geometries(f, source)]
-    if kind == "Feature":
-        return _geometries(obj.get("geometry") or {}, source)
-    if kind in ("Polygon", "MultiPolygon"):
-        return [obj]
-    raise SearchInputError(f"{source}: geometry type {kind!r} is not an area (use Polygon or MultiPolygon)")
 
 
 def area_filter(area: Area | None, postgis: bool) -> tuple[sql.Composable, sql.Composable, tuple]:
@@ -181,6 +161,61 @@ def area_filter(area: Area | None, postgis: bool) -> tuple[sql.Composable, sql.C
             sql.SQL("TRUE"), (area.lo.tolist(), area.hi.tolist()))
 
 
+def _neighbours(
+    conn: psycopg.Connection, found: ModelTable, query, columns: list[str], exclude: str, excluded: int, k: int,
+    area: Area | None, ef_search: int, overfetch: int = 1,
+) -> tuple[list[tuple], str]:
+    """The k rows nearest ``query`` (their ``columns``, the distance second), leaving out rows whose
+    ``exclude`` column equals ``excluded``, and the plan used. Small areas are searched exactly; large
+    ones and the whole table through HNSW (``overfetch``: how many excluded rows the index may return)."""
+    ident = sql.Identifier(SCHEMA, found.table)
+    postgis = found.has_geometry
+    join, condition, area_params = area_filter(area, postgis)
+    source = sql.SQL("FROM {} AS t").format(ident) + join
+    key, *rest = [sql.SQL("t.{}").format(sql.Identifier(c)) for c in columns]
+    projection = sql.SQL(", ").join([key, sql.SQL("t.embedding <=> %s AS distance"), *rest])
+    select = sql.SQL("SELECT ") + projection + sql.SQL(" ") + source
+    skip = sql.SQL("t.{} <> %s").format(sql.Identifier(exclude))
+    j = columns.index(exclude)
+    position = j + 1 if j else 0  # rows are (key, distance, the other columns)
+    # Statements are never prepared: a cached generic plan would ignore the per-query settings below.
+    with conn.transaction():
+        count = 0
+        if area is not None:
+            count = conn.execute(sql.SQL("SELECT count(*) ") + source + sql.SQL(" WHERE ") + condition,
+                                 area_params, prepare=False).fetchone()[0]
+        if area is not None and count <= EXACT_SEARCH_MAX_ROWS:
+            plan = f"exact (filter first{' by PostGIS' if postgis else ''}, {count:,} rows in area)"
+            statement = (sql.SQL("WITH candidates AS MATERIALIZED (SELECT t.* ") + source + sql.SQL(" WHERE ")
+                         + condition + sql.SQL(") SELECT ") + projection
+                         + sql.SQL(" FROM candidates AS t WHERE ") + skip
+                         + sql.SQL(" ORDER BY t.embedding <=> %s LIMIT %s"))
+            rows = conn.execute(statement, (*area_params, query, excluded, query, k), prepare=False).fetchall()
+            return rows, plan
+        plan = "hnsw" if area is None else f"hnsw iterative scan ({count:,} rows in area)"
+        conn.execute(sql.SQL("SET LOCAL hnsw.ef_search = {}").format(sql.Literal(max(ef_search, 2 * (k + overfetch)))))
+        conn.execute("SET LOCAL hnsw.iterative_scan = relaxed_order")
+        conn.execute("SET LOCAL hnsw.max_scan_tuples = 200000")
+        # relaxed_order may return rows slightly out of order: sort the ones found exactly.
+        statement = (sql.SQL("SELECT * FROM (") + select + sql.SQL(" WHERE ") + condition
+                     + sql.SQL(" ORDER BY t.embedding <=> %s LIMIT %s) AS found ORDER BY distance"))
+        rows = conn.execute(statement, (query, *area_params, query, k + overfetch), prepare=False).fetchall()
+        rows = [r for r in rows if r[position] != excluded][:k]
+        short = len(rows) < k and (overfetch > 1 or area is not None)
+        if short and (area is None or len(rows) < count - overfetch):
+            plan += ", exact fallback"
+            conn.execute("SET LOCAL enable_indexscan = off")
+            statement = select + sql.SQL(" WHERE ") + condition + sql.SQL(" AND ") + skip + sql.SQL(
+                " ORDER BY t.embedding <=> %s LIMIT %s")
+            rows = conn.execute(statement, (query, *area_params, excluded, query, k), prepare=False).fetchall()
+    return rows, plan
+
+
+def _check_k(k: int) -> None:
+    if not 1 <= k <= 10_000:
+        raise SearchInputError(f"k must be between 1 and 10000, got {k}")
+
+
 def similar(
     conn: psycopg.Connection,
     product: str,
@@ -191,53 +226,101 @@ def similar(
     ef_search: int = 100,
 ) -> SearchResult:
     """The k cells most similar to ``cell`` (itself excluded), nearest first."""
-    if not 1 <= k <= 10_000:
-        raise SearchInputError(f"k must be between 1 and 10000, got {k}")
+    _check_k(k)
     found = latest_model_table(conn, product, model_version)
-    table, version = found.table, found.model_version
-    ident = sql.Identifier(SCHEMA, table)
+    ident = sql.Identifier(SCHEMA, found.table)
     row = conn.execute(sql.SQL("SELECT embedding FROM {} WHERE h3 = %s").format(ident), (cell,), prepare=False).fetchone()
     if row is None:
         raise SearchInputError(
-            f"cell {h3.int_to_str(cell)} has no embedding in {product!r} (model {version}): outside the product, "
-            "not yet loaded, or without enough valid data"
+            f"cell {h3.int_to_str(cell)} has no embedding in {product!r} (model {found.model_version}): outside the "
+            "product, not yet loaded, or without enough valid data"
         )
-    query = row[0]
-    postgis = found.has_geometry
-    join, condition, area_params = area_filter(area, postgis)
-    source = sql.SQL("FROM {} AS t").format(ident) + join
-    select = sql.SQL("SELECT t.h3, t.embedding <=> %s AS distance, t.lon, t.lat ") + source
-    # Statements are never prepared: a cached generic plan would ignore the per-query settings below.
-    with conn.transaction():
-        count = 0
-        if area is not None:
-            count = conn.execute(sql.SQL("SELECT count(*) ") + source + sql.SQL(" WHERE ") + condition,
-                                 area_params, prepare=False).fetchone()[0]
-        if area is not None and count <= EXACT_SEARCH_MAX_ROWS:
-            plan = f"exact (filter first{' by PostGIS' if postgis else ''}, {count:,} rows in area)"
-            statement = (sql.SQL("WITH candidates AS MATERIALIZED (SELECT t.* ") + source + sql.SQL(" WHERE ")
-                         + condition + sql.SQL(") SELECT t.h3, t.embedding <=> %s AS distance, t.lon, t.lat "
-                                               "FROM candidates AS t WHERE t.h3 <> %s "
-                                               "ORDER BY t.embedding <=> %s LIMIT %s"))
-            rows = conn.execute(statement, (*area_params, query, cell, query, k), prepare=False).fetchall()
-        else:
-            plan = "hnsw" if area is None else f"hnsw iterative scan ({count:,} rows in area)"
-            conn.execute(sql.SQL("SET LOCAL hnsw.ef_search = {}").format(sql.Literal(max(ef_search, 2 * k + 2))))
-            conn.execute("SET LOCAL hnsw.iterative_scan = relaxed_order")
-            conn.execute("SET LOCAL hnsw.max_scan_tuples = 200000")
-            # relaxed_order may return rows slightly out of order: sort the k found exactly.
-            statement = (sql.SQL("SELECT * FROM (") + select + sql.SQL(" WHERE ") + condition
-                         + sql.SQL(" ORDER BY t.embedding <=> %s LIMIT %s) AS found ORDER BY distance"))
-            rows = conn.execute(statement, (query, *area_params, query, k + 1), prepare=False).fetchall()
-            rows = [r for r in rows if r[0] != cell][:k]
-            if area is not None and len(rows) < min(k, count - 1):
-                plan += ", exact fallback"
-                conn.execute("SET LOCAL enable_indexscan = off")
-                statement = select + sql.SQL(" WHERE ") + condition + sql.SQL(
-                    " AND t.h3 <> %s ORDER BY t.embedding <=> %s LIMIT %s")
-                rows = conn.execute(statement, (query, *area_params, cell, query, k), prepare=False).fetchall()
+    rows, plan = _neighbours(conn, found, row[0], ["h3", "lon", "lat"], "h3", cell, k, area, ef_search)
     matches = [Match(int(h), float(d), float(lon), float(lat)) for h, d, lon, lat in rows]
-    return SearchResult(cell, version, f"{SCHEMA}.{table}", plan, matches)
+    return SearchResult(cell, found.model_version, f"{SCHEMA}.{found.table}", plan, matches)
+
+
+@dataclass
+class ChipMatch:
+    chip: int
+    distance: float
+    lon: float
+    lat: float
+    tile: str
+    date: str
+    chip_id: str
+
+    @property
+    def ref(self) -> str:
+        return f"{self.tile}/{self.date}/{self.chip_id}"
+
+
+@dataclass
+class ChipSearchResult:
+    query: str
+    model_version: str
+    table: str
+    plan: str
+    matches: list[ChipMatch] = field(default_factory=list)
+
+
+def chip_places_at(lon: float, lat: float, chip_size: int) -> list[int]:
+    """The places (tile, row, col) of the chips of every published tile that hold a point."""
+    from geoembed.core.grids.mgrs import place_key, published_grid, tile_footprint
+    from pyproj import Transformer
+
+    if not (-180.0 <= lon <= 180.0) or not (-90.0 <= lat <= 90.0):
+        raise SearchInputError(f"lon/lat ({lon}, {lat}) is out of range: lon in [-180, 180], lat in [-90, 90]")
+    places = []
+    for tile_id in published_grid().tiles_containing(lon, lat):
+        tile = tile_footprint(tile_id)
+        x, y = Transformer.from_crs("EPSG:4326", tile.crs, always_xy=True).transform(lon, lat)
+        col, row = int((x - tile.bounds[0]) // (chip_size * 10)), int((tile.bounds[3] - y) // (chip_size * 10))
+        if row >= 0 and col >= 0:
+            places.append(place_key(tile_id, row, col))
+    return places
+
+
+def similar_chips(
+    conn: psycopg.Connection,
+    product: str,
+    chip: ChipRef | None = None,
+    lonlat: tuple[float, float] | None = None,
+    k: int = 10,
+    area: Area | None = None,
+    model_version: str | None = None,
+    ef_search: int = 100,
+) -> ChipSearchResult:
+    """The k chips most similar to a chip (by reference, or the one at a lon/lat; without a date: its
+    newest), nearest first. Other dates of the same ground are left out: they would trivially match."""
+    _check_k(k)
+    found = latest_model_table(conn, product, model_version)
+    if found.kind != "chips":
+        raise SearchInputError(f"product {product!r} holds {found.kind.replace('_', ' ')}, not chips; search it by cell")
+    ident = sql.Identifier(SCHEMA, found.table)
+    if chip is not None:
+        places, described = [chip.place], str(chip)
+    elif lonlat is not None:
+        places, described = chip_places_at(*lonlat, int(found.meta.get("chip_size", 256))), f"lon/lat {tuple(lonlat)}"
+    else:
+        raise SearchInputError("give a chip or a lon/lat")
+    when = sql.SQL(" AND acquired = %s") if chip is not None and chip.date else sql.SQL("")
+    params = (places, *([chip.date] if chip is not None and chip.date else []))
+    row = conn.execute(sql.SQL("SELECT chip, place, embedding, tile, acquired, chip_id FROM {} WHERE place = ANY(%s)")
+                       .format(ident) + when + sql.SQL(" ORDER BY acquired DESC LIMIT 1"), params,
+                       prepare=False).fetchone()
+    if row is None:
+        raise SearchInputError(f"chip {described} has no embedding in {product!r} (model {found.model_version}): "
+                               "outside the product's tiles, not loaded yet, or without data")
+    key, place, query, tile, acquired, chip_id = row
+    copies = conn.execute(sql.SQL("SELECT count(*) FROM {} WHERE place = %s").format(ident), (place,),
+                          prepare=False).fetchone()[0]
+    rows, plan = _neighbours(conn, found, query, ["chip", "lon", "lat", "place", "tile", "acquired", "chip_id"],
+                             "place", place, k, area, ef_search, overfetch=copies)
+    matches = [ChipMatch(int(c), float(d), float(lon), float(lat), t, str(a), cid)
+               for c, d, lon, lat, _, t, a, cid in rows]
+    return ChipSearchResult(f"{tile}/{acquired}/{chip_id}", found.model_version, f"{SCHEMA}.{found.table}", plan,
+                            matches)
 
 
 def to_geojson(result: SearchResult) -> dict:
@@ -254,3 +337,24 @@ def to_geojson(result: SearchResult) -> dict:
         })
     return {"type": "FeatureCollection", "features": features,
             "properties": {"query": h3.int_to_str(result.query_cell), "model_version": result.model_version}}
+
+
+def chips_to_geojson(result: ChipSearchResult, chip_size: int) -> dict:
+    """The matched chips as a FeatureCollection of their footprints (lon/lat, OGC:CRS84), nearest first."""
+    from shapely.geometry import mapping
+
+    from geoembed.core.geometry import box_lonlat
+    from geoembed.core.grids.mgrs import ChipRef, tile_footprint
+
+    features = []
+    for rank, match in enumerate(result.matches, start=1):
+        ref = ChipRef.from_key(match.chip)
+        tile = tile_footprint(ref.tile)
+        size = chip_size * 10.0
+        xmin, ymax = tile.bounds[0] + ref.col * size, tile.bounds[3] - ref.row * size
+        footprint = box_lonlat((xmin, ymax - size, xmin + size, ymax), tile.crs)
+        features.append({"type": "Feature", "geometry": mapping(footprint),
+                         "properties": {"rank": rank, "chip": match.ref, "tile": match.tile, "date": match.date,
+                                        "chip_id": match.chip_id, "distance": match.distance}})
+    return {"type": "FeatureCollection", "features": features,
+            "properties": {"query": result.query, "model_version": result.model_version}}

@@ -112,17 +112,30 @@ def store_name(path: StorePath) -> str:
     return str(path).rstrip("/").rsplit("/", 1)[-1]
 
 
-def write_dataset(path: StorePath, ds: xr.Dataset, encoding: dict | None = None) -> None:
-    """Write a whole dataset as a Zarr v3 store; locally a re-write replaces the previous store only once
-    the new one is complete (readers see the old store or the new one, never a mix)."""
+@contextmanager
+def staged_store(path: StorePath) -> Iterator[StorePath]:
+    """Where to write a store that readers must see whole or not at all: locally a temporary sibling,
+    swapped into place when the block ends without an error (and removed if it fails); on an object
+    store, which has no rename, the store itself."""
     if is_remote(path):
-        ds.to_zarr(zarr_target(path), mode="w", zarr_format=3, consolidated=False, encoding=encoding)
+        yield path
         return
     final = Path(path)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = final.with_name(f".{final.name}.tmp-{uuid.uuid4().hex[:8]}")
-    ds.to_zarr(tmp, mode="w", zarr_format=3, consolidated=False, encoding=encoding)
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     replace_directory(tmp, final)
+
+
+def write_dataset(path: StorePath, ds: xr.Dataset, encoding: dict | None = None) -> None:
+    """Write a whole dataset as a Zarr v3 store; locally a re-write replaces the previous store only once
+    the new one is complete (readers see the old store or the new one, never a mix)."""
+    with staged_store(path) as target:
+        ds.to_zarr(zarr_target(target), mode="w", zarr_format=3, consolidated=False, encoding=encoding)
 
 
 def open_store(path: StorePath, what: str, chunks: dict | str | None = None) -> xr.Dataset:

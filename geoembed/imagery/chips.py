@@ -1,0 +1,307 @@
+"""Chips of a Sentinel-2 tile: the chip grid on the tile's 10 m pixel grid, every band of a scene
+resampled onto it (bilinear for reflectance, nearest for the mask band), and what each chip holds
+(no-data fraction and class, cloud fraction where the scene has a mask), plus an RGB thumbnail.
+
+Chip (row, col) covers tile pixels [row*S, (row+1)*S) x [col*S, (col+1)*S) of the tile's 10,980 x
+10,980 grid (S = chip size); chips of the last row and column reach past the tile's edge, which is no
+data (neighbouring tiles overlap by 9.8 km, so nothing is lost). Chip ids are ``{row}_{col}``.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from contextlib import ExitStack
+from dataclasses import dataclass
+from typing import Callable, ContextManager, Iterator
+
+import numpy as np
+import rasterio
+import rasterio.errors
+from affine import Affine
+from rasterio.warp import Resampling, reproject
+from rasterio.windows import Window, from_bounds
+
+from geoembed.core.grids.mgrs import MgrsTile
+from geoembed.core.rasters import RasterInputError, failing_reads
+from geoembed.imagery.scenes import MASK_BAND, RGB_BANDS, S2_BANDS, SCL_CLOUD_CLASSES, Scene, SceneInputError
+
+RESOLUTION = 10.0
+NODATA_DN = 0  # Sentinel-2's no-data value in every band
+NODATA_CLASSES = ("all_data", "partial", "no_data")
+ALL_DATA, PARTIAL, NO_DATA = range(3)
+
+
+@dataclass(frozen=True)
+class ChipGrid:
+    """The chips of one tile at one chip size."""
+
+    tile: MgrsTile
+    chip_size: int
+
+    @property
+    def tile_pixels(self) -> int:
+        return int(round((self.tile.bounds[2] - self.tile.bounds[0]) / RESOLUTION))
+
+    @property
+    def chips_per_side(self) -> int:
+        return math.ceil(self.tile_pixels / self.chip_size)
+
+    @property
+    def transform(self) -> Affine:
+        """The tile's 10 m pixel grid (upper-left origin)."""
+        return Affine(RESOLUTION, 0.0, self.tile.bounds[0], 0.0, -RESOLUTION, self.tile.bounds[3])
+
+    @property
+    def chip_metres(self) -> float:
+        return self.chip_size * RESOLUTION
+
+    def chip_bounds(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        """(n, 4) bounds (xmin, ymin, xmax, ymax) in the tile's CRS."""
+        rows, cols = np.asarray(rows, dtype=np.float64), np.asarray(cols, dtype=np.float64)
+        xmin = self.tile.bounds[0] + cols * self.chip_metres
+        ymax = self.tile.bounds[3] - rows * self.chip_metres
+        return np.column_stack([xmin, ymax - self.chip_metres, xmin + self.chip_metres, ymax])
+
+    def all_chips(self) -> tuple[np.ndarray, np.ndarray]:
+        """Every chip's (row, col), row-major."""
+        rows, cols = np.divmod(np.arange(self.chips_per_side ** 2), self.chips_per_side)
+        return rows.astype(np.int32), cols.astype(np.int32)
+
+    def chips_overlapping(self, bounds: tuple[float, float, float, float]) -> tuple[np.ndarray, np.ndarray]:
+        """(row, col) of the chips that overlap a box in the tile CRS, row-major."""
+        xmin, ymin, xmax, ymax = bounds
+        left, top = self.tile.bounds[0], self.tile.bounds[3]
+        c0 = max(0, math.floor((xmin - left) / self.chip_metres))
+        c1 = min(self.chips_per_side, math.ceil((xmax - left) / self.chip_metres))
+        r0 = max(0, math.floor((top - ymax) / self.chip_metres))
+        r1 = min(self.chips_per_side, math.ceil((top - ymin) / self.chip_metres))
+        if c1 <= c0 or r1 <= r0:
+            return np.zeros(0, np.int32), np.zeros(0, np.int32)
+        rows, cols = np.meshgrid(np.arange(r0, r1), np.arange(c0, c1), indexing="ij")
+        return rows.ravel().astype(np.int32), cols.ravel().astype(np.int32)
+
+
+def chip_ids(rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    return np.array([f"{int(r)}_{int(c)}" for r, c in zip(rows, cols)], dtype=object)
+
+
+def parse_chip_id(text: str) -> tuple[int, int]:
+    row, _, col = str(text).partition("_")
+    if not (row.isdigit() and col.isdigit()):
+        raise ValueError(f"chip id {text!r} is not '<row>_<col>'")
+    return int(row), int(col)
+
+
+# ---------------------------------------------------------------------------------------------
+# A scene's bands on the chip grid
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BandFile:
+    """What the chipper needs to know about one band file."""
+
+    band: str
+    location: str
+    crs: str
+    bounds: tuple[float, float, float, float]
+    resolution: float
+
+
+def describe_band(band: str, location: str, src: rasterio.DatasetReader) -> BandFile:
+    if src.crs is None:
+        raise SceneInputError(f"band {band} ({location}) has no CRS")
+    if src.transform.b != 0 or src.transform.d != 0:
+        raise SceneInputError(f"band {band} ({location}) is rotated; Sentinel-2 bands are north-up")
+    b = src.bounds
+    return BandFile(band, location, src.crs.to_string(), (b.left, b.bottom, b.right, b.top), abs(src.transform.a))
+
+
+def scene_extent(scene: Scene, tile: MgrsTile, bands: list[BandFile]) -> tuple[float, float, float, float]:
+    """Where every band has pixels: the intersection of the bands' footprints, in the tile CRS.
+
+    Bands must be in the tile's CRS, and their footprints may differ by less than one of their own
+    pixels at each edge (real subsets cut the 10, 20 and 60 m grids a pixel apart); beyond that the
+    scene's bands do not line up and the scene is refused."""
+    for b in bands:
+        if b.crs != tile.crs:
+            raise SceneInputError(f"scene {scene.scene_id}: band {b.band} ({b.location}) is in {b.crs}, but tile "
+                                  f"{tile.tile_id} is in {tile.crs}")
+    finest = min(bands, key=lambda b: b.resolution)
+    for b in bands:
+        gaps = np.abs(np.subtract(b.bounds, finest.bounds))
+        if (gaps > max(b.resolution, finest.resolution) + 1e-6).any():
+            raise SceneInputError(
+                f"scene {scene.scene_id}: band {b.band} ({b.location}) covers {_fmt(b.bounds)} but band "
+                f"{finest.band} covers {_fmt(finest.bounds)}; the bands' extents do not match")
+    xmin = max(b.bounds[0] for b in bands)
+    ymin = max(b.bounds[1] for b in bands)
+    xmax = min(b.bounds[2] for b in bands)
+    ymax = min(b.bounds[3] for b in bands)
+    if xmax <= xmin or ymax <= ymin:
+        raise SceneInputError(f"scene {scene.scene_id}: its bands do not overlap")
+    return (xmin, ymin, xmax, ymax)
+
+
+def _fmt(bounds) -> str:
+    return "[" + ", ".join(f"{v:.0f}" for v in bounds) + "]"
+
+
+@dataclass
+class ChipBlock:
+    """The chips of one chip row (consecutive columns): bands on the 10 m grid and their validity."""
+
+    row: int
+    cols: np.ndarray  # (n,)
+    dn: np.ndarray  # (n, bands, S, S) uint16, 0 = no data
+    valid: np.ndarray  # (n, S, S) bool: inside the tile and the scene, every band > 0
+    mask: np.ndarray | None  # (n, S, S) uint8 scene classification, where the scene has one
+
+    @property
+    def nodata_fraction(self) -> np.ndarray:
+        return 1.0 - self.valid.reshape(len(self.cols), -1).mean(axis=1)
+
+    @property
+    def nodata_class(self) -> np.ndarray:
+        fraction = self.nodata_fraction
+        return np.where(fraction <= 0, ALL_DATA, np.where(fraction >= 1, NO_DATA, PARTIAL)).astype(np.uint8)
+
+    @property
+    def cloud_fraction(self) -> np.ndarray:
+        """Share of each chip's valid pixels that the mask calls cloud or cloud shadow (NaN: no mask or no
+        valid pixel)."""
+        n = len(self.cols)
+        if self.mask is None:
+            return np.full(n, np.nan, dtype=np.float32)
+        cloud = np.isin(self.mask, SCL_CLOUD_CLASSES) & self.valid
+        valid = self.valid.reshape(n, -1).sum(axis=1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(valid > 0, cloud.reshape(n, -1).sum(axis=1) / valid, np.nan).astype(np.float32)
+
+
+class SceneChipper:
+    """Reads a scene's bands chip row by chip row onto the tile's 10 m grid (one reprojection per band and
+    chip row, so memory stays at one row of chips whatever the tile)."""
+
+    def __init__(self, scene: Scene, grid: ChipGrid, bands: list[str],
+                 open_band: Callable[[str], ContextManager[rasterio.DatasetReader]]):
+        scene.check_bands(bands)
+        self.scene, self.grid, self.bands = scene, grid, list(bands)
+        self._stack = ExitStack()
+        self.sources: dict[str, rasterio.DatasetReader] = {}
+        described = []
+        names = self.bands + ([MASK_BAND] if scene.has_cloud_mask else [])
+        try:
+            for band in names:
+                location = scene.bands[band]
+                src = self._stack.enter_context(open_band(location))
+                self.sources[band] = src
+                described.append(describe_band(band, location, src))
+            self.band_files = {b.band: b for b in described}
+            self.extent = scene_extent(scene, grid.tile, described)
+        except BaseException:
+            self._stack.close()
+            raise
+
+    def __enter__(self) -> SceneChipper:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stack.close()
+
+    def chips(self) -> tuple[np.ndarray, np.ndarray]:
+        """(row, col) of the chips the scene overlaps, row-major (the datacube's chips)."""
+        return self.grid.chips_overlapping(self.extent)
+
+    def blocks(self) -> Iterator[ChipBlock]:
+        rows, cols = self.chips()
+        for row in np.unique(rows):
+            yield self.read_block(int(row), cols[rows == row])
+
+    def read_block(self, row: int, cols: np.ndarray) -> ChipBlock:
+        s, n = self.grid.chip_size, len(cols)
+        c0 = int(cols.min())
+        width = (int(cols.max()) - c0 + 1) * s
+        origin = self.grid.transform * (c0 * s, row * s)
+        transform = Affine(RESOLUTION, 0.0, origin[0], 0.0, -RESOLUTION, origin[1])
+        strip = np.zeros((len(self.bands), s, width), dtype=np.uint16)
+        for i, band in enumerate(self.bands):
+            self._reproject(band, strip[i], transform, Resampling.bilinear)
+        mask = None
+        if MASK_BAND in self.sources:
+            mask_strip = np.zeros((s, width), dtype=np.uint8)
+            self._reproject(MASK_BAND, mask_strip, transform, Resampling.nearest)
+            mask = _split(mask_strip[None], cols - c0, s)[:, 0]
+        valid = (strip > NODATA_DN).all(axis=0) & self._inside(transform, (s, width))
+        dn = _split(strip, cols - c0, s)
+        return ChipBlock(row, cols, dn, _split(valid[None], cols - c0, s)[:, 0], mask)
+
+    def _reproject(self, band: str, out: np.ndarray, transform: Affine, resampling: Resampling) -> None:
+        """Resample the band onto ``out`` (the 10 m grid at ``transform``). The source pixels are read
+        explicitly first: GDAL's warper only logs a decoding error (a truncated JP2) and carries on with
+        no data, while a read raises it."""
+        src = self.sources[band]
+        height, width = out.shape
+        left, top = transform.c, transform.f
+        right, bottom = left + width * RESOLUTION, top - height * RESOLUTION
+        margin = 2 * abs(src.transform.a)  # bilinear needs the neighbours of edge pixels
+        wanted = from_bounds(left - margin, bottom - margin, right + margin, top + margin, src.transform)
+        col0, row0 = math.floor(wanted.col_off), math.floor(wanted.row_off)
+        col1, row1 = math.ceil(wanted.col_off + wanted.width), math.ceil(wanted.row_off + wanted.height)
+        try:
+            window = Window(col0, row0, col1 - col0, row1 - row0).intersection(Window(0, 0, src.width, src.height))
+            with failing_reads(f"band {band} of scene {self.scene.scene_id} ({self.scene.bands[band]})"):
+                pixels = src.read(1, window=window)
+        except (rasterio.errors.RasterioIOError, rasterio.errors.RasterioError) as exc:
+            raise RasterInputError(f"band {band} of scene {self.scene.scene_id} ({self.scene.bands[band]}) cannot "
+                                   f"be read: {str(exc).strip()}") from None
+        except rasterio.errors.WindowError:
+            return  # the strip lies outside this band: no data
+        reproject(source=pixels, destination=out, src_transform=src.window_transform(window), src_crs=src.crs,
+                  src_nodata=NODATA_DN, dst_transform=transform, dst_crs=self.grid.tile.crs, dst_nodata=NODATA_DN,
+                  resampling=resampling)
+
+    def _inside(self, transform: Affine, shape: tuple[int, int]) -> np.ndarray:
+        """Pixels inside both the scene's common extent and the tile."""
+        xmin, ymin, xmax, ymax = self.extent
+        t = self.grid.tile.bounds
+        xmin, ymin, xmax, ymax = max(xmin, t[0]), max(ymin, t[1]), min(xmax, t[2]), min(ymax, t[3])
+        x = transform.c + (np.arange(shape[1]) + 0.5) * RESOLUTION
+        y = transform.f - (np.arange(shape[0]) + 0.5) * RESOLUTION
+        return ((y > ymin) & (y < ymax))[:, None] & ((x > xmin) & (x < xmax))[None, :]
+
+
+def _split(strip: np.ndarray, offsets: np.ndarray, s: int) -> np.ndarray:
+    """(bands, S, W) strip -> (n, bands, S, S) chips at the given chip offsets within the strip."""
+    return np.stack([strip[:, :, int(o) * s:(int(o) + 1) * s] for o in offsets])
+
+
+def reflectance(dn: np.ndarray, dn_offset: int) -> np.ndarray:
+    """Top-of-atmosphere (L1C) or surface (L2A) reflectance from DNs; no-data (0) becomes NaN."""
+    out = (dn.astype(np.float32) + dn_offset) / 10_000.0
+    out[dn == NODATA_DN] = np.nan
+    return out
+
+
+def rgb_thumbnail(dn: np.ndarray, valid: np.ndarray, bands: list[str], dn_offset: int,
+                  percentiles: tuple[float, float] = (2.0, 98.0)) -> bytes:
+    """An RGB PNG of one chip (B04, B03, B02), stretched between the 2nd and 98th percentile of its valid
+    pixels (one stretch for the three bands, so colours keep their balance); no data is transparent."""
+    from PIL import Image
+
+    rgb = np.stack([reflectance(dn[bands.index(b)], dn_offset) for b in RGB_BANDS], axis=-1)
+    alpha = valid.astype(bool)
+    image = np.zeros((*valid.shape, 4), dtype=np.uint8)
+    if alpha.any():
+        lo, hi = np.nanpercentile(rgb[alpha], percentiles)
+        scaled = np.clip((rgb - lo) / max(hi - lo, 1e-6), 0.0, 1.0)
+        image[..., :3] = np.where(alpha[..., None], np.nan_to_num(scaled) * 255, 0).astype(np.uint8)
+    image[..., 3] = np.where(alpha, 255, 0)
+    buffer = io.BytesIO()
+    Image.fromarray(image, mode="RGBA").save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def band_wavelengths(bands: list[str]) -> np.ndarray:
+    return np.array([S2_BANDS[b].wavelength for b in bands], dtype=np.float32)

@@ -1,0 +1,23 @@
+"""Product settings files of any pipeline: ``pipeline: imagery`` is an MGRS-tile imagery product; a
+file without ``pipeline`` (or ``pipeline: landcover``) is an H3 land-cover product."""
+
+from __future__ import annotations
+
+import os
+
+from geoembed.core.settings import ProductConfigError, read_settings_file
+from geoembed.imagery.settings import ImageryProductSettings, load_imagery_settings
+from geoembed.landcover.settings import ProductSettings, load_settings
+
+AnyProduct = ProductSettings | ImageryProductSettings
+PIPELINES = ("landcover", "imagery")
+
+
+def load_product(path: str | os.PathLike[str]) -> AnyProduct:
+    """Read and validate a product settings file of any pipeline; errors name the file and the field."""
+    pipeline = read_settings_file(path).get("pipeline", "landcover")
+    if pipeline == "imagery":
+        return load_imagery_settings(path)
+    if pipeline == "landcover":
+        return load_settings(path)
+    raise ProductConfigError(f"invalid product settings in {path}: pipeline: {pipeline!r} is not one of {PIPELINES}")

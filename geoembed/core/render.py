@@ -63,7 +63,8 @@ def loss_curve_png(losses: list[float], title: str) -> bytes:
 
 def figure_png(fig: plt.Figure) -> bytes:
     buffer = io.BytesIO()
-    fig.tight_layout()
+    if fig.get_layout_engine() is None:  # figures laid out by their own engine keep it
+        fig.tight_layout()
     fig.savefig(buffer, format="png")
     plt.close(fig)
     return buffer.getvalue()

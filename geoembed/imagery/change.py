@@ -77,7 +77,8 @@ def change_plot(table: pa.Table, tile: str, threshold: float, max_dates: int = 6
     shown = later[:max_dates] or dates[:1]
     rows, cols = np.array(data["row"]), np.array(data["col"])
     extent = (cols.min(), cols.max() + 1, rows.max() + 1, rows.min()) if len(rows) else (0, 1, 1, 0)
-    fig, axes = plt.subplots(1, len(shown) + 1, figsize=(3.2 * (len(shown) + 1), 3.4), dpi=100, squeeze=False)
+    fig, axes = plt.subplots(1, len(shown) + 1, figsize=(3.2 * (len(shown) + 1), 3.4), dpi=100, squeeze=False,
+                             layout="constrained")
     for ax, day in zip(axes[0], shown):
         grid = np.full((extent[2] - extent[3], extent[1] - extent[0]), np.nan)
         pick = np.array([d == day for d in data["date"]])

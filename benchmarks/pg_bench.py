@@ -15,6 +15,7 @@ p50/p95 latency, recall@10 against exact search, and how many queries returned k
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import statistics
 import tempfile
@@ -30,7 +31,7 @@ from geoembed.core.grids.h3 import ProductLayout, cell_centres
 from geoembed.landcover.windows import EMBEDDED
 from geoembed.core.lineage import decode_version
 from geoembed.landcover.stores import open_product
-from geoembed_resources.postgres import PostgresDatabase
+from geoembed_resources.postgres import PostgresDatabase, embedded_server
 
 DATA_DIR = Path(os.environ.get("GEOEMBED_DATA_DIR", "data"))
 
@@ -92,9 +93,9 @@ def bench_load(args: argparse.Namespace) -> None:
         chosen.append(part)
         n += len(part.cells)
     dim = chosen[0].embedding.shape[1]
-    with tempfile.TemporaryDirectory(prefix="geoembed-bench-") as tmp:
-        database = PostgresDatabase(dsn=os.environ.get("GEOEMBED_PG_DSN") or None,
-                                    embedded_dir=str(Path(tmp) / "postgres"))
+    with tempfile.TemporaryDirectory(prefix="geoembed-bench-") as tmp, contextlib.ExitStack() as stack:
+        dsn = os.environ.get("GEOEMBED_PG_DSN") or stack.enter_context(embedded_server(Path(tmp) / "postgres"))
+        database = PostgresDatabase(dsn=dsn)  # the throw-away server stops before its folder is deleted
         with database.connect() as conn:
             old = db.ensure_embedding_table(conn, "bench_insert", "v", dim, 0)
             new = db.ensure_embedding_table(conn, "bench_copy", "v", dim, 0)

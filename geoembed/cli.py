@@ -29,13 +29,14 @@ def _run(args: argparse.Namespace) -> int:
     products = [load_product(p) for p in (args.product or [DEFAULT_PRODUCT_FILE])]
     if args.data_dir:
         os.environ["GEOEMBED_DATA_DIR"] = str(Path(args.data_dir).resolve())
-    home = ensure_dagster_home(Path(args.dagster_home or Path.cwd() / ".dagster"))
+    home = ensure_dagster_home(Path.cwd() / ".dagster", explicit=args.dagster_home)
+    print(f"[geoembed] Dagster instance: {home}", flush=True)
     with dg.DagsterInstance.get() as instance:
         for settings in products:
             if isinstance(settings, ImageryProductSettings):
-                _run_imagery(settings, instance, args.steps, home)
+                _run_imagery(settings, instance, args.steps, home, args.verbose)
             else:
-                _run_landcover(settings, instance, args.steps, home)
+                _run_landcover(settings, instance, args.steps, home, args.verbose)
     return 0
 
 
@@ -47,14 +48,14 @@ def _print_steps(summary) -> None:
         print(f"    {label:<32} {path}")
 
 
-def _run_landcover(settings, instance, steps: int | None, home: Path) -> None:
+def _run_landcover(settings, instance, steps: int | None, home: Path, verbose: bool) -> None:
     from geoembed_assets.landcover.job import materialize_product
     from geoembed_assets.landcover.partitions import LandcoverKeys
 
     run_config = None
     if steps is not None:
         run_config = {"ops": {LandcoverKeys(settings.name).model_op: {"config": {"steps": steps}}}}
-    summary = materialize_product(settings, instance, run_config=run_config)
+    summary = materialize_product(settings, instance, run_config=run_config, verbose=verbose)
     print(f"\n[geoembed] {summary.product} done in {summary.seconds:,.0f} s "
           f"(peak memory {summary.peak_rss_mb:,.0f} MB); Dagster home {home}")
     print(f"  regions (partitions): {summary.regions}   cells: {summary.cells:,}   embedded: {summary.embedded_cells:,}")
@@ -64,14 +65,14 @@ def _run_landcover(settings, instance, steps: int | None, home: Path) -> None:
     _print_steps(summary)
 
 
-def _run_imagery(settings, instance, steps: int | None, home: Path) -> None:
+def _run_imagery(settings, instance, steps: int | None, home: Path, verbose: bool) -> None:
     from geoembed_assets.imagery.job import materialize_imagery_product
     from geoembed_assets.imagery.partitions import ImageryKeys
 
     run_config = None
     if steps is not None:
         run_config = {"ops": {ImageryKeys(settings.name).encoder_op: {"config": {"steps": steps}}}}
-    summary = materialize_imagery_product(settings, instance, run_config=run_config)
+    summary = materialize_imagery_product(settings, instance, run_config=run_config, verbose=verbose)
     print(f"\n[geoembed] {summary.product} done in {summary.seconds:,.0f} s "
           f"(peak memory {summary.peak_rss_mb:,.0f} MB); Dagster home {home}")
     print(f"  tiles: {', '.join(summary.tiles)}   scenes: {summary.scenes}   chips in datacubes: {summary.chips:,}   "
@@ -170,7 +171,12 @@ def _tiles(args: argparse.Namespace) -> int:
 def _backfill(args: argparse.Namespace) -> int:
     from geoembed.core import backfill
 
+    from geoembed.core.partition_keys import check_partition_key
+
     assets = [f"{args.product}/{a}" if "/" not in a else a for a in args.asset]
+    for asset in assets:  # keys are checked here: a bad one never reaches the server
+        for key in args.partition or []:
+            check_partition_key(asset, key)
     backfill_id = backfill.launch_backfill(args.url, assets, args.partition or None, title=args.title)
     print(f"[geoembed] backfill {backfill_id} launched: {', '.join(assets)} "
           f"({'all partitions' if not args.partition else f'{len(args.partition)} partitions'}); {args.url}/runs/b/{backfill_id}")
@@ -200,7 +206,10 @@ def main(argv: list[str] | None = None) -> int:
     run = sub.add_parser("run", help="materialize a product's whole asset graph (the main job)")
     run.add_argument("--product", action="append", help="product settings YAML (repeatable; default: global MODIS)")
     run.add_argument("--data-dir", help="output folder (default: $GEOEMBED_DATA_DIR or ./data)")
-    run.add_argument("--dagster-home", help="Dagster instance folder (default: $DAGSTER_HOME or ./.dagster)")
+    run.add_argument("--dagster-home", help="Dagster instance folder (wins over $DAGSTER_HOME; default: "
+                                            "$DAGSTER_HOME or ./.dagster)")
+    run.add_argument("--verbose", action="store_true", help="show Dagster's own log of every run on the console "
+                                                             "(it is always kept in the instance)")
     run.add_argument("--steps", type=int, help="training steps of the model / chip encoder (default: the asset's)")
     sim = sub.add_parser("similar", help="the k places most similar to a cell or a lon/lat, optionally in an area")
     sim.add_argument("--product", default="modis_global", help="product name (default: modis_global)")
@@ -234,11 +243,37 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return commands[args.command](args)
     except Exception as exc:  # noqa: BLE001 - input errors get a message, anything else a traceback
+        if _is_run_failure(exc):
+            return _report_run_failure(exc, getattr(args, "verbose", False))
         user_error = _input_error(exc)
         if user_error is None:
             raise
         print(f"geoembed: {user_error}", file=sys.stderr)
         return EXIT_USAGE
+
+
+def _is_run_failure(exc: BaseException) -> bool:
+    return type(exc).__name__ == "RunFailed" and hasattr(exc, "causes")
+
+
+def _report_run_failure(exc, verbose: bool) -> int:
+    """One line: the error our code raised inside the run. Bad input or an unreachable server exits 2;
+    anything else (a bug) 1, pointing at the run's full log."""
+    # KeyError and IndexError are LookupErrors too, but mean a bug, not a missing upstream.
+    names = {c.__name__ for base in INPUT_ERRORS for c in _subclasses(base)} - {"KeyError", "IndexError"}
+    if names & set(exc.causes):
+        print(f"geoembed: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    where = "above" if verbose else "with --verbose, or in the Dagster UI"
+    print(f"geoembed: the {exc.step} step failed: {exc} (run {exc.run_id}; its full log {where})", file=sys.stderr)
+    return 1
+
+
+def _subclasses(cls: type) -> list[type]:
+    out = [cls]
+    for sub in cls.__subclasses__():
+        out += _subclasses(sub)
+    return out
 
 
 def _input_error(exc: BaseException | None) -> BaseException | None:

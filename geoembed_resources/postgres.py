@@ -45,6 +45,18 @@ def redacted(dsn: str) -> str:
     return make_conninfo(**parts)
 
 
+def describe_database(database: "PostgresDatabase") -> str:
+    """Where a database resource points, without its password, for people to read. Works before the
+    resource is initialised, when its DSN is still an ``EnvVar`` that only a run may resolve."""
+    import os
+
+    try:
+        dsn = database.resolved_dsn()
+    except Exception:  # noqa: BLE001 - dagster refuses direct EnvVar access outside a run
+        dsn = os.environ.get(DSN_ENV_VAR, "")
+    return redacted(dsn) if dsn else "(no database)"
+
+
 def embedded_dsn(folder: str | Path) -> str:
     """Start (or join) the embedded server whose data lives in ``folder``."""
     folder = Path(folder).expanduser().resolve()
@@ -60,6 +72,25 @@ def embedded_dsn(folder: str | Path) -> str:
             _forget_dead_handles(server)
             _EMBEDDED[key] = server
         return _EMBEDDED[key].get_uri()
+
+
+@contextmanager
+def embedded_server(folder: str | Path) -> Iterator[str]:
+    """An embedded server for a block (its DSN): stopped when the block ends, before anything may delete
+    its folder (a server whose folder is gone can no longer be stopped and would outlive its command)."""
+    dsn = embedded_dsn(folder)
+    try:
+        yield dsn
+    finally:
+        release_embedded(folder)
+
+
+def release_embedded(folder: str | Path) -> None:
+    """Give up this process's hold on an embedded server; the last holder stops it."""
+    key = str(Path(folder).expanduser().resolve())
+    server = _EMBEDDED.pop(key, None)
+    if server is not None:
+        server.cleanup()
 
 
 def _forget_dead_handles(server) -> None:

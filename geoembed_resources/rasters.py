@@ -44,13 +44,14 @@ class RasterReader(dg.ConfigurableResource):
             return sources.list_s3(self.s3.get_client(), location, pattern, recursive)
         if "://" in location or location.startswith("/vsi"):
             name = os.path.basename(location.rstrip("/")) or location
-            return [sources.SourceFile(name, location, 0, 0, etag=content_version(location))]
+            return sources.Listing([sources.SourceFile(name, location, 0, 0, etag=content_version(location))])
         if os.path.isdir(location):
             return sources.list_local(location, pattern, recursive)
         if not os.path.exists(location):
             raise RasterInputError(f"raster {location!r} does not exist")
         stat = os.stat(location)
-        return [sources.SourceFile(os.path.basename(location), location, stat.st_size, stat.st_mtime_ns)]
+        return sources.Listing([sources.SourceFile(os.path.basename(location), location, stat.st_size,
+                                                   stat.st_mtime_ns)])
 
     def list_files(self, settings: ProductSettings) -> list[sources.SourceFile]:
         """A land-cover product's source files: its raster, or the files of its landing location."""

@@ -88,3 +88,22 @@ def principal_rgb(embeddings) -> np.ndarray:
     pcs = principal_scores(embeddings, 3)
     lo, hi = np.percentile(pcs, 2, axis=0), np.percentile(pcs, 98, axis=0)
     return np.clip((pcs - lo) / np.where(hi > lo, hi - lo, 1.0), 0.0, 1.0)
+
+
+# Below these, a model's scores say nothing: a product too small to train on or to hold anything out
+# (a handful of valid cells) is reported loudly (log warning, failed asset check), never silently scored.
+MIN_TRAIN_SAMPLES = 100
+MIN_HELD_OUT_SAMPLES = 20
+
+
+def evaluation_problems(train_samples: int, held_out_samples: int, what: str = "cells",
+                        min_train: int = MIN_TRAIN_SAMPLES, min_held_out: int = MIN_HELD_OUT_SAMPLES) -> list[str]:
+    """Why a training run's quality figures cannot be trusted (empty: they can)."""
+    problems = []
+    if train_samples < min_train:
+        problems.append(f"only {train_samples} {what} to train on (at least {min_train} needed)")
+    if held_out_samples == 0:
+        problems.append(f"no {what} could be held out: the scores are on the training {what} themselves")
+    elif held_out_samples < min_held_out:
+        problems.append(f"only {held_out_samples} held-out {what} (at least {min_held_out} needed)")
+    return problems

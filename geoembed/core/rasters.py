@@ -105,15 +105,29 @@ def _gdal_library():
     return library
 
 
+def _read_error(what: str, exc: BaseException) -> RasterInputError:
+    """The input error for a read that raised: the deepest message (rasterio's own says only "Read
+    failed. See previous exception for details.")."""
+    messages = []
+    while exc is not None:
+        messages.append(str(exc).strip())
+        exc = exc.__cause__ or exc.__context__
+    detail = next((m for m in reversed(messages) if m and "See previous exception" not in m), messages[0])
+    return RasterInputError(f"{what} cannot be read: {detail}")
+
+
 @contextmanager
 def failing_reads(what: str) -> Iterator[None]:
-    """Reads inside the block raise ``RasterInputError`` naming ``what`` when GDAL reports a failure,
-    even one its driver only logged."""
+    """Reads inside the block raise ``RasterInputError`` naming ``what`` when GDAL reports a failure:
+    an error rasterio raises, or one a driver only logged."""
     import ctypes
 
     library = _gdal_library()
     if library is None:
-        yield
+        try:
+            yield
+        except rasterio.errors.RasterioError as exc:
+            raise _read_error(what, exc) from None
         return
     failures: list[str] = []
     handler_type = ctypes.CFUNCTYPE(None, ctypes.c_int, ctypes.c_int, ctypes.c_char_p)
@@ -127,6 +141,8 @@ def failing_reads(what: str) -> Iterator[None]:
         previous = library.CPLSetErrorHandler(ctypes.cast(handler, ctypes.c_void_p))
         try:
             yield
+        except rasterio.errors.RasterioError as exc:
+            raise _read_error(what, exc) from None
         finally:
             library.CPLSetErrorHandler(previous)
     if failures:

@@ -44,14 +44,28 @@ class SourceFile:
         return f"{self.size}:{self.modified_ns}:{self.etag}"
 
 
-def list_local(directory: str | os.PathLike[str], pattern: str, recursive: bool = False) -> list[SourceFile]:
+class Listing(list):
+    """Files of a location (a list of SourceFile) and the entries that could not be examined or read,
+    with why: one bad entry never stops the others, and is reported."""
+
+    def __init__(self, files=(), rejected: dict[str, str] | None = None):
+        super().__init__(files)
+        self.rejected: dict[str, str] = dict(rejected or {})
+
+
+def _why(exc: OSError) -> str:
+    return f"cannot be examined: {exc.strerror or exc}" if isinstance(exc, OSError) else str(exc)
+
+
+def list_local(directory: str | os.PathLike[str], pattern: str, recursive: bool = False) -> Listing:
     """The files whose names match ``pattern`` in ``directory`` (one ``scandir``: cheap at 10,000 files),
     or anywhere below it (``recursive``; names are then paths relative to it). Names starting with a dot
-    (partial copies, temporary files, hidden folders) are skipped."""
+    (partial copies, temporary files, hidden folders) are skipped. Entries that cannot be examined (a
+    symbolic link loop or to nothing, a file that vanishes while listed) are listed as rejected."""
     root = Path(directory)
     if not root.is_dir():
         raise LandingLocationError(f"landing location {str(root)!r} is not a directory (or does not exist)")
-    files = []
+    listing = Listing()
     folders = [root]
     while folders:
         folder = folders.pop()
@@ -59,15 +73,24 @@ def list_local(directory: str | os.PathLike[str], pattern: str, recursive: bool 
             for entry in entries:
                 if entry.name.startswith("."):
                     continue
-                if recursive and entry.is_dir():
-                    folders.append(Path(entry.path))
-                    continue
-                if not fnmatch.fnmatch(entry.name, pattern) or not entry.is_file():
-                    continue
-                stat = entry.stat()
                 name = Path(entry.path).relative_to(root).as_posix()
-                files.append(SourceFile(name, str(Path(entry.path)), stat.st_size, stat.st_mtime_ns))
-    return sorted(files, key=lambda f: f.name)
+                try:
+                    if recursive and entry.is_dir():
+                        folders.append(Path(entry.path))
+                        continue
+                    if not fnmatch.fnmatch(entry.name, pattern):
+                        continue
+                    if not entry.is_file():
+                        if entry.is_symlink():
+                            listing.rejected[name] = "a symbolic link to nothing"
+                        continue
+                    stat = entry.stat()
+                except OSError as exc:
+                    listing.rejected[name] = _why(exc)
+                    continue
+                listing.append(SourceFile(name, str(Path(entry.path)), stat.st_size, stat.st_mtime_ns))
+    listing.sort(key=lambda f: f.name)
+    return listing
 
 
 def file_version(source: SourceFile) -> str:
@@ -77,20 +100,26 @@ def file_version(source: SourceFile) -> str:
     return content_version(source.location)
 
 
-def with_versions(files: Iterable[SourceFile], known: dict[str, tuple[str, str]]) -> list[SourceFile]:
+def with_versions(files: Iterable[SourceFile], known: dict[str, tuple[str, str]]) -> Listing:
     """Fill in each file's content version, reusing ``known[name] = (fingerprint, version)`` when the
-    fingerprint is unchanged, so only new or touched files are read."""
-    out = []
+    fingerprint is unchanged, so only new or touched files are read. Files that cannot be read (gone,
+    unreadable) are left out and listed as rejected, beside the listing's own rejected entries."""
+    out = Listing(rejected=getattr(files, "rejected", {}))
     for f in files:
         previous = known.get(f.name)
-        version = previous[1] if previous and previous[0] == f.fingerprint else file_version(f)
+        try:
+            version = previous[1] if previous and previous[0] == f.fingerprint else file_version(f)
+        except OSError as exc:
+            out.rejected[f.name] = _why(exc)
+            continue
         out.append(replace(f, version=version))
     return out
 
 
-def newest_first(files: Iterable[SourceFile]) -> list[SourceFile]:
+def newest_first(files: Iterable[SourceFile]) -> Listing:
     """Mosaic order: the most recently landed file first (ties broken by name, later names first)."""
-    return sorted(files, key=lambda f: (f.modified_ns, f.name), reverse=True)
+    return Listing(sorted(files, key=lambda f: (f.modified_ns, f.name), reverse=True),
+                   rejected=getattr(files, "rejected", {}))
 
 
 def manifest_version(files: Iterable[SourceFile]) -> str:
@@ -108,6 +137,7 @@ class LandingChanges:
     removed: list[str] = field(default_factory=list)
     unchanged: int = 0
     pending: list[SourceFile] = field(default_factory=list)  # not versioned yet (time budget): next tick
+    rejected: dict[str, str] = field(default_factory=dict)  # entries that cannot be examined or read
 
     @property
     def any(self) -> bool:
@@ -121,8 +151,8 @@ def diff_landing(
 ) -> LandingChanges:
     """Compare a listing with the cursor. Files whose fingerprint changed are versioned (read) to tell
     a content change from a mere touch, until ``deadline`` (``time.monotonic()``); the rest are pending."""
-    changes = LandingChanges()
-    names = set()
+    changes = LandingChanges(rejected=dict(getattr(current, "rejected", {})))
+    names = set(changes.rejected)  # an entry that cannot be examined now is not removed
     for f in current:
         names.add(f.name)
         previous = known.get(f.name)
@@ -132,7 +162,11 @@ def diff_landing(
         if deadline is not None and time.monotonic() > deadline:
             changes.pending.append(f)
             continue
-        versioned = replace(f, version=file_version(f))
+        try:
+            versioned = replace(f, version=file_version(f))
+        except OSError as exc:
+            changes.rejected[f.name] = _why(exc)
+            continue
         if previous is None:
             changes.added.append(versioned)
         elif previous[1] == versioned.version:
@@ -189,7 +223,7 @@ def list_s3(client, uri: str, pattern: str, recursive: bool = False) -> list[Sou
             modified = int(obj["LastModified"].timestamp() * 1_000_000_000)
             files.append(SourceFile(name, f"s3://{bucket}/{obj['Key']}", int(obj["Size"]), modified,
                                     etag=str(obj.get("ETag", "")).strip('"') or "-"))
-    return sorted(files, key=lambda f: f.name)
+    return Listing(sorted(files, key=lambda f: f.name))
 
 
 def contiguous_batches(ordered: list[str], wanted: set[str], max_size: int) -> list[list[str]]:

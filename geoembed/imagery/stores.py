@@ -22,7 +22,7 @@ import zarr
 from geoembed.core.geometry import boxes_lonlat
 from geoembed.core.lineage import VERSION_DTYPE, VERSION_ENCODING, encode_version
 from geoembed.core.sinks.geoparquet import total_bounds, wkb_column
-from geoembed.core.sinks.zarr import StorePath, zarr_target
+from geoembed.core.sinks.zarr import StorePath, consolidate, zarr_target
 from geoembed.imagery.chips import NODATA_CLASSES, NODATA_DN, RESOLUTION, ChipBlock, ChipGrid, band_wavelengths, chip_ids
 from geoembed.imagery.scenes import Scene
 
@@ -79,8 +79,10 @@ def datacube_template(scene: Scene, grid: ChipGrid, bands: list[str], rows: np.n
 
 
 def create_datacube(target: StorePath, template: xr.Dataset, encoding: dict) -> None:
+    """The datacube's arrays, empty; chunk writes change no metadata, so it is consolidated now."""
     template.to_zarr(zarr_target(target), mode="w", compute=False, zarr_format=3, consolidated=False,
                      encoding=encoding)
+    consolidate(target)
 
 
 def write_datacube_block(target: StorePath, first_chip: int, block: ChipBlock) -> None:

@@ -15,6 +15,7 @@ from typing import Callable, Protocol
 import numpy as np
 import torch
 
+from geoembed.core.evaluation import evaluation_problems
 from geoembed.core.lineage import weights_version
 from geoembed.core.triplet import random_dihedral, train_triplets
 from geoembed.imagery.encoders.chipnet import ChipNet, ChipNetSpec
@@ -142,6 +143,7 @@ class TrainedChipEncoder:
     quality: dict[str, float]  # held-out triplet accuracy: trained, untrained
     train_chips: int
     held_out_chips: int
+    problems: list[str]  # why the quality figures cannot be trusted (too few chips)
 
     @property
     def beats_untrained(self) -> bool:
@@ -155,14 +157,20 @@ def band_statistics(reflectance: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def train_chip_encoder(spec: ChipNetSpec, chips: TrainingChips, params: ChipTrainingParameters,
-                       log: Callable[[str], None] = lambda _: None) -> TrainedChipEncoder:
+                       log: Callable[[str], None] = lambda _: None,
+                       warn: Callable[[str], None] | None = None) -> TrainedChipEncoder:
     """Train ChipNet on ``chips`` and score it on held-out blocks of chips."""
     if len(chips) < 2:
         raise NoChipsError(f"{len(chips)} chip(s) with data: at least two are needed to train the chip encoder")
     crop = min(params.crop_size, chips.reflectance.shape[-1])
     held = held_out_blocks(chips, params.held_out_fraction, params.seed)
     train = np.nonzero(~held)[0]
-    test = np.nonzero(held)[0] if held.sum() >= 2 else train  # too few chips to hold out: say so in the metrics
+    test = np.nonzero(held)[0] if held.sum() >= 2 else train  # too few chips to hold out: said in ``problems``
+    # A chip yields many training crops: fewer chips than cells suffice.
+    problems = evaluation_problems(len(train), int(held.sum()) if held.sum() >= 2 else 0, "chips", min_train=8,
+                                   min_held_out=2)
+    for problem in problems:
+        (warn or log)(f"{problem}; the quality figures of this encoder cannot be trusted")
     mean, std = band_statistics(chips.reflectance[train])
     torch.manual_seed(params.seed)
     untrained = ChipNet(spec)
@@ -182,7 +190,7 @@ def train_chip_encoder(spec: ChipNetSpec, chips: TrainingChips, params: ChipTrai
     version = weights_version(spec.to_json(), model.state_dict())
     log(f"chip encoder {version}: held-out triplet accuracy {quality}")
     return TrainedChipEncoder(model.eval(), version, result.losses, time.perf_counter() - start, quality,
-                              len(train), int(held.sum()) if held.sum() >= 2 else 0)
+                              len(train), int(held.sum()) if held.sum() >= 2 else 0, problems)
 
 
 def load_training_chips(datacubes: list[tuple[str, object, np.ndarray]], bands: list[str], max_chips: int,

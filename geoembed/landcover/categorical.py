@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from geoembed.core.rasters import RasterInfo, RasterInputError, open_raster
+from geoembed.core.rasters import RasterInfo, RasterInputError, failing_reads, open_raster
 from geoembed.landcover.settings import ProductSettings
 
 BUILTIN_LEGENDS = ("igbp", "nlcd")
@@ -111,7 +111,8 @@ def distinct_values(location: str, nodata: int | None, max_pixels: int = 400_000
                 f"raster {location!r} has {src.width * src.height:,} pixels; give a legend instead of scanning it"
             )
         for _, window in src.block_windows(1):
-            block = src.read(1, window=window)
+            with failing_reads(f"raster {location!r}"):
+                block = src.read(1, window=window)
             found.update(int(v) for v in np.unique(block))
     if nodata is not None:
         found.discard(nodata)

@@ -293,7 +293,7 @@ def update_stencil(
     current_settings = settings.model_dump(mode="json")
     comparable = previous if previous and previous.settings == current_settings and previous.sources else None
     old_files = comparable.sources if comparable else {}
-    legend = comparable.class_legend if comparable else product_legend(settings, describe(files[0].location))
+    legend = comparable.class_legend if comparable else _first_legend(settings, files, describe, warn)
     scanned: list[FileStencil] = []
     for f in files:
         old = old_files.get(f.name)
@@ -316,7 +316,7 @@ def update_stencil(
                                    [region_key(int(r)) for r in stencil.regions], stencil.covered,
                                    stencil.cells_per_region, stencil.status_counts))
     mosaic = merge_stencils(scanned, comparable)
-    rejected = {f.name: f.error for f in scanned if f.error}
+    rejected = {**getattr(files, "rejected", {}), **{f.name: f.error for f in scanned if f.error}}
     if not any(mosaic.region_sources.values()):
         raise RasterInputError(f"no source file of {settings.name!r} covers an H3 cell with data; "
                                f"rejected files: {rejected}")
@@ -330,3 +330,18 @@ def update_stencil(
         sources={f.name: f for f in scanned},
     )
     return StencilUpdate(state, mosaic, rejected, comparable is not None)
+
+
+def _first_legend(settings: ProductSettings, files: list[SourceFile], describe: Callable[[str], RasterInfo],
+                  warn: Callable[[str], None]) -> Legend:
+    """The legend, from the newest file that can be read (in a landing location an unreadable newest
+    file is passed over: the scan lists it as rejected)."""
+    problems = []
+    for f in files:
+        try:
+            return product_legend(settings, describe(f.location))
+        except (RasterInputError, rasterio.errors.RasterioIOError) as exc:
+            if settings.landing is None:
+                raise
+            problems.append(f"{f.name}: {exc}")
+    raise RasterInputError(f"no source file of {settings.name!r} can be read: {problems[:5]}")

@@ -20,7 +20,7 @@ import zarr
 from geoembed.core.grids.h3 import ProductLayout
 from geoembed.core.lineage import VERSION_DTYPE, VERSION_ENCODING, decode_version, encode_version
 from geoembed.core.sinks.zarr import (
-    StorePath, h3_coordinate, is_remote, open_store, replace_directory, sibling, store_exists, store_lock,
+    StorePath, consolidate, h3_coordinate, is_remote, open_store, replace_directory, sibling, store_exists, store_lock,
     store_name, write_dataset, zarr_target,
 )
 from geoembed.landcover.windows import EMBEDDED, STATUSES, Legend, WindowSamples
@@ -134,6 +134,7 @@ def ensure_product_store(path: StorePath, layout: ProductLayout, dim: int, attrs
                                               consolidated=False, encoding=_ENCODING)
         if previous is not None and previous.sizes.get("embedding_dim") == dim and same_grid:
             _carry_over(previous, tmp, layout)
+        consolidate(tmp)
         replace_directory(tmp, final)
         return True
 
@@ -188,11 +189,15 @@ def write_product_region(
         part.to_zarr(zarr_target(path), **kwargs)
     with store_lock(path):
         group = zarr.open_group(zarr_target(path), mode="r+")
+        changed = False
         for key, values in (("model_versions", [model_version]), ("source_versions", sources)):
             seen = list(group.attrs.get(key, []))
             new = [v for v in values if v not in seen]
             if new:
                 group.attrs[key] = seen + new
+                changed = True
+        if changed:  # the consolidated metadata holds the attributes too
+            consolidate(path)
 
 
 def open_product(path: StorePath, chunks: dict | str | None = None) -> xr.Dataset:

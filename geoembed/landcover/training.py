@@ -15,7 +15,9 @@ import numpy as np
 import torch
 import xarray as xr
 
-from geoembed.core.evaluation import RegionSplit, knn_balanced_accuracy, pca_features, split_regions
+from geoembed.core.evaluation import (
+    RegionSplit, evaluation_problems, knn_balanced_accuracy, pca_features, split_regions,
+)
 from geoembed.core.grids.h3 import region_key
 from geoembed.landcover import encoder
 from geoembed.landcover.settings import ProductSettings
@@ -51,6 +53,7 @@ class TrainingSamples:
     train_rows: np.ndarray
     eval_train: np.ndarray
     eval_test: np.ndarray
+    held_out_cells: int = 0  # embeddable cells in held-out regions (0: eval_test are training cells)
 
 
 def load_training_samples(
@@ -78,7 +81,8 @@ def load_training_samples(
     in_train = np.isin(data["regions"], split.train)
     train_pool = np.nonzero(in_train)[0]
     test_pool = np.nonzero(~in_train)[0]
-    if len(test_pool) == 0:  # a single region: evaluate on training regions (reported as such)
+    held_out = len(test_pool)
+    if held_out == 0:  # a single region: evaluate on training regions (reported as such)
         test_pool = train_pool
 
     def pick(pool: np.ndarray, n: int) -> np.ndarray:
@@ -86,7 +90,7 @@ def load_training_samples(
 
     return TrainingSamples(**data, train_rows=pick(train_pool, config.max_train_cells),
                            eval_train=pick(train_pool, config.max_eval_cells),
-                           eval_test=pick(test_pool, config.max_eval_cells))
+                           eval_test=pick(test_pool, config.max_eval_cells), held_out_cells=held_out)
 
 
 def held_out_quality(data: TrainingSamples, model, untrained, dim: int) -> dict[str, float]:
@@ -122,6 +126,7 @@ class TrainedEncoder:
     metrics: dict  # what metrics.json and the checkpoint record
     split: RegionSplit
     train_cells: int
+    problems: list[str]  # why the quality figures cannot be trusted (too few cells or regions)
 
     @property
     def beats_untrained(self) -> bool:
@@ -134,11 +139,15 @@ def train_encoder(
     open_samples: Callable[[str], xr.Dataset | None],
     config: TripletHyperParameters,
     log: Callable[[str], None] = lambda _: None,
+    warn: Callable[[str], None] | None = None,
 ) -> TrainedEncoder:
     """Train the triplet CNN on the product's materialized samples and measure it on held-out regions."""
     name = settings.name
     split = split_regions(state.region_ids(), config.held_out_fraction, config.seed)
     data = load_training_samples(open_samples, name, state, split, config)
+    problems = evaluation_problems(len(data.train_rows), data.held_out_cells)
+    for problem in problems:
+        (warn or log)(f"{problem}; the quality figures of this model cannot be trusted")
     log(f"training on {len(data.train_rows):,} cells of {len(split.train)} regions; "
         f"{len(data.eval_test):,} held-out cells of {len(split.held_out)} regions")
     spec = encoder.EncoderSpec(n_tokens=len(state.legend) + 1, window_size=settings.window_size,
@@ -162,9 +171,10 @@ def train_encoder(
         "train_cells": int(len(data.train_rows)), "train_regions": len(split.train),
         "held_out_regions": [region_key(int(r)) for r in split.held_out], "quality_knn5_balanced_accuracy": quality,
         "macs_per_cell": encoder.flops_per_cell(spec), "torch": torch.__version__,
+        "held_out_cells": data.held_out_cells, "evaluation_problems": problems,
     }
     return TrainedEncoder(model, version, quality, result.losses, result.seconds, hyper, metrics, split,
-                          int(len(data.train_rows)))
+                          int(len(data.train_rows)), problems)
 
 
 def _config_values(config: TripletHyperParameters) -> dict:

@@ -14,7 +14,7 @@ import rasterio
 from rasterio.warp import transform as warp_transform
 from rasterio.windows import Window
 
-from geoembed.core.rasters import RasterInfo
+from geoembed.core.rasters import RasterInfo, failing_reads
 
 # Status codes stored per cell; the first three are embedded.
 STATUSES = (
@@ -124,7 +124,8 @@ class RasterBlocks:
         self.src = src
         self._full: np.ndarray | None = None
         if src.width * src.height <= cache_pixels:
-            self._full = src.read(1)
+            with failing_reads(f"raster {src.name!r}"):
+                self._full = src.read(1)
 
     def gather(self, rows: np.ndarray, cols: np.ndarray, inside: np.ndarray, fill: int) -> np.ndarray:
         out = np.full(rows.shape, fill, dtype=np.int64)
@@ -135,7 +136,8 @@ class RasterBlocks:
             out[inside] = self._full[r, c]
             return out
         rmin, rmax, cmin, cmax = r.min(), r.max(), c.min(), c.max()
-        block = self.src.read(1, window=Window(int(cmin), int(rmin), int(cmax - cmin + 1), int(rmax - rmin + 1)))
+        with failing_reads(f"raster {self.src.name!r}"):
+            block = self.src.read(1, window=Window(int(cmin), int(rmin), int(cmax - cmin + 1), int(rmax - rmin + 1)))
         out[inside] = block[r - rmin, c - cmin]
         return out
 

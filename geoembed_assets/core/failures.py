@@ -7,13 +7,17 @@ object store that is briefly unavailable gets the step re-run after 5 s, 10 s, 2
 """
 
 import functools
+import os
 from typing import Callable, TypeVar
 
 import dagster as dg
 
 from geoembed.core.transient import is_transient
 
-TRANSIENT_RETRY = dg.RetryPolicy(max_retries=3, delay=5, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS)
+# GEOEMBED_RETRY_DELAY_SECONDS: the first delay (default 5 s; tests shorten it).
+RETRY_DELAY_ENV_VAR = "GEOEMBED_RETRY_DELAY_SECONDS"
+TRANSIENT_RETRY = dg.RetryPolicy(max_retries=3, delay=float(os.environ.get(RETRY_DELAY_ENV_VAR) or 5),
+                                 backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS)
 
 F = TypeVar("F", bound=Callable)
 

@@ -69,6 +69,9 @@ def build_landing_sensor(spec: LandingSensorSpec) -> dg.SensorDefinition:
         known = sources.advance_cursor(known, changes)
         run_requests: list[dg.RunRequest] = []
         asset_events: list[dg.AssetObservation] = []
+        if changes.rejected:  # reported on every tick while they stay; they never stop the others
+            context.log.warning(f"{len(changes.rejected)} entries of {spec.location} cannot be used: "
+                                f"{dict(list(changes.rejected.items())[:20])}")
         if changes.removed:
             context.log.warning(f"{len(changes.removed)} files were removed from {spec.location}: "
                                 f"{changes.removed[:20]}; the next scan handles what only they covered")
@@ -83,6 +86,7 @@ def build_landing_sensor(spec: LandingSensorSpec) -> dg.SensorDefinition:
                     "added": dg.MetadataValue.json([f.name for f in changes.added][:100]),
                     "changed": dg.MetadataValue.json([f.name for f in changes.changed][:100]),
                     "removed": dg.MetadataValue.json(changes.removed[:100]),
+                    "rejected": dg.MetadataValue.json(dict(list(changes.rejected.items())[:100])),
                     "observed_by": sensor_name,
                 },
             ))

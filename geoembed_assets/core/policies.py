@@ -35,3 +35,17 @@ GPU_STEP = {"pool": GPU_POOL, "op_tags": {"dagster-k8s/config": GPU_STEP_K8S_CON
 
 def batched_backfills() -> dg.BackfillPolicy:
     return dg.BackfillPolicy.multi_run(max_partitions_per_run=PARTITIONS_PER_RUN)
+
+
+EVALUATION_CHECK = "enough_data_to_evaluate"
+
+
+def evaluation_check_spec(key: dg.AssetKey, what: str) -> dg.AssetCheckSpec:
+    return dg.AssetCheckSpec(EVALUATION_CHECK, asset=key, description=(
+        f"There were enough {what} to train on and to hold out: otherwise the model's quality figures are "
+        "not evidence of anything (the run warns, and this check fails)."))
+
+
+def evaluation_check_result(problems: list[str]) -> dg.AssetCheckResult:
+    return dg.AssetCheckResult(check_name=EVALUATION_CHECK, passed=not problems,
+                               metadata={"problems": dg.MetadataValue.json(problems)})

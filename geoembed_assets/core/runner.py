@@ -18,12 +18,47 @@ from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PART
 from geoembed_assets.core.policies import PARTITIONS_PER_RUN
 
 REPO_DAGSTER_YAML = Path(__file__).resolve().parents[2] / "dagster.yaml"
-LOG_CONFIG = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
+# Dagster's own log goes to the instance (the UI shows every event of every run); the console shows it
+# only when asked (geoembed run --verbose). The user sees our progress lines and, on failure, one line.
+QUIET, VERBOSE = "CRITICAL", "INFO"
+# Failures of Dagster's machinery around ours: the error to report is the one they wrap.
+_WRAPPERS = {"Failure", "RetryRequestedFromPolicy", "DagsterExecutionStepExecutionError",
+             "DagsterMaxRetriesExceededError", "DagsterUserCodeExecutionError"}
 
 
-def ensure_dagster_home(default: Path) -> Path:
-    """Use $DAGSTER_HOME, or create ``default`` with the project's dagster.yaml (local SQLite instance)."""
-    home = Path(os.environ.get("DAGSTER_HOME") or default).resolve()
+def log_config(level: str) -> dict:
+    return {"loggers": {"console": {"config": {"log_level": level}}}}
+
+
+class RunFailed(RuntimeError):
+    """A run of the main job failed. ``str()`` is the error our code raised (one line); ``causes`` the
+    class names of the errors behind it, deepest last."""
+
+    def __init__(self, message: str, causes: list[str], run_id: str, step: str):
+        super().__init__(message)
+        self.causes, self.run_id, self.step = causes, run_id, step
+
+
+def run_failure(result: dg.ExecuteInProcessResult, step: str) -> RunFailed:
+    """The failure of a run, told by the error behind Dagster's wrappers (retries exhausted, Failure)."""
+    for event in result.get_step_failure_events():
+        chain, error = [], event.step_failure_data.error
+        while error is not None:
+            chain.append(error)
+            error = error.cause
+        ours = [e for e in chain if e.cls_name not in _WRAPPERS] or chain
+        deepest = ours[-1]
+        first_line = deepest.message.strip().splitlines()[0] if deepest.message.strip() else deepest.cls_name
+        prefix = first_line.split(": ", 1)
+        message = prefix[1] if len(prefix) == 2 and prefix[0].rsplit(".", 1)[-1] == deepest.cls_name else first_line
+        return RunFailed(message, [e.cls_name for e in chain], result.run_id, step)
+    return RunFailed(f"the {step} run failed (run {result.run_id}; see it in the Dagster UI)", [], result.run_id, step)
+
+
+def ensure_dagster_home(default: Path, explicit: str | os.PathLike[str] | None = None) -> Path:
+    """The Dagster instance folder: ``explicit`` (a flag) wins over $DAGSTER_HOME, which wins over
+    ``default``; a new folder gets the project's dagster.yaml (local SQLite instance)."""
+    home = Path(explicit or os.environ.get("DAGSTER_HOME") or default).resolve()
     home.mkdir(parents=True, exist_ok=True)
     config = home / "dagster.yaml"
     if not config.exists() and REPO_DAGSTER_YAML.exists():
@@ -73,6 +108,7 @@ class AssetRunner:
     resources: dict
     say: Callable[[str], None] = print
     steps: list[StepTiming] = field(default_factory=list)
+    log_level: str = QUIET
 
     def _timed(self, step: str, started: float) -> None:
         elapsed = time.perf_counter() - started
@@ -86,8 +122,10 @@ class AssetRunner:
     def job(self, step: str, job_name: str) -> dg.ExecuteInProcessResult:
         started = time.perf_counter()
         result = self.definitions.resolve_job_def(job_name).execute_in_process(
-            instance=self.instance, run_config=LOG_CONFIG)
+            instance=self.instance, run_config=log_config(self.log_level), raise_on_error=False)
         self._timed(step, started)
+        if not result.success:
+            raise run_failure(result, step)
         return result
 
     def materialize(self, step: str, key: dg.AssetKey, tags: dict | None = None, config: dict | None = None,
@@ -96,9 +134,11 @@ class AssetRunner:
         its metadata."""
         started = time.perf_counter()
         result = dg.materialize(list(self.definitions.assets or []), selection=[key], instance=self.instance,
-                                resources=self.resources, run_config={**LOG_CONFIG, **(config or {})}, tags=tags or {},
-                                partition_key=partition_key)
+                                resources=self.resources, run_config={**log_config(self.log_level), **(config or {})},
+                                tags=tags or {}, partition_key=partition_key, raise_on_error=False)
         self._timed(step, started)
+        if not result.success:
+            raise run_failure(result, step)
         return materialization_metadata(result, key)
 
     def materialize_partitions(self, step: str, key: dg.AssetKey, partitions: Sequence[str],

@@ -43,7 +43,9 @@ from geoembed.imagery.training import load_training_chips, train_chip_encoder
 from geoembed_assets.core.failures import TRANSIENT_RETRY, fails_clearly
 from geoembed_assets.core.landing import LANDING_TAG
 from geoembed_assets.core.serving import index_asset
-from geoembed_assets.core.policies import GPU_STEP, REFRESH_WHEN_UPSTREAM_CHANGES, batched_backfills
+from geoembed_assets.core.policies import (
+    GPU_STEP, REFRESH_WHEN_UPSTREAM_CHANGES, batched_backfills, evaluation_check_result, evaluation_check_spec,
+)
 from geoembed_assets.imagery.partitions import ImageryKeys, ImageryPartitions
 from geoembed_assets.imagery.sensors import build_scene_sensor
 from geoembed_assets.imagery.state import known_scene_files, layout_of, read_catalog, scene_files
@@ -233,7 +235,7 @@ def encoder_asset(settings: ImageryProductSettings, keys: ImageryKeys, single) -
     @single(key=keys.encoder, deps=[keys.chips], code_version="1", kinds={"pytorch"}, check_specs=[
         dg.AssetCheckSpec("beats_untrained_baseline", asset=keys.encoder, description=(
             "Our encoder: held-out triplet accuracy of the trained network exceeds the same network untrained "
-            "(Clay: pretrained, nothing to compare)."))])
+            "(Clay: pretrained, nothing to compare).")), evaluation_check_spec(keys.encoder, "chips")])
     @fails_clearly
     def chip_encoder(context: dg.AssetExecutionContext, config: ChipTrainingConfig, storage: ProductStorage):
         """The chip encoder. ``geoembed``: our ChipNet, trained self-supervised (triplet loss on crops:
@@ -250,7 +252,8 @@ def encoder_asset(settings: ImageryProductSettings, keys: ImageryKeys, single) -
             return dg.MaterializeResult(
                 data_version=dg.DataVersion(loaded.version),
                 check_results=[dg.AssetCheckResult(check_name="beats_untrained_baseline", passed=True,
-                                                   metadata={"note": "pretrained Clay weights: not trained here"})],
+                                                   metadata={"note": "pretrained Clay weights: not trained here"}),
+                               evaluation_check_result([])],
                 metadata={"model_version": loaded.version, "kind": "clay", "size": clay.size,
                           "checkpoint": dg.MetadataValue.path(clay.checkpoint_path),
                           "checkpoint_sha256": loaded.description["checkpoint_sha256"],
@@ -263,13 +266,13 @@ def encoder_asset(settings: ImageryProductSettings, keys: ImageryKeys, single) -
                                     config.max_train_chips, config.seed)
         spec = ChipNetSpec(tuple(bands), settings.encoder.embedding_dim, settings.encoder.patch_dim,
                            settings.encoder.patch_size, settings.encoder.width)
-        trained = train_chip_encoder(spec, chips, config, log=context.log.info)
+        trained = train_chip_encoder(spec, chips, config, log=context.log.info, warn=context.log.warning)
         folder = storage.model_dir(name, trained.version)
         metrics = {"model_version": trained.version, "kind": "geoembed", "spec": spec.to_json(),
                    "hyper_parameters": config.model_dump(), "losses": trained.losses,
                    "training_seconds": trained.seconds, "quality_triplet_accuracy": trained.quality,
                    "train_chips": trained.train_chips, "held_out_chips": trained.held_out_chips,
-                   "scene_versions": catalog.versions()}
+                   "evaluation_problems": trained.problems, "scene_versions": catalog.versions()}
         storage.write_bytes(folder / "checkpoint.pt", encoders.save_chipnet(trained.model, {"metrics": metrics}))
         loss_png = loss_curve_png(trained.losses, f"{name}: chip encoder triplet loss, model {trained.version}")
         storage.write_bytes(folder / "loss_curve.png", loss_png)
@@ -280,10 +283,12 @@ def encoder_asset(settings: ImageryProductSettings, keys: ImageryKeys, single) -
             data_version=dg.DataVersion(trained.version),
             check_results=[dg.AssetCheckResult(
                 check_name="beats_untrained_baseline", passed=trained.beats_untrained,
-                severity=dg.AssetCheckSeverity.WARN, metadata=trained.quality)],
+                severity=dg.AssetCheckSeverity.WARN, metadata=trained.quality),
+                evaluation_check_result(trained.problems)],
             metadata={"model_version": trained.version, "kind": "geoembed",
                       "quality_triplet_accuracy": dg.MetadataValue.json(trained.quality),
                       "train_chips": trained.train_chips, "held_out_chips": trained.held_out_chips,
+                      "evaluation_problems": dg.MetadataValue.json(trained.problems),
                       "training_seconds": round(trained.seconds, 1),
                       "hyper_parameters": dg.MetadataValue.json({**config.model_dump(), **spec.to_json()}),
                       "loss_curve": dg.MetadataValue.md(markdown_image(loss_png, "triplet loss")),

@@ -9,8 +9,9 @@ from typing import Callable
 import dagster as dg
 
 from geoembed.imagery.settings import ImageryProductSettings
-from geoembed_assets.core.runner import AssetRunner, RunSummary
+from geoembed_assets.core.runner import QUIET, VERBOSE, AssetRunner, RunSummary
 from geoembed_assets.definitions import build_definitions, default_resources
+from geoembed_resources.postgres import describe_database
 from geoembed_assets.imagery.partitions import ImageryKeys, ImageryPartitions, scene_key
 from geoembed_assets.imagery.state import layout_of, read_catalog
 
@@ -32,12 +33,13 @@ def materialize_imagery_product(
     resources: dict | None = None,
     run_config: dict | None = None,
     say: Callable[[str], None] = print,
+    verbose: bool = False,
 ) -> ImageryRunSummary:
     """Materialize every asset of an imagery product (every scene of its tiles) on ``instance``."""
     resources = resources or default_resources()
     defs = build_definitions([settings], resources)
     keys, parts = ImageryKeys(settings.name), ImageryPartitions.of(settings.name)
-    runner = AssetRunner(defs, instance, resources, say)
+    runner = AssetRunner(defs, instance, resources, say, log_level=VERBOSE if verbose else QUIET)
     summary = ImageryRunSummary(settings.name, steps=runner.steps)
     storage = resources["storage"]
 
@@ -63,6 +65,9 @@ def materialize_imagery_product(
     summary.quality = encoder_meta.get("quality_triplet_accuracy") or {}
     say(f"[geoembed] chip encoder {summary.model_version} ({encoder_meta.get('kind')})"
         + (f", held-out triplet accuracy {summary.quality}" if summary.quality else ""))
+    for problem in encoder_meta.get("evaluation_problems") or []:
+        say(f"[geoembed] WARNING: {problem}: the encoder's quality figures cannot be trusted "
+            "(check enough_data_to_evaluate failed)")
     summary.embedded_chips = each_scene("embeddings", keys.embeddings, "chips")
     tiles_with_scenes = sorted({s.tile for s in catalog.scenes})
     files = []
@@ -83,7 +88,7 @@ def materialize_imagery_product(
         "GeoParquet (Clay layout)": ", ".join(files),
         "change over time": str(layout.outputs / "change" / summary.model_version),
         "chip grids (GeoJSON)": str(layout.outputs / "chip_grids"),
-        "PostgreSQL table": f"{index.get('table')} at {resources['database'].resolved_dsn()}",
+        "PostgreSQL table": f"{index.get('table')} at {describe_database(resources['database'])}",
         "Dagster instance": str(instance.root_directory),
     }
     summary.finish()

@@ -25,6 +25,7 @@ from geoembed.core.render import embedding_map_png, loss_curve_png, markdown_ima
 from geoembed.core.sinks import pgvector as db
 from geoembed.core.sources import manifest_version, newest_first
 from geoembed.landcover import encoder
+from geoembed.core.rasters import RasterInputError
 from geoembed.landcover.regions import MosaicRasters, region_embeddings, region_rows, region_samples
 from geoembed.landcover.settings import ProductSettings
 from geoembed.landcover.stencil import update_stencil
@@ -32,7 +33,8 @@ from geoembed.landcover.training import quality_table, train_encoder
 from geoembed.landcover.windows import EMBEDDED, STATUSES
 from geoembed_assets.core.failures import TRANSIENT_RETRY, fails_clearly
 from geoembed_assets.core.policies import (
-    GPU_STEP, PARTITIONS_PER_RUN, REFRESH_WHEN_UPSTREAM_CHANGES, batched_backfills,
+    GPU_STEP, PARTITIONS_PER_RUN, REFRESH_WHEN_UPSTREAM_CHANGES, batched_backfills, evaluation_check_result,
+    evaluation_check_spec,
 )
 from geoembed_assets.landcover.partitions import LandcoverKeys, region_partitions
 from geoembed_assets.core.landing import LANDING_TAG
@@ -103,13 +105,23 @@ def source_asset(settings: ProductSettings, keys: LandcoverKeys) -> dg.SourceAss
         files = raster_reader.source_files(settings, storage.known_source_versions(settings.name))
         if not files:
             raise _no_files(settings)
-        newest = newest_first(files)[0]
-        info = raster_reader.describe(newest.location, settings.nodata)
+        rejected = dict(files.rejected)
+        for newest in newest_first(files):  # the newest file that can be read describes the source
+            try:
+                info = raster_reader.describe(newest.location, settings.nodata)
+                break
+            except RasterInputError as exc:
+                if settings.landing is None:
+                    raise
+                rejected[newest.name] = str(exc)
+        else:
+            raise RasterInputError(f"no file of landing location {settings.landing!r} can be read: {rejected}")
         return dg.ObserveResult(
             data_version=dg.DataVersion(manifest_version(files)),
             metadata={
                 "location": settings.landing or newest.location,
                 "files": len(files),
+                "rejected": dg.MetadataValue.json(rejected),
                 "newest_file": newest.name,
                 "crs": info.crs.to_string(),
                 "size": f"{info.width} x {info.height}",
@@ -219,6 +231,7 @@ def model_asset(settings: ProductSettings, keys: LandcoverKeys, single) -> dg.As
     @single(key=keys.model, deps=[keys.samples], code_version="1", kinds={"pytorch"}, check_specs=[
         dg.AssetCheckSpec("beats_untrained_baseline", asset=keys.model, description=(
             "Held-out kNN balanced accuracy of the trained model exceeds the same network untrained.")),
+        evaluation_check_spec(keys.model, "cells and regions"),
     ])
     @fails_clearly
     def embedding_model(context: dg.AssetExecutionContext, config: TrainingConfig, storage: ProductStorage):
@@ -230,7 +243,7 @@ def model_asset(settings: ProductSettings, keys: LandcoverKeys, single) -> dg.As
         def open_samples(key: str):
             return storage.open_samples(name, key) if storage.samples_path(name, key).exists() else None
 
-        trained = train_encoder(settings, state, open_samples, config, log=context.log.info)
+        trained = train_encoder(settings, state, open_samples, config, log=context.log.info, warn=context.log.warning)
         version = trained.version
         folder = storage.model_dir(name, version)
         storage.write_bytes(folder / "checkpoint.pt", encoder.save_checkpoint(trained.model, {"metrics": trained.metrics}))
@@ -247,13 +260,14 @@ def model_asset(settings: ProductSettings, keys: LandcoverKeys, single) -> dg.As
                 severity=dg.AssetCheckSeverity.WARN,
                 metadata={"trained": quality["trained"], "untrained": quality["untrained"],
                           "held_out_regions": len(trained.split.held_out)},
-            )],
+            ), evaluation_check_result(trained.problems)],
             metadata={
                 "model_version": version,
                 "source_version": state.source_version,
                 "hyper_parameters": dg.MetadataValue.json(trained.hyper_parameters),
                 "quality_knn5_balanced_accuracy": dg.MetadataValue.md(quality_table(quality)),
                 "trained_beats_untrained": trained.beats_untrained,
+                "evaluation_problems": dg.MetadataValue.json(trained.problems),
                 "final_loss": float(np.mean(trained.losses[-max(1, len(trained.losses) // 20):])),
                 "loss_curve": dg.MetadataValue.md(markdown_image(loss_png, "triplet loss")),
                 "training_seconds": round(trained.seconds, 1),

@@ -13,8 +13,9 @@ import numpy as np
 
 from geoembed.landcover.settings import ProductSettings
 from geoembed.landcover.windows import EMBEDDED
-from geoembed_assets.core.runner import AssetRunner, RunSummary
+from geoembed_assets.core.runner import QUIET, VERBOSE, AssetRunner, RunSummary
 from geoembed_assets.definitions import build_definitions, default_resources
+from geoembed_resources.postgres import describe_database
 from geoembed_assets.landcover.partitions import LandcoverKeys, region_partitions
 
 
@@ -33,12 +34,13 @@ def materialize_product(
     resources: dict | None = None,
     run_config: dict | None = None,
     say: Callable[[str], None] = print,
+    verbose: bool = False,
 ) -> ProductRunSummary:
     """Materialize every asset of a land-cover product (all region partitions) on ``instance``."""
     resources = resources or default_resources()
     defs = build_definitions([settings], resources)
     keys = LandcoverKeys(settings.name)
-    runner = AssetRunner(defs, instance, resources, say)
+    runner = AssetRunner(defs, instance, resources, say, log_level=VERBOSE if verbose else QUIET)
     summary = ProductRunSummary(settings.name, steps=runner.steps)
 
     runner.job("observe source", keys.observe_job)
@@ -56,6 +58,9 @@ def materialize_product(
     summary.model_version = str(model_meta.get("model_version", ""))
     summary.quality = str(model_meta.get("quality_knn5_balanced_accuracy", ""))
     say(f"[geoembed] model {summary.model_version} trained in {model_meta.get('training_seconds')} s")
+    for problem in model_meta.get("evaluation_problems") or []:
+        say(f"[geoembed] WARNING: {problem}: the model's quality figures cannot be trusted "
+            "(check enough_data_to_evaluate failed)")
     runner.materialize_partitions("embeddings", keys.embeddings, partitions, cells)
     map_meta = runner.materialize("map", keys.map)
     runner.materialize_partitions("database load", keys.table, partitions, cells)
@@ -71,7 +76,7 @@ def materialize_product(
         "model": str(model_meta.get("checkpoint", "")),
         "model (TorchScript)": str(model_meta.get("torchscript", "")),
         "embedding map (PNG)": str(map_meta.get("path", "")),
-        "PostgreSQL table": f"{index_meta.get('table')} at {resources['database'].resolved_dsn()}",
+        "PostgreSQL table": f"{index_meta.get('table')} at {describe_database(resources['database'])}",
         "Dagster instance": str(instance.root_directory),
     }
     summary.finish()

@@ -296,3 +296,21 @@ def test_a_read_only_role_can_search_and_cannot_write(database, loaded):
             conn.execute("REVOKE ALL ON ALL TABLES IN SCHEMA geoembed FROM geoembed_reader_test")
             conn.execute("REVOKE ALL ON SCHEMA geoembed FROM geoembed_reader_test")
             conn.execute("DROP ROLE geoembed_reader_test")
+
+
+def test_a_throw_away_embedded_server_is_stopped_with_its_block(tmp_path):
+    """What benchmarks start does not outlive them: the server is stopped before its folder goes."""
+    import subprocess
+    import sys
+
+    import psutil
+
+    folder = tmp_path / "throwaway"
+    code = ("import psycopg, shutil\n"
+            "from geoembed_resources.postgres import embedded_server\n"
+            f"with embedded_server({str(folder)!r}) as dsn:\n"
+            "    psycopg.connect(dsn).close()\n"
+            f"shutil.rmtree({str(folder)!r})\n")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=300)
+    survivors = [p for p in psutil.process_iter(["cmdline"]) if str(folder) in " ".join(p.info["cmdline"] or [])]
+    assert not survivors and not folder.exists()

@@ -110,3 +110,18 @@ def test_versions_must_be_content_hashes(tmp_path):
     with pytest.raises(ValueError, match="not a 16-hex-digit"):
         write_product_region(path, layout, HEXAGONS[0], embedding=_vectors(HEXAGONS[0], n),
                              status=np.zeros(n, np.uint8), model_version="latest", source_version="00000000000000aa")
+
+
+def test_users_open_the_store_from_consolidated_metadata_that_stays_current(tmp_path):
+    """A plain xr.open_zarr (consolidated metadata: one read, one request on S3) warns of nothing, and its
+    attributes follow each region write's lineage."""
+    import warnings
+
+    path = tmp_path / "e.zarr"
+    ensure_product_store(path, _layout(HEXAGONS), DIM, {"product": "t"})
+    _write((path, HEXAGONS, HEXAGONS[0], 0.0))
+    _write((path, HEXAGONS, HEXAGONS[1], 1.0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ds = xr.open_zarr(path)
+    assert ds.attrs["model_versions"] == [V1, "0000000000000002"]

@@ -13,6 +13,7 @@ import os
 import shutil
 import tempfile
 import uuid
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -20,6 +21,7 @@ from typing import Iterator
 import fsspec
 import numpy as np
 import xarray as xr
+import zarr
 from filelock import FileLock
 from zarr.storage import FsspecStore
 
@@ -131,11 +133,20 @@ def staged_store(path: StorePath) -> Iterator[StorePath]:
     replace_directory(tmp, final)
 
 
+def consolidate(target: StorePath) -> None:
+    """Write the store's consolidated metadata (one read opens it; on S3 one request instead of one per
+    array). Zarr v3 has it as an extension zarr-python warns about; every client we know reads it."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Consolidated metadata is currently not part", category=UserWarning)
+        zarr.consolidate_metadata(zarr_target(target))
+
+
 def write_dataset(path: StorePath, ds: xr.Dataset, encoding: dict | None = None) -> None:
-    """Write a whole dataset as a Zarr v3 store; locally a re-write replaces the previous store only once
-    the new one is complete (readers see the old store or the new one, never a mix)."""
+    """Write a whole dataset as a Zarr v3 store with consolidated metadata; locally a re-write replaces
+    the previous store only once the new one is complete (readers see the old store or the new one)."""
     with staged_store(path) as target:
         ds.to_zarr(zarr_target(target), mode="w", zarr_format=3, consolidated=False, encoding=encoding)
+        consolidate(target)
 
 
 def open_store(path: StorePath, what: str, chunks: dict | str | None = None) -> xr.Dataset:

@@ -22,6 +22,7 @@ import dagster as dg
 from dagster._core.definitions.data_version import DATA_VERSION_TAG
 
 from geoembed.core import sources
+from geoembed.core.errors import InputError
 from geoembed_resources import ProductStorage, RasterReader
 
 # Tag on the runs the landing sensor requests (the scan asset reports it back in its metadata).
@@ -63,7 +64,11 @@ def build_landing_sensor(spec: LandingSensorSpec) -> dg.SensorDefinition:
         if not context.cursor:
             # First evaluation: what the product was last built from counts as seen.
             known = spec.known_files(storage)
-        listing = spec.list_files(raster_reader)
+        try:
+            listing = spec.list_files(raster_reader)
+        except InputError as exc:  # the location itself is wrong: one line in the UI, the cursor kept
+            context.log.error(str(exc))
+            return dg.SensorResult(skip_reason=str(exc), cursor=context.cursor)
         listed = time.monotonic()
         changes = sources.diff_landing(known, listing, deadline=started + VERSIONING_BUDGET_SECONDS)
         known = sources.advance_cursor(known, changes)

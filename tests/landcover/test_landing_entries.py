@@ -85,3 +85,18 @@ def test_bad_entries_never_stop_the_run_or_the_sensor(tmp_path):
         observation = result.asset_events[0]
         assert observation.metadata["added"].value == ["lc_2.tif"]
         assert {"loop_a.tif", "gone.tif"} <= set(observation.metadata["rejected"].value)
+
+
+def test_a_missing_landing_location_is_one_line_in_the_sensor(tmp_path):
+    product = tmp_path / "gone.yaml"
+    product.write_text(yaml.safe_dump({"name": "gone", "landing": str(tmp_path / "not_there"), "resolution": 6,
+                                       "legend": {1: "a"}}))
+    settings = load_settings(product)
+    resources = local_resources(tmp_path / "data")
+    sensor = build_definitions([settings], resources).get_sensor_def(landing_sensor_name("gone"))
+    kept = sources.encode_cursor({"a.tif": ("1:2:", "0123456789abcdef")}, {"stencil_storage_id": 7})
+    with dg.instance_for_test() as instance, dg.build_sensor_context(instance=instance, resources=resources,
+                                                                     cursor=kept) as context:
+        result = sensor(context)
+    assert not result.run_requests and result.cursor == kept  # nothing forgotten while the location is gone
+    assert "not_there" in result.skip_reason.skip_message and "is not a directory" in result.skip_reason.skip_message

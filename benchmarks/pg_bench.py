@@ -149,6 +149,41 @@ def _area_for(conn, table, lon, lat, fraction, total, resolution, postgis):
     return best
 
 
+def _summary(label: str, latencies: list[float], recalls: list[float], unique: list[bool], complete: int,
+             n: int, extra: str = "", plans: set | None = None) -> None:
+    outside = [r for r, u in zip(recalls, unique) if u]
+    print(f"  {label:<24}{extra:<26} p50 {statistics.median(latencies):7.2f} ms  p95 {np.percentile(latencies, 95):7.2f} ms  "
+          f"recall@10 {statistics.mean(recalls):.3f}, outside identical groups {statistics.mean(outside) if outside else float('nan'):.3f} "
+          f"({len(outside)} queries)  k rows {complete}/{n}" + (f"  plan: {', '.join(sorted(plans))}" if plans else ""))
+
+
+def _rows_index_baseline(conn, table: str, picks, k: int) -> tuple[list[float], list[float], int]:
+    """The search before distinct vectors: an HNSW index over every row (built here, dropped after)."""
+    index = f"{table}_bench_rows_hnsw"
+    ident = sql.Identifier(db.SCHEMA, table)
+    started = time.perf_counter()
+    conn.execute("SET maintenance_work_mem = '512MB'")
+    conn.execute(sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {} USING hnsw (embedding vector_cosine_ops)").format(
+        sql.Identifier(index), ident))
+    print(f"  (baseline: HNSW over all {db.count_rows(conn, table):,} rows built in {time.perf_counter() - started:.0f} s)")
+    latencies, recalls, copies_of_one = [], [], 0
+    try:
+        for cell, _, _, vector, _ in picks:
+            start = time.perf_counter()
+            with conn.transaction():
+                conn.execute("SET LOCAL hnsw.ef_search = 100")
+                rows = conn.execute(sql.SQL("SELECT h3, embedding <=> %s, vector_id FROM {} ORDER BY embedding <=> %s "
+                                            "LIMIT %s").format(ident), (vector, vector, k + 1), prepare=False).fetchall()
+            latencies.append((time.perf_counter() - start) * 1000)
+            rows = [r for r in rows if r[0] != cell][:k]
+            truth = _exact(conn, table, vector, int(cell), k, None, False)
+            recalls.append(db.recall([float(r[1]) for r in rows], truth, k))
+            copies_of_one += len({r[2] for r in rows}) == 1 and truth[-1] > truth[0] + 1e-6
+    finally:
+        conn.execute(sql.SQL("DROP INDEX IF EXISTS {}").format(sql.Identifier(db.SCHEMA, index)))
+    return latencies, recalls, copies_of_one
+
+
 def bench_query(args: argparse.Namespace) -> None:
     database = PostgresDatabase(dsn=os.environ.get("GEOEMBED_PG_DSN") or None,
                                 embedded_dir=str(DATA_DIR / "postgres"))
@@ -156,15 +191,23 @@ def bench_query(args: argparse.Namespace) -> None:
     with database.connect() as conn:
         found = db.latest_model_table(conn, args.product)
         total = db.count_rows(conn, found.table)
+        ident = sql.Identifier(db.SCHEMA, found.table)
+        distinct = db.count_rows(conn, db.vectors_table(found.table))
+        largest = conn.execute(sql.SQL("SELECT count(*) FROM {} GROUP BY vector_id ORDER BY 1 DESC LIMIT 1").format(
+            ident)).fetchone()[0]
         print(f"query benchmark: {args.product!r}, table {db.SCHEMA}.{found.table}: {total:,} rows x {found.dim}-d, "
-              f"k={k}, {args.queries} queries per case, PostgreSQL {conn.execute('SHOW server_version').fetchone()[0]}")
+              f"{distinct:,} distinct vectors (the largest identical group: {largest:,} rows, "
+              f"{100 * largest / total:.0f} %), k={k}, {args.queries} queries per case, PostgreSQL "
+              f"{conn.execute('SHOW server_version').fetchone()[0]}")
         conn.execute("SELECT setseed(0.42)")
-        picks = conn.execute(sql.SQL("SELECT h3, lon, lat, embedding FROM {} ORDER BY random() LIMIT %s").format(
-            sql.Identifier(db.SCHEMA, found.table)), (args.queries,)).fetchall()
+        picks = conn.execute(sql.SQL(
+            "SELECT t.h3, t.lon, t.lat, t.embedding, (SELECT count(*) FROM {t} AS u WHERE u.vector_id = t.vector_id) = 1 "
+            "FROM (SELECT * FROM {t} ORDER BY random() LIMIT %s) AS t").format(t=ident), (args.queries,)).fetchall()
+        unique = [bool(p[4]) for p in picks]
         search.similar(conn, args.product, int(picks[0][0]), k=k)  # warm the index pages
         for label, fraction in (("unfiltered", None), ("area ~0.1%", 0.001), ("area ~1%", 0.01), ("area ~10%", 0.1)):
             latencies, recalls, complete, selectivity, plans = [], [], 0, [], set()
-            for cell, lon, lat, vector in picks:
+            for cell, lon, lat, vector, _ in picks:
                 area = None
                 if fraction is not None:
                     area, count = _area_for(conn, found.table, lon, lat, fraction, total, found.resolution,
@@ -173,14 +216,19 @@ def bench_query(args: argparse.Namespace) -> None:
                 start = time.perf_counter()
                 result = search.similar(conn, args.product, int(cell), k=k, area=area)
                 latencies.append((time.perf_counter() - start) * 1000)
-                plans.add(result.plan.split(" (")[0])
+                plans.add(result.plan.split(" (")[0].split(",")[0])
                 truth = _exact(conn, found.table, vector, int(cell), k, area, found.has_geometry)
                 recalls.append(db.recall([m.distance for m in result.matches], truth, k))
                 complete += len(result.matches) == min(k, len(truth))
-            extra = f" (mean selectivity {100 * statistics.mean(selectivity):.2f}%)" if selectivity else ""
-            print(f"  {label:<11}{extra:<28} p50 {statistics.median(latencies):7.2f} ms  "
-                  f"p95 {np.percentile(latencies, 95):7.2f} ms  recall@10 {statistics.mean(recalls):.3f}  "
-                  f"k rows returned {complete}/{len(picks)}  plan: {', '.join(sorted(plans))}")
+            extra = f" (selectivity {100 * statistics.mean(selectivity):.2f}%)" if selectivity else ""
+            _summary(label, latencies, recalls, unique, complete, len(picks), extra, plans)
+        report = search.recall_report(conn, found, n_queries=args.queries, k=k)
+        print(f"  recall check (queries over distinct vectors): {report.overall:.3f}, outside identical groups "
+              f"{report.outside_identical_groups:.3f} ({report.queries_outside} of {report.queries} queries)")
+        if args.baseline:
+            latencies, recalls, copies = _rows_index_baseline(conn, found.table, picks, k)
+            _summary("baseline: rows index", latencies, recalls, unique, len(picks), len(picks))
+            print(f"  baseline: queries answered with k copies of one vector although the exact k differ: {copies}")
 
 
 def main() -> None:
@@ -192,6 +240,9 @@ def main() -> None:
     query = sub.add_parser("query")
     query.add_argument("--product", default="modis_global_res5")
     query.add_argument("--queries", type=int, default=100)
+    query.add_argument("--baseline", action="store_true",
+                       help="also build an HNSW index over every row (the search before distinct vectors) and "
+                            "measure it on the same queries (minutes on the res-5 product)")
     args = parser.parse_args()
     bench_load(args) if args.command == "load" else bench_query(args)
 

@@ -135,11 +135,71 @@ def test_dimension_mismatch_fails_before_writing(database, loaded):
 
 def test_hnsw_recall_and_registry(database, loaded):
     with database.connect() as conn:
-        assert db.recall_at_k(conn, loaded, n_queries=50, k=10) >= 0.95
         found = db.latest_model_table(conn, "dbtest", "v1")
         assert (found.table, found.dim, found.resolution) == (loaded, DIM, RES)
-        indexes = [r[0] for r in conn.execute("SELECT indexdef FROM pg_indexes WHERE tablename = %s", (loaded,))]
+        report = search.recall_report(conn, found, n_queries=50, k=10)
+        assert report.overall >= 0.95 and report.outside_identical_groups >= 0.95 and report.queries == 50
+        indexes = [r[0] for r in conn.execute("SELECT indexdef FROM pg_indexes WHERE tablename = %s",
+                                              (db.vectors_table(loaded),))]
         assert any("hnsw" in i and "vector_cosine_ops" in i for i in indexes)
+
+
+def test_identical_vectors_are_one_point_of_the_index(database):
+    """43 % of the default product's cells share one vector: a large group of identical rows must not
+    crowd the index (the search came back with ten copies of one far-away vector, and recall outside the
+    groups fell to 0.89). Here 45 % of rows share one vector and 15 % another."""
+    rng = np.random.default_rng(3)
+    region = REGIONS[0]
+    cells = np.concatenate([region_cells(r, RES) for r in REGIONS[:3]])
+    lat, lon = cell_centres(cells)
+    vectors = rng.normal(size=(len(cells), DIM)).astype(np.float32)
+    water, desert = rng.normal(size=(2, DIM)).astype(np.float32)
+    group = rng.random(len(cells))
+    vectors[group < 0.45] = water
+    vectors[(group >= 0.45) & (group < 0.6)] = desert
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    with database.connect() as conn:
+        table = db.ensure_embedding_table(conn, "dupes", "v1", DIM, RES)
+        rows = db.TableRows(region, cells.astype(np.int64), lon, lat, vectors, "v1", "s",
+                            geometry=lambda: [db.hexagon_ewkb(int(c)) for c in cells])
+        db.replace_partition(conn, table, rows, db.H3_CELLS)
+        db.build_hnsw_index(conn, table)
+        found = db.latest_model_table(conn, "dupes", "v1")
+        assert db.count_rows(conn, db.vectors_table(table)) == len(np.unique(vectors, axis=0))
+        report = search.recall_report(conn, found, n_queries=60, k=10)
+        assert report.overall >= 0.95 and report.outside_identical_groups >= 0.95
+        assert report.distinct_vectors == len(np.unique(vectors, axis=0)) < 0.45 * len(cells)
+        # A query in the big group: its k neighbours are k other cells of the group (distance 0).
+        query = int(cells[np.nonzero(group < 0.45)[0][0]])
+        result = search.similar(conn, "dupes", query, k=10)
+        assert len(result.matches) == 10 and max(m.distance for m in result.matches) < 1e-6
+        # A unique vector: its neighbours are distinct cells, nearest first, matching an exact scan.
+        unique = int(cells[np.nonzero(group >= 0.6)[0][0]])
+        found_ids = [m.h3 for m in search.similar(conn, "dupes", unique, k=10).matches]
+        vector = vectors[list(cells).index(unique)]
+        order = np.argsort(1 - vectors @ vector, kind="stable")
+        exact = [int(c) for c in cells[order] if int(c) != unique][:10]
+        distances = 1 - vectors @ vector
+        kth = sorted(distances[cells != unique])[9]
+        assert all(distances[list(cells).index(c)] <= kth + 1e-6 for c in found_ids) and len(found_ids) == 10
+        assert len(set(found_ids)) == 10 and exact[0] in found_ids
+
+
+def test_a_table_made_before_vector_ids_is_brought_up_to_date(database):
+    rows = region_rows(REGIONS[1], version="legacy0000000000")
+    with database.connect() as conn:
+        table = db.ensure_embedding_table(conn, "legacy", "legacy0000000000", DIM, RES)
+        db.replace_region(conn, table, rows)
+        conn.execute(f'ALTER TABLE geoembed."{table}" DROP COLUMN vector_id')  # as tables were made before
+        conn.execute(f'DROP TABLE geoembed."{db.vectors_table(table)}"')
+        found = db.latest_model_table(conn, "legacy", "legacy0000000000")
+        with pytest.raises(LookupError, match="before distinct-vector indexing: materialize its index asset"):
+            search.similar(conn, "legacy", int(rows.cells[0]), k=3)
+        assert db.ensure_vector_ids(conn, found) and not db.ensure_vector_ids(conn, found)
+        db.build_hnsw_index(conn, table)
+        assert len(search.similar(conn, "legacy", int(rows.cells[0]), k=3).matches) == 3
+        ids = [r[0] for r in conn.execute(f'SELECT vector_id FROM geoembed."{table}" ORDER BY h3')]
+        assert ids == db.vector_ids(rows.embedding[np.argsort(rows.cells.astype(np.int64))]).tolist()
 
 
 def test_unreachable_database_is_retried_then_reported_without_password():
@@ -171,13 +231,13 @@ def test_area_filtered_search_returns_k_rows_inside_the_area(database, loaded, b
 
 
 def test_large_area_search_uses_the_index_and_still_returns_k(database, loaded, monkeypatch):
-    monkeypatch.setattr(search, "EXACT_SEARCH_MAX_ROWS", 10)  # force the HNSW iterative-scan plan
+    monkeypatch.setattr(search, "EXACT_SEARCH_MAX_ROWS", 10)  # force the index plan
     cell = int(region_cells(REGIONS[2], RES)[5])
     with database.connect() as conn:
         result = search.similar(conn, "dbtest", cell, k=50, area=search.bbox_area("-180,-60,180,80", RES),
                                 model_version="v1")
         exact = search.similar(conn, "dbtest", cell, k=50, area=None, model_version="v1")
-    assert "hnsw iterative" in result.plan and len(result.matches) == 50
+    assert "hnsw over distinct vectors" in result.plan and len(result.matches) == 50
     overlap = len({m.h3 for m in result.matches} & {m.h3 for m in exact.matches}) / 50
     assert overlap >= 0.9
 

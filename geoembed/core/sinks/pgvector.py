@@ -8,6 +8,7 @@ composed with ``psycopg.sql``; every user value travels as a query parameter.
 
 from __future__ import annotations
 
+import hashlib
 import struct
 import time
 from dataclasses import dataclass, field
@@ -124,6 +125,8 @@ def ensure_embedding_table(
                 f"table {SCHEMA}.{name} holds {row[0]}-d embeddings but model {model_version} makes {dim}-d ones; "
                 "nothing was written"
             )
+        if not _has_column(conn, name, "vector_id"):
+            _add_vector_ids(conn, name, layout, dim)
         return name
     table = sql.Identifier(SCHEMA, name)
     postgis = has_postgis(conn)
@@ -137,10 +140,12 @@ def ensure_embedding_table(
                lat double precision NOT NULL,
                model_version text NOT NULL,
                source_version text NOT NULL,
+               vector_id bigint NOT NULL,
                embedding vector({dim}) NOT NULL{geometry})"""
     ).format(table=table, key=sql.Identifier(layout.key), partition=sql.Identifier(layout.partition), extra=extra,
              dim=sql.Literal(int(dim)), geometry=sql.SQL(
                  f",\n               geom geometry({layout.geometry_type}, 4326) NOT NULL" if postgis else "")))
+    _ensure_vectors_table(conn, name, dim, layout)
     if postgis:
         conn.execute(sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {} USING gist (geom)").format(
             sql.Identifier(f"{name}_geom"), table))
@@ -156,6 +161,96 @@ def ensure_embedding_table(
         (product, model_version, int(dim), int(resolution), postgis, name, layout.kind, Jsonb(meta or {})),
     )
     return name
+
+
+def vectors_table(table: str) -> str:
+    """The table of a model table's distinct embeddings: many rows share one vector (every all-water
+    window, say), and an HNSW graph over copies of one point serves them badly (queries near a large group
+    of identical vectors come back with ten copies of one far-away point). Cells point to their vector by
+    ``vector_id``; the index is built over distinct vectors."""
+    return f"{table}_vectors"
+
+
+def vector_ids(vectors: np.ndarray) -> np.ndarray:
+    """A 63-bit id per row: the same for identical float32 vectors, different otherwise (blake2b of the
+    bytes; only the distinct rows are hashed)."""
+    rows = np.ascontiguousarray(np.asarray(vectors, dtype=np.float32)) + np.float32(0.0)  # -0.0 is 0.0
+    if len(rows) == 0:
+        return np.zeros(0, dtype=np.int64)
+    distinct, inverse = np.unique(rows, axis=0, return_inverse=True)
+    ids = np.array([int.from_bytes(hashlib.blake2b(r.tobytes(), digest_size=8).digest(), "big") >> 1
+                    for r in distinct], dtype=np.int64)
+    return ids[inverse.ravel()]
+
+
+def _has_column(conn: psycopg.Connection, table: str, column: str) -> bool:
+    return conn.execute("SELECT 1 FROM information_schema.columns WHERE table_schema = %s AND table_name = %s "
+                        "AND column_name = %s", (SCHEMA, table, column)).fetchone() is not None
+
+
+def _ensure_vectors_table(conn: psycopg.Connection, name: str, dim: int, layout: TableLayout) -> None:
+    table = sql.Identifier(SCHEMA, name)
+    conn.execute(sql.SQL("CREATE TABLE IF NOT EXISTS {} (vector_id bigint PRIMARY KEY, embedding vector({}) NOT NULL)")
+                 .format(sql.Identifier(SCHEMA, vectors_table(name)), sql.Literal(int(dim))))
+    # (vector_id, key): a search takes the first k rows of a vector without reading all that share it.
+    conn.execute(sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {} (vector_id, {})").format(
+        sql.Identifier(f"{name}_vector_key"), table, sql.Identifier(layout.key)))
+
+
+def ensure_vector_ids(conn: psycopg.Connection, found: "ModelTable") -> bool:
+    """Give a table made before distinct-vector indexing its vector ids (True if it had to)."""
+    if _has_column(conn, found.table, "vector_id"):
+        return False
+    _add_vector_ids(conn, found.table, found.layout, found.dim)
+    return True
+
+
+def _add_vector_ids(conn: psycopg.Connection, name: str, layout: TableLayout, dim: int) -> None:
+    """Bring a table made before distinct-vector indexing up to date: every row gets its vector id and
+    every distinct vector its row (in batches, in one transaction)."""
+    table = sql.Identifier(SCHEMA, name)
+    with conn.transaction():
+        conn.execute(sql.SQL("ALTER TABLE {} ADD COLUMN IF NOT EXISTS vector_id bigint").format(table))
+        _ensure_vectors_table(conn, name, dim, layout)
+        conn.execute("CREATE TEMP TABLE vector_ids (key bigint PRIMARY KEY, vector_id bigint NOT NULL) ON COMMIT DROP")
+        cursor = conn.cursor(name="geoembed_rows")
+        cursor.execute(sql.SQL("SELECT {}, embedding FROM {}").format(sql.Identifier(layout.key), table))
+        while batch := cursor.fetchmany(50_000):
+            keys = np.array([r[0] for r in batch], dtype=np.int64)
+            vectors = np.array([np.asarray(r[1].to_numpy() if hasattr(r[1], "to_numpy") else r[1], np.float32)
+                                for r in batch])
+            ids = vector_ids(vectors)
+            with conn.cursor().copy("COPY vector_ids (key, vector_id) FROM STDIN") as copy:
+                for key, vid in zip(keys.tolist(), ids.tolist()):
+                    copy.write_row((key, vid))
+            _upsert_vectors(conn, name, ids, vectors)
+        cursor.close()
+        conn.execute(sql.SQL("UPDATE {} AS t SET vector_id = v.vector_id FROM vector_ids AS v WHERE t.{} = v.key")
+                     .format(table, sql.Identifier(layout.key)))
+        conn.execute(sql.SQL("ALTER TABLE {} ALTER COLUMN vector_id SET NOT NULL").format(table))
+
+
+def _upsert_vectors(conn: psycopg.Connection, name: str, ids: np.ndarray, vectors: np.ndarray) -> None:
+    """Add the distinct vectors not in the vectors table yet (in vector id order, so concurrent loads
+    sharing vectors take their row locks in one order and never deadlock)."""
+    distinct, first = np.unique(ids, return_index=True)
+    payload = _vectors_payload(distinct, np.asarray(vectors, dtype=np.float32)[first])
+    conn.execute("CREATE TEMP TABLE IF NOT EXISTS staged_vectors (vector_id bigint, embedding vector) ON COMMIT DROP")
+    conn.execute("TRUNCATE staged_vectors")
+    with conn.cursor().copy("COPY staged_vectors (vector_id, embedding) FROM STDIN WITH (FORMAT BINARY)") as copy:
+        copy.write(payload)
+    conn.execute(sql.SQL("INSERT INTO {} (vector_id, embedding) SELECT vector_id, embedding FROM staged_vectors "
+                         "ORDER BY vector_id ON CONFLICT (vector_id) DO NOTHING").format(
+        sql.Identifier(SCHEMA, vectors_table(name))))
+
+
+def _vectors_payload(ids: np.ndarray, vectors: np.ndarray) -> bytes:
+    dim = vectors.shape[1] if vectors.ndim == 2 else 0
+    block = np.zeros(len(ids), dtype=np.dtype([("count", ">i2"), ("l_id", ">i4"), ("id", ">i8"), ("l_vec", ">i4"),
+                                                ("dim", ">i2"), ("unused", ">i2"), ("vec", ">f4", (dim,))]))
+    block["count"], block["l_id"], block["id"] = 2, 8, ids
+    block["l_vec"], block["dim"], block["vec"] = 4 + 4 * dim, dim, vectors
+    return _COPY_HEADER + block.tobytes() + _COPY_TRAILER
 
 
 @dataclass
@@ -200,8 +295,9 @@ def replace_partition(conn: psycopg.Connection, table: str, rows: TableRows, lay
     ident = sql.Identifier(SCHEMA, table)
     geometry = table_has_geometry(conn, table)
     columns = [layout.key, layout.partition, *(c for c, _ in layout.extra), "lon", "lat", "model_version",
-               "source_version", "embedding"] + (["geom"] if geometry else [])
-    payload = copy_rows_payload(rows, layout, with_geometry=geometry)
+               "source_version", "vector_id", "embedding"] + (["geom"] if geometry else [])
+    ids = vector_ids(rows.embedding)
+    payload = copy_rows_payload(rows, layout, with_geometry=geometry, ids=ids)
     with conn.transaction():
         conn.execute(sql.SQL("DELETE FROM {} WHERE {} = %s").format(ident, sql.Identifier(layout.partition)),
                      (int(rows.partition),))
@@ -209,6 +305,8 @@ def replace_partition(conn: psycopg.Connection, table: str, rows: TableRows, lay
             ident, sql.SQL(", ").join(map(sql.Identifier, columns)))
         with conn.cursor().copy(copy_sql) as copy:
             copy.write(payload)
+        if len(ids):
+            _upsert_vectors(conn, table, ids, rows.embedding)
     return time.perf_counter() - start
 
 
@@ -222,7 +320,8 @@ _COPY_TRAILER = struct.pack(">h", -1)
 _PG_EPOCH = np.datetime64("2000-01-01", "D")
 
 
-def _column_values(rows: TableRows, layout: TableLayout, with_geometry: bool) -> list[tuple[str, str, object]]:
+def _column_values(rows: TableRows, layout: TableLayout, with_geometry: bool,
+                   ids: np.ndarray | None) -> list[tuple[str, str, object]]:
     """(name, kind, values) of every column in COPY order; kind: int8, float8, date, text, vector, bytes."""
     n = len(rows.keys)
     per_row = [rows.source_version] * n if isinstance(rows.source_version, str) else list(rows.source_version)
@@ -243,8 +342,10 @@ def _column_values(rows: TableRows, layout: TableLayout, with_geometry: bool) ->
     columns += [("lon", "float8", np.asarray(rows.lon, dtype=np.float64)),
                 ("lat", "float8", np.asarray(rows.lat, dtype=np.float64)),
                 ("model_version", "text", [rows.model_version.encode()] * n),
-                ("source_version", "text", [v.encode() for v in per_row]),
-                ("embedding", "vector", np.asarray(rows.embedding, dtype=np.float32))]
+                ("source_version", "text", [v.encode() for v in per_row])]
+    if ids is not None:
+        columns.append(("vector_id", "int8", np.asarray(ids, dtype=np.int64)))
+    columns.append(("embedding", "vector", np.asarray(rows.embedding, dtype=np.float32)))
     if with_geometry:
         if rows.geometry is None:
             raise ValueError(f"partition {rows.partition:x}: the table has a geometry column but the rows have none")
@@ -252,7 +353,8 @@ def _column_values(rows: TableRows, layout: TableLayout, with_geometry: bool) ->
     return columns
 
 
-def copy_rows_payload(rows: TableRows, layout: TableLayout, with_geometry: bool = False) -> bytes:
+def copy_rows_payload(rows: TableRows, layout: TableLayout, with_geometry: bool = False,
+                      ids: np.ndarray | None = None) -> bytes:
     """The binary COPY stream of a partition's rows, built with numpy in one go.
 
     Rows whose variable-length values (texts, geometries) have the same lengths share one record layout,
@@ -262,7 +364,7 @@ def copy_rows_payload(rows: TableRows, layout: TableLayout, with_geometry: bool 
     if vectors.ndim != 2 or vectors.shape[0] != n:
         raise ValueError(f"partition {rows.partition:x}: {n} rows but embeddings of shape {vectors.shape}")
     dim = vectors.shape[1]
-    columns = _column_values(rows, layout, with_geometry)
+    columns = _column_values(rows, layout, with_geometry, ids)
     variable = [i for i, (_, kind, _) in enumerate(columns) if kind in ("text", "bytes")]
     lengths = np.array([[len(columns[i][2][r]) for i in variable] for r in range(n)], dtype=np.int64).reshape(n, -1)
     parts = [_COPY_HEADER]
@@ -302,8 +404,12 @@ def copy_rows_payload(rows: TableRows, layout: TableLayout, with_geometry: bool 
 
 
 def copy_payload(rows: RegionRows, with_geometry: bool = False) -> bytes:
-    """The binary COPY stream of an H3 region's rows."""
-    return copy_rows_payload(rows.table_rows(), H3_CELLS, with_geometry)
+    """The binary COPY stream of an H3 region's rows (with their vector ids)."""
+    return copy_rows_payload(rows.table_rows(), H3_CELLS, with_geometry, vector_ids(rows.embedding))
+
+
+def has_vectors_table(conn: psycopg.Connection, table: str) -> bool:
+    return conn.execute("SELECT to_regclass(%s) IS NOT NULL", (f"{SCHEMA}.{vectors_table(table)}",)).fetchone()[0]
 
 
 def table_has_geometry(conn: psycopg.Connection, table: str) -> bool:
@@ -313,17 +419,24 @@ def table_has_geometry(conn: psycopg.Connection, table: str) -> bool:
 
 
 def build_hnsw_index(conn: psycopg.Connection, table: str, m: int = 16, ef_construction: int = 64) -> bool:
-    """Build the cosine HNSW index after a bulk load (no-op if present). Returns True if built."""
-    index = f"{table}_hnsw"
+    """Build the cosine HNSW index over the table's distinct vectors after a bulk load (no-op if present;
+    later loads update it in place). Vectors no row points to any more are dropped first. Returns True
+    if built."""
+    vectors = vectors_table(table)
+    conn.execute(sql.SQL("DELETE FROM {} AS v WHERE NOT EXISTS (SELECT 1 FROM {} AS t WHERE t.vector_id = v.vector_id)")
+                 .format(sql.Identifier(SCHEMA, vectors), sql.Identifier(SCHEMA, table)))
+    index = f"{vectors}_hnsw"
     exists = conn.execute("SELECT 1 FROM pg_indexes WHERE schemaname = %s AND indexname = %s",
                           (SCHEMA, index)).fetchone()
+    conn.execute(sql.SQL("DROP INDEX IF EXISTS {}").format(sql.Identifier(SCHEMA, f"{table}_hnsw")))  # over rows: replaced
     if exists:
         return False
     conn.execute("SET maintenance_work_mem = '512MB'")
     conn.execute(sql.SQL(
         "CREATE INDEX {} ON {} USING hnsw (embedding vector_cosine_ops) WITH (m = {}, ef_construction = {})"
-    ).format(sql.Identifier(index), sql.Identifier(SCHEMA, table), sql.Literal(m), sql.Literal(ef_construction)))
-    conn.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(SCHEMA, table)))
+    ).format(sql.Identifier(index), sql.Identifier(SCHEMA, vectors), sql.Literal(m), sql.Literal(ef_construction)))
+    for name in (vectors, table):
+        conn.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(SCHEMA, name)))
     return True
 
 
@@ -365,26 +478,6 @@ def count_rows(conn: psycopg.Connection, table: str) -> int:
 TIE_TOLERANCE = 1e-6
 
 
-def exact_neighbours(conn: psycopg.Connection, table: str, query: np.ndarray, k: int) -> list[tuple[int, float]]:
-    """Exact k nearest (h3, cosine distance), by sequential scan: the ground truth for recall."""
-    with conn.transaction():
-        conn.execute("SET LOCAL enable_indexscan = off")
-        rows = conn.execute(sql.SQL("SELECT h3, embedding <=> %s FROM {} ORDER BY embedding <=> %s LIMIT %s").format(
-            sql.Identifier(SCHEMA, table)), (query, query, k), prepare=False).fetchall()
-    return [(r[0], float(r[1])) for r in rows]
-
-
-def ann_neighbours(
-    conn: psycopg.Connection, table: str, query: np.ndarray, k: int, ef_search: int = 100
-) -> list[tuple[int, float]]:
-    """Approximate k nearest (h3, cosine distance) through the HNSW index."""
-    with conn.transaction():
-        conn.execute(sql.SQL("SET LOCAL hnsw.ef_search = {}").format(sql.Literal(int(ef_search))))
-        rows = conn.execute(sql.SQL("SELECT h3, embedding <=> %s FROM {} ORDER BY embedding <=> %s LIMIT %s").format(
-            sql.Identifier(SCHEMA, table)), (query, query, k), prepare=False).fetchall()
-    return [(r[0], float(r[1])) for r in rows]
-
-
 def recall(found_distances: list[float], exact_distances: list[float], k: int) -> float:
     """Recall@k that is fair to ties: a found neighbour counts if it is no farther than the exact k-th.
 
@@ -394,17 +487,3 @@ def recall(found_distances: list[float], exact_distances: list[float], k: int) -
     kth = exact_distances[min(k, len(exact_distances)) - 1]
     hits = sum(d <= kth + TIE_TOLERANCE for d in found_distances[:k])
     return min(hits, len(exact_distances)) / min(k, len(exact_distances))
-
-
-def recall_at_k(conn: psycopg.Connection, table: str, n_queries: int = 100, k: int = 10, seed: int = 0) -> float:
-    """Mean recall@k of the ANN index against exact search, over random query cells of the table."""
-    ident = sql.Identifier(SCHEMA, table)
-    conn.execute("SELECT setseed(%s)", (((seed % 1000) / 1000.0),))
-    queries = conn.execute(sql.SQL("SELECT embedding FROM {} ORDER BY random() LIMIT %s").format(ident),
-                           (n_queries,)).fetchall()
-    scores = []
-    for (vector,) in queries:
-        exact = [d for _, d in exact_neighbours(conn, table, vector, k)]
-        found = [d for _, d in ann_neighbours(conn, table, vector, k)]
-        scores.append(recall(found, exact, k))
-    return float(np.mean(scores)) if scores else 0.0

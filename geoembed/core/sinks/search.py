@@ -22,7 +22,9 @@ from psycopg import sql
 from geoembed.core.errors import InputError
 from geoembed.core.geometry import GeometryInputError, geojson_polygons, read_geojson
 from geoembed.core.grids.mgrs import ChipRef
-from geoembed.core.sinks.pgvector import SCHEMA, ModelTable, latest_model_table
+from geoembed.core.sinks.pgvector import (
+    SCHEMA, ModelTable, latest_model_table, recall, vectors_table,
+)
 
 EXACT_SEARCH_MAX_ROWS = 50_000  # areas with at most this many rows are searched exactly
 
@@ -166,49 +168,78 @@ def _neighbours(
     area: Area | None, ef_search: int, overfetch: int = 1,
 ) -> tuple[list[tuple], str]:
     """The k rows nearest ``query`` (their ``columns``, the distance second), leaving out rows whose
-    ``exclude`` column equals ``excluded``, and the plan used. Small areas are searched exactly; large
-    ones and the whole table through HNSW (``overfetch``: how many excluded rows the index may return)."""
+    ``exclude`` column equals ``excluded``, and the plan used.
+
+    Small areas are searched exactly (filter first). Otherwise the HNSW index over the table's distinct
+    vectors gives the nearest vectors, nearest first, and each brings every row that holds it (a group
+    of identical rows is one point of the graph, not thousands that crowd out the rest); the number of
+    vectors fetched grows until k rows are found, and past ``MAX_VECTORS`` the search is exact."""
     ident = sql.Identifier(SCHEMA, found.table)
     postgis = found.has_geometry
     join, condition, area_params = area_filter(area, postgis)
     source = sql.SQL("FROM {} AS t").format(ident) + join
     key, *rest = [sql.SQL("t.{}").format(sql.Identifier(c)) for c in columns]
-    projection = sql.SQL(", ").join([key, sql.SQL("t.embedding <=> %s AS distance"), *rest])
-    select = sql.SQL("SELECT ") + projection + sql.SQL(" ") + source
     skip = sql.SQL("t.{} <> %s").format(sql.Identifier(exclude))
-    j = columns.index(exclude)
-    position = j + 1 if j else 0  # rows are (key, distance, the other columns)
     # Statements are never prepared: a cached generic plan would ignore the per-query settings below.
     with conn.transaction():
         count = 0
         if area is not None:
             count = conn.execute(sql.SQL("SELECT count(*) ") + source + sql.SQL(" WHERE ") + condition,
                                  area_params, prepare=False).fetchone()[0]
-        if area is not None and count <= EXACT_SEARCH_MAX_ROWS:
-            plan = f"exact (filter first{' by PostGIS' if postgis else ''}, {count:,} rows in area)"
-            statement = (sql.SQL("WITH candidates AS MATERIALIZED (SELECT t.* ") + source + sql.SQL(" WHERE ")
-                         + condition + sql.SQL(") SELECT ") + projection
-                         + sql.SQL(" FROM candidates AS t WHERE ") + skip
-                         + sql.SQL(" ORDER BY t.embedding <=> %s LIMIT %s"))
-            rows = conn.execute(statement, (*area_params, query, excluded, query, k), prepare=False).fetchall()
-            return rows, plan
-        plan = "hnsw" if area is None else f"hnsw iterative scan ({count:,} rows in area)"
-        conn.execute(sql.SQL("SET LOCAL hnsw.ef_search = {}").format(sql.Literal(max(ef_search, 2 * (k + overfetch)))))
-        conn.execute("SET LOCAL hnsw.iterative_scan = relaxed_order")
-        conn.execute("SET LOCAL hnsw.max_scan_tuples = 200000")
-        # relaxed_order may return rows slightly out of order: sort the ones found exactly.
-        statement = (sql.SQL("SELECT * FROM (") + select + sql.SQL(" WHERE ") + condition
-                     + sql.SQL(" ORDER BY t.embedding <=> %s LIMIT %s) AS found ORDER BY distance"))
-        rows = conn.execute(statement, (query, *area_params, query, k + overfetch), prepare=False).fetchall()
-        rows = [r for r in rows if r[position] != excluded][:k]
-        short = len(rows) < k and (overfetch > 1 or area is not None)
-        if short and (area is None or len(rows) < count - overfetch):
-            plan += ", exact fallback"
-            conn.execute("SET LOCAL enable_indexscan = off")
-            statement = select + sql.SQL(" WHERE ") + condition + sql.SQL(" AND ") + skip + sql.SQL(
-                " ORDER BY t.embedding <=> %s LIMIT %s")
-            rows = conn.execute(statement, (query, *area_params, excluded, query, k), prepare=False).fetchall()
+        exact = area is not None and count <= EXACT_SEARCH_MAX_ROWS
+        if not exact:
+            wanted = k + overfetch
+            while wanted <= MAX_VECTORS:
+                try:
+                    rows, exhausted = _nearest_through_vectors(conn, found, query, key, rest, join, condition,
+                                                               area_params, skip, excluded, k, wanted, ef_search)
+                except psycopg.errors.UndefinedTable:  # the transaction is rolled back as this leaves it
+                    raise LookupError(f"table {SCHEMA}.{found.table} was loaded before distinct-vector indexing: "
+                                      "materialize its index asset (embedding_index, chip_index) once to bring it up "
+                                      "to date") from None
+                if len(rows) >= k or exhausted:
+                    plan = "hnsw over distinct vectors" + ("" if area is None else f" ({count:,} rows in area)")
+                    return rows, plan + f", {wanted:,} vectors"
+                wanted *= 4
+        plan = f"exact (filter first{' by PostGIS' if postgis else ''}, {count:,} rows in area)" if area is not None \
+            else "exact"
+        projection = sql.SQL(", ").join([key, sql.SQL("t.embedding <=> %s AS distance"), *rest])
+        statement = (sql.SQL("WITH candidates AS MATERIALIZED (SELECT t.* ") + source + sql.SQL(" WHERE ")
+                     + condition + sql.SQL(") SELECT ") + projection
+                     + sql.SQL(" FROM candidates AS t WHERE ") + skip
+                     + sql.SQL(" ORDER BY t.embedding <=> %s, 1 LIMIT %s"))
+        conn.execute("SET LOCAL enable_indexscan = off")
+        rows = conn.execute(statement, (*area_params, query, excluded, query, k), prepare=False).fetchall()
     return rows, plan
+
+
+# Beyond this many distinct vectors fetched through the index, an exact scan is as cheap.
+MAX_VECTORS = 200_000
+
+
+def _nearest_through_vectors(conn, found: ModelTable, query, key, rest, join, condition, area_params, skip,
+                             excluded: int, k: int, wanted: int, ef_search: int) -> tuple[list[tuple], bool]:
+    """The k nearest rows among those holding the ``wanted`` nearest distinct vectors (one statement);
+    and whether the index ran out of vectors (then these are all there are)."""
+    vectors = sql.Identifier(SCHEMA, vectors_table(found.table))
+    conn.execute(sql.SQL("SET LOCAL hnsw.ef_search = {}; SET LOCAL hnsw.iterative_scan = relaxed_order; "
+                         "SET LOCAL hnsw.max_scan_tuples = {}").format(
+        sql.Literal(min(1000, max(ef_search, wanted))), sql.Literal(max(20_000, 4 * wanted))))
+    projection = sql.SQL(", ").join([key, sql.SQL("n.distance"), *rest])
+    # Each vector brings at most k of its rows (by key, through the (vector_id, key) index): a vector held
+    # by 70,000 cells costs k rows, not 70,000.
+    statement = (sql.SQL("WITH n AS MATERIALIZED (SELECT vector_id, embedding <=> %s AS distance FROM {} "
+                         "ORDER BY embedding <=> %s LIMIT %s) SELECT ").format(vectors) + projection
+                 + sql.SQL(" FROM n CROSS JOIN LATERAL (SELECT t.* FROM {} AS t").format(
+                     sql.Identifier(SCHEMA, found.table)) + join
+                 + sql.SQL(" WHERE t.vector_id = n.vector_id AND ") + condition + sql.SQL(" AND ") + skip
+                 + sql.SQL(" ORDER BY ") + key + sql.SQL(" LIMIT %s) AS t ORDER BY n.distance, 1 LIMIT %s"))
+    rows = conn.execute(statement, (query, query, wanted, *area_params, excluded, k, k), prepare=False).fetchall()
+    if len(rows) >= k:
+        return rows, False
+    available = conn.execute(sql.SQL("SELECT count(*) FROM (SELECT 1 FROM {} LIMIT %s) AS v").format(vectors),
+                             (wanted,), prepare=False).fetchone()[0]
+    return rows, available < wanted
 
 
 def _check_k(k: int) -> None:
@@ -358,3 +389,60 @@ def chips_to_geojson(result: ChipSearchResult, chip_size: int) -> dict:
                                         "chip_id": match.chip_id, "distance": match.distance}})
     return {"type": "FeatureCollection", "features": features,
             "properties": {"query": result.query, "model_version": result.model_version}}
+
+
+@dataclass
+class RecallReport:
+    """Recall@k of the search users get against exact search, on queries drawn over distinct vectors
+    (so that a large group of identical vectors, 43 % of the default product's cells, cannot stand for
+    most queries and hide the misses elsewhere)."""
+
+    k: int
+    overall: float  # queries drawn uniformly over distinct vectors
+    outside_identical_groups: float  # those of them held by a single row
+    queries: int
+    queries_outside: int
+    distinct_vectors: int
+    rows: int
+
+    @property
+    def worst(self) -> float:
+        return min(self.overall, self.outside_identical_groups)
+
+    def to_metadata(self) -> dict:
+        return {"recall_at_k": round(self.overall, 4), "recall_outside_identical_groups":
+                round(self.outside_identical_groups, 4), "k": self.k, "queries": self.queries,
+                "queries_outside_identical_groups": self.queries_outside, "distinct_vectors": self.distinct_vectors,
+                "rows": self.rows}
+
+
+def recall_report(conn: psycopg.Connection, found: ModelTable, n_queries: int = 100, k: int = 10,
+                  seed: int = 0) -> RecallReport:
+    """Recall@k (ties counted fairly) of ``similar``'s index path against an exact scan, each query a row
+    holding a distinct vector drawn at random (the same draw every time for the same table)."""
+    table = sql.Identifier(SCHEMA, found.table)
+    layout = found.layout
+    exclude = "place" if layout.kind == "chips" else layout.key
+    conn.execute("SELECT setseed(%s)", (((seed % 1000) / 1000.0),))
+    drawn = conn.execute(sql.SQL(
+        "SELECT q.key, q.excluded, q.embedding, g.n FROM (SELECT vector_id, count(*) AS n FROM {t} GROUP BY vector_id "
+        "ORDER BY hashint8(vector_id + %s), vector_id LIMIT %s) AS g CROSS JOIN LATERAL (SELECT {key} AS key, "
+        "{exclude} AS excluded, embedding FROM {t} WHERE vector_id = g.vector_id ORDER BY {key} LIMIT 1) AS q").format(
+        t=table, key=sql.Identifier(layout.key), exclude=sql.Identifier(exclude)), (seed, n_queries),
+        prepare=False).fetchall()
+    distinct = conn.execute(sql.SQL("SELECT count(DISTINCT vector_id), count(*) FROM {}").format(table)).fetchone()
+    overall, outside = [], []
+    for key, excluded, vector, copies in drawn:
+        with conn.transaction():
+            conn.execute("SET LOCAL enable_indexscan = off")
+            truth = [float(r[0]) for r in conn.execute(sql.SQL(
+                "SELECT embedding <=> %s FROM {} WHERE {} <> %s ORDER BY embedding <=> %s LIMIT %s").format(
+                table, sql.Identifier(exclude)), (vector, excluded, vector, k), prepare=False).fetchall()]
+        rows, _ = _neighbours(conn, found, vector, [layout.key], exclude, excluded, k, None, 100,
+                              overfetch=int(copies))
+        score = recall([float(r[1]) for r in rows], truth, k)
+        overall.append(score)
+        if copies == 1:
+            outside.append(score)
+    return RecallReport(k, float(np.mean(overall)) if overall else 0.0, float(np.mean(outside)) if outside else 1.0,
+                        len(overall), len(outside), int(distinct[0]), int(distinct[1]))

@@ -165,15 +165,15 @@ def area_filter(area: Area | None, postgis: bool) -> tuple[sql.Composable, sql.C
 
 def _neighbours(
     conn: psycopg.Connection, found: ModelTable, query, columns: list[str], exclude: str, excluded: int, k: int,
-    area: Area | None, ef_search: int, overfetch: int = 1,
+    area: Area | None, ef_search: int,
 ) -> tuple[list[tuple], str]:
     """The k rows nearest ``query`` (their ``columns``, the distance second), leaving out rows whose
     ``exclude`` column equals ``excluded``, and the plan used.
 
     Small areas are searched exactly (filter first). Otherwise the HNSW index over the table's distinct
-    vectors gives the nearest vectors, nearest first, and each brings every row that holds it (a group
-    of identical rows is one point of the graph, not thousands that crowd out the rest); the number of
-    vectors fetched grows until k rows are found, and past ``MAX_VECTORS`` the search is exact."""
+    vectors is walked nearest first, each vector bringing its rows (a group of identical rows is one point
+    of the graph, not thousands that crowd out the rest), until k rows are found; if the walk gives up
+    first (``MAX_VECTORS``, or sooner in an area: ``_walk_budget``), the search is exact."""
     ident = sql.Identifier(SCHEMA, found.table)
     postgis = found.has_geometry
     join, condition, area_params = area_filter(area, postgis)
@@ -188,21 +188,20 @@ def _neighbours(
                                  area_params, prepare=False).fetchone()[0]
         exact = area is not None and count <= EXACT_SEARCH_MAX_ROWS
         if not exact:
-            wanted = k + overfetch
-            while wanted <= MAX_VECTORS:
-                try:
-                    rows, exhausted = _nearest_through_vectors(conn, found, query, key, rest, join, condition,
-                                                               area_params, skip, excluded, k, wanted, ef_search)
-                except psycopg.errors.UndefinedTable:  # the transaction is rolled back as this leaves it
-                    raise LookupError(f"table {SCHEMA}.{found.table} was loaded before distinct-vector indexing: "
-                                      "materialize its index asset (embedding_index, chip_index) once to bring it up "
-                                      "to date") from None
-                if len(rows) >= k or exhausted:
-                    plan = "hnsw over distinct vectors" + ("" if area is None else f" ({count:,} rows in area)")
-                    return rows, plan + f", {wanted:,} vectors"
-                wanted *= 4
-        plan = f"exact (filter first{' by PostGIS' if postgis else ''}, {count:,} rows in area)" if area is not None \
-            else "exact"
+            try:
+                rows = _nearest_through_vectors(conn, found, query, key, rest, join, condition, area_params, skip,
+                                                excluded, k, ef_search, _walk_budget(conn, found, k, area, count))
+            except psycopg.errors.UndefinedTable:  # the transaction is rolled back as this leaves it
+                raise LookupError(f"table {SCHEMA}.{found.table} was loaded before distinct-vector indexing: "
+                                  "materialize its index asset (embedding_index, chip_index) once to bring it up "
+                                  "to date") from None
+            plan = "hnsw over distinct vectors" + ("" if area is None else f" ({count:,} rows in area)")
+            if len(rows) >= k or (area is None and len(rows) >= found_rows_below(conn, found, k, skip, excluded)):
+                return rows, plan
+            plan += ", exact fallback"  # the walk gave up (max_scan_tuples) before k rows
+        else:
+            plan = f"exact (filter first{' by PostGIS' if postgis else ''}, {count:,} rows in area)" if area is not None \
+                else "exact"
         projection = sql.SQL(", ").join([key, sql.SQL("t.embedding <=> %s AS distance"), *rest])
         statement = (sql.SQL("WITH candidates AS MATERIALIZED (SELECT t.* ") + source + sql.SQL(" WHERE ")
                      + condition + sql.SQL(") SELECT ") + projection
@@ -213,33 +212,46 @@ def _neighbours(
     return rows, plan
 
 
-# Beyond this many distinct vectors fetched through the index, an exact scan is as cheap.
+# The index walk gives up after this many vectors (hnsw.max_scan_tuples); the search is then exact.
 MAX_VECTORS = 200_000
+# In an area the walk stops sooner: past what finding k rows in an area of that share of the table
+# takes (many times over), the area's rows are not near the query and filtering first is cheaper.
+MIN_AREA_WALK = 2_000
+
+
+def _walk_budget(conn: psycopg.Connection, found: ModelTable, k: int, area: Area | None, rows_in_area: int) -> int:
+    if area is None:
+        return MAX_VECTORS
+    total = conn.execute("SELECT c.reltuples FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+                         "WHERE n.nspname = %s AND c.relname = %s", (SCHEMA, found.table), prepare=False).fetchone()[0]
+    share = max(rows_in_area, 1) / max(total, rows_in_area, 1)  # reltuples is -1 before the first ANALYZE
+    return int(min(MAX_VECTORS, max(MIN_AREA_WALK, 20 * k / share)))
+
+
+def found_rows_below(conn, found: ModelTable, k: int, skip, excluded: int) -> int:
+    """How many rows (up to k) the whole table holds besides the excluded ones: fewer than k is all."""
+    return conn.execute(sql.SQL("SELECT count(*) FROM (SELECT 1 FROM {} AS t WHERE ").format(
+        sql.Identifier(SCHEMA, found.table)) + skip + sql.SQL(" LIMIT %s) AS c"), (excluded, k),
+        prepare=False).fetchone()[0]
 
 
 def _nearest_through_vectors(conn, found: ModelTable, query, key, rest, join, condition, area_params, skip,
-                             excluded: int, k: int, wanted: int, ef_search: int) -> tuple[list[tuple], bool]:
-    """The k nearest rows among those holding the ``wanted`` nearest distinct vectors (one statement);
-    and whether the index ran out of vectors (then these are all there are)."""
+                             excluded: int, k: int, ef_search: int, walk_budget: int) -> list[tuple]:
+    """The k nearest rows, walking the distinct vectors in index order (HNSW, iterative scan) and taking
+    at most k rows of each (in the area, by key, through the (vector_id, key) index) until k rows are
+    found: PostgreSQL stops the walk there, however large the group of identical rows or the area."""
     vectors = sql.Identifier(SCHEMA, vectors_table(found.table))
     conn.execute(sql.SQL("SET LOCAL hnsw.ef_search = {}; SET LOCAL hnsw.iterative_scan = relaxed_order; "
                          "SET LOCAL hnsw.max_scan_tuples = {}").format(
-        sql.Literal(min(1000, max(ef_search, wanted))), sql.Literal(max(20_000, 4 * wanted))))
-    projection = sql.SQL(", ").join([key, sql.SQL("n.distance"), *rest])
-    # Each vector brings at most k of its rows (by key, through the (vector_id, key) index): a vector held
-    # by 70,000 cells costs k rows, not 70,000.
-    statement = (sql.SQL("WITH n AS MATERIALIZED (SELECT vector_id, embedding <=> %s AS distance FROM {} "
-                         "ORDER BY embedding <=> %s LIMIT %s) SELECT ").format(vectors) + projection
-                 + sql.SQL(" FROM n CROSS JOIN LATERAL (SELECT t.* FROM {} AS t").format(
-                     sql.Identifier(SCHEMA, found.table)) + join
-                 + sql.SQL(" WHERE t.vector_id = n.vector_id AND ") + condition + sql.SQL(" AND ") + skip
-                 + sql.SQL(" ORDER BY ") + key + sql.SQL(" LIMIT %s) AS t ORDER BY n.distance, 1 LIMIT %s"))
-    rows = conn.execute(statement, (query, query, wanted, *area_params, excluded, k, k), prepare=False).fetchall()
-    if len(rows) >= k:
-        return rows, False
-    available = conn.execute(sql.SQL("SELECT count(*) FROM (SELECT 1 FROM {} LIMIT %s) AS v").format(vectors),
-                             (wanted,), prepare=False).fetchone()[0]
-    return rows, available < wanted
+        sql.Literal(min(1000, max(ef_search, 2 * k))), sql.Literal(walk_budget)))
+    projection = sql.SQL(", ").join([key, sql.SQL("v.embedding <=> %s AS distance"), *rest])
+    statement = (sql.SQL("SELECT ") + projection + sql.SQL(" FROM {} AS v CROSS JOIN LATERAL (SELECT t.* FROM {} AS t")
+                 .format(vectors, sql.Identifier(SCHEMA, found.table)) + join
+                 + sql.SQL(" WHERE t.vector_id = v.vector_id AND ") + condition + sql.SQL(" AND ") + skip
+                 + sql.SQL(" ORDER BY ") + key + sql.SQL(" LIMIT %s) AS t ORDER BY v.embedding <=> %s LIMIT %s"))
+    rows = conn.execute(statement, (query, *area_params, excluded, k, query, k), prepare=False).fetchall()
+    # relaxed_order may return vectors slightly out of order: the k found are sorted exactly.
+    return sorted(rows, key=lambda r: (r[1], r[0]))
 
 
 def _check_k(k: int) -> None:
@@ -344,10 +356,8 @@ def similar_chips(
         raise SearchInputError(f"chip {described} has no embedding in {product!r} (model {found.model_version}): "
                                "outside the product's tiles, not loaded yet, or without data")
     key, place, query, tile, acquired, chip_id = row
-    copies = conn.execute(sql.SQL("SELECT count(*) FROM {} WHERE place = %s").format(ident), (place,),
-                          prepare=False).fetchone()[0]
     rows, plan = _neighbours(conn, found, query, ["chip", "lon", "lat", "place", "tile", "acquired", "chip_id"],
-                             "place", place, k, area, ef_search, overfetch=copies)
+                             "place", place, k, area, ef_search)
     matches = [ChipMatch(int(c), float(d), float(lon), float(lat), t, str(a), cid)
                for c, d, lon, lat, _, t, a, cid in rows]
     return ChipSearchResult(f"{tile}/{acquired}/{chip_id}", found.model_version, f"{SCHEMA}.{found.table}", plan,
@@ -438,8 +448,7 @@ def recall_report(conn: psycopg.Connection, found: ModelTable, n_queries: int = 
             truth = [float(r[0]) for r in conn.execute(sql.SQL(
                 "SELECT embedding <=> %s FROM {} WHERE {} <> %s ORDER BY embedding <=> %s LIMIT %s").format(
                 table, sql.Identifier(exclude)), (vector, excluded, vector, k), prepare=False).fetchall()]
-        rows, _ = _neighbours(conn, found, vector, [layout.key], exclude, excluded, k, None, 100,
-                              overfetch=int(copies))
+        rows, _ = _neighbours(conn, found, vector, [layout.key], exclude, excluded, k, None, 100)
         score = recall([float(r[1]) for r in rows], truth, k)
         overall.append(score)
         if copies == 1:

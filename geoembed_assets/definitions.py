@@ -17,6 +17,7 @@ from pathlib import Path
 
 import dagster as dg
 
+from geoembed.core.errors import InputError
 from geoembed.core.settings import product_files_from_env
 from geoembed.imagery.settings import ImageryProductSettings
 from geoembed.products import AnyProduct, load_product
@@ -87,4 +88,9 @@ def _load() -> dg.Definitions:
     return build_definitions([load_product(path) for path in product_files_from_env()])
 
 
-defs = _load()
+try:
+    defs = _load()
+except InputError as error:
+    # `dagster dev` and the code server show the error with its frames: re-raised here, the frames are
+    # this one line, and the message names the product file and the problem.
+    raise type(error)(str(error)) from None

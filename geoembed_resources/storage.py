@@ -163,8 +163,9 @@ class ProductStorage(dg.ConfigurableResource):
     def ensure_product_store(self, product: str, layout: ProductLayout, dim: int, attrs: dict) -> bool:
         return stores.ensure_product_store(self.embeddings_path(product), layout, dim, attrs)
 
-    def write_product_region(self, product: str, layout: ProductLayout, region: int, **arrays) -> None:
-        stores.write_product_region(self.embeddings_path(product), layout, region, **arrays)
+    def write_product_region(self, product: str, layout: ProductLayout, region: int, **arrays) -> str:
+        """Commit one region's rows; the snapshot id that holds them."""
+        return stores.write_product_region(self.embeddings_path(product), layout, region, **arrays)
 
     def open_product(self, product: str, chunks: dict | str | None = None) -> xr.Dataset:
         """The product store (``chunks={}``: dask arrays with the store's chunks)."""

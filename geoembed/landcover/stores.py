@@ -1,15 +1,17 @@
 """Zarr formats: per-region land-cover samples and the H3-indexed embedding product.
 
-The product store is one Zarr v3 group that ``xr.open_zarr`` opens for the whole product and
-xdggs decodes (``cell_ids`` carries exactly ``{"grid_name": "h3", "level": res}``). Each region
-owns chunk-aligned rows (see ``ProductLayout``), so partitions are written with xarray region
-writes that never touch each other's chunks; the few that share a chunk take the store's lock.
+The product store is one Zarr v3 group in an icechunk repository (``geoembed.core.sinks.repository``):
+``xr.open_zarr`` on a snapshot's store opens the whole product and xdggs decodes it (``cell_ids``
+carries exactly ``{"grid_name": "h3", "level": res}``). Each region owns chunk-aligned rows (see
+``ProductLayout``) and is written with an xarray region write committed as one snapshot; writers on
+several machines at once conflict only at commit, and the one that lost redoes its write.
 """
 
 from __future__ import annotations
 
 import json
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 import dask.array as da
@@ -19,9 +21,10 @@ import zarr
 
 from geoembed.core.grids.h3 import ProductLayout
 from geoembed.core.lineage import VERSION_DTYPE, VERSION_ENCODING, decode_version, encode_version
+from geoembed.core.sinks.repository import is_repository, snapshot_store, transact
 from geoembed.core.sinks.zarr import (
-    StorePath, consolidate, h3_coordinate, is_remote, open_store, replace_directory, sibling, store_exists, store_lock,
-    store_name, write_dataset, zarr_target,
+    StorePath, h3_coordinate, is_remote, open_store, replace_directory, sibling, store_exists, store_name,
+    write_dataset, zarr_target,
 )
 from geoembed.landcover.windows import EMBEDDED, STATUSES, Legend, WindowSamples
 
@@ -115,41 +118,87 @@ _ENCODING = {
 }
 
 
-def ensure_product_store(path: StorePath, layout: ProductLayout, dim: int, attrs: dict) -> bool:
-    """Create the product store for a layout, or migrate an existing one whose regions changed.
+class StoreLayoutError(RuntimeError):
+    """The product store's rows are laid out for other regions than the writer's (the stencil changed)."""
 
-    Rows of regions present in both layouts are carried over, so nothing materialized is lost.
+
+def _same_layout(attrs: dict, sizes: dict, layout: ProductLayout, dim: int) -> bool:
+    return (attrs.get("regions") == [f"{int(r):x}" for r in layout.regions]
+            and attrs.get("resolution") == layout.resolution and sizes.get("embedding_dim") == dim)
+
+
+def ensure_product_store(path: StorePath, layout: ProductLayout, dim: int, attrs: dict) -> bool:
+    """Create the product store for a layout, or migrate an existing one whose regions changed, in one
+    commit (readers see the old layout or the new one, never a mix).
+
+    Rows of regions present in both layouts are carried over, so nothing materialized is lost. A plain
+    Zarr store written before stores were transactional is converted (beside it, then swapped in).
     Returns True if the store was (re)written."""
     final = path if is_remote(path) else Path(path)
-    with store_lock(final):
-        previous = None
-        if store_exists(final):
-            previous = xr.open_zarr(zarr_target(final), consolidated=False)
-            same_regions = previous.attrs.get("regions") == [f"{int(r):x}" for r in layout.regions]
-            same_grid = previous.attrs.get("resolution") == layout.resolution
-            if same_regions and same_grid and previous.sizes.get("embedding_dim") == dim:
-                return False
-        tmp = sibling(final, f".{store_name(final)}.tmp-{uuid.uuid4().hex[:8]}")
-        _template(layout, dim, attrs).to_zarr(zarr_target(tmp), compute=False, mode="w", zarr_format=3,
-                                              consolidated=False, encoding=_ENCODING)
-        if previous is not None and previous.sizes.get("embedding_dim") == dim and same_grid:
-            _carry_over(previous, tmp, layout)
-        consolidate(tmp)
-        replace_directory(tmp, final)
+    if not is_repository(final) and store_exists(final):
+        return _convert_plain_store(final, layout, dim, attrs)
+
+    def write(store) -> bool:
+        previous = _open_if_any(store)
+        if previous is not None and _same_layout(previous.attrs, previous.sizes, layout, dim):
+            return False
+        kept = _rows_to_carry(previous, layout, dim) if previous is not None else None
+        _write_template(store, layout, dim, attrs, kept)
         return True
 
+    if not is_remote(final):
+        final.parent.mkdir(parents=True, exist_ok=True)
+    return transact(final, write, f"product layout: {len(layout.regions)} regions at res {layout.resolution}",
+                    create=True).changed
 
-def _carry_over(previous: xr.Dataset, new_path: StorePath, layout: ProductLayout) -> None:
+
+def _open_if_any(store) -> xr.Dataset | None:
+    try:
+        return xr.open_zarr(store, consolidated=False, chunks=None)
+    except (FileNotFoundError, KeyError, zarr.errors.GroupNotFoundError):
+        return None
+
+
+def _write_template(store, layout: ProductLayout, dim: int, attrs: dict, kept: "_CarriedRows | None") -> None:
+    _template(layout, dim, attrs).to_zarr(store, compute=False, mode="w", zarr_format=3, consolidated=False,
+                                          encoding=_ENCODING)
+    if kept is None:
+        return
+    for rows, part in kept.regions:
+        part.to_zarr(store, region={"cells": rows}, zarr_format=3, consolidated=False, safe_chunks=False)
+    zarr.open_group(store, mode="r+").attrs.update(kept.lineage)
+
+
+@dataclass
+class _CarriedRows:
+    regions: list[tuple[slice, xr.Dataset]]  # (rows in the new layout, the region's data)
+    lineage: dict
+
+
+def _rows_to_carry(previous: xr.Dataset, layout: ProductLayout, dim: int) -> _CarriedRows | None:
+    """The rows of regions in both layouts, read before the new layout is written over them."""
+    if previous.sizes.get("embedding_dim") != dim or previous.attrs.get("resolution") != layout.resolution:
+        return None
     old_regions = [int(r, 16) for r in previous.attrs.get("regions", [])]
     old_layout = ProductLayout.build(np.array(old_regions, dtype=np.uint64), int(previous.attrs["resolution"]),
                                      int(previous.attrs["region_resolution"]))
-    for region in set(old_regions) & {int(r) for r in layout.regions}:
-        old_rows = old_layout.rows_of(region)
-        part = previous[["embedding", "status", "model_version", "source_version"]].isel(cells=old_rows).load()
-        part.drop_vars("cell_ids").to_zarr(zarr_target(new_path), region={"cells": layout.rows_of(region)},
-                                           zarr_format=3, consolidated=False, safe_chunks=False)
-    group = zarr.open_group(zarr_target(new_path), mode="r+")
-    group.attrs.update({k: previous.attrs.get(k, []) for k in ("model_versions", "source_versions")})
+    regions = []
+    for region in sorted(set(old_regions) & {int(r) for r in layout.regions}):
+        part = previous[["embedding", "status", "model_version", "source_version"]].isel(
+            cells=old_layout.rows_of(region)).load()
+        regions.append((layout.rows_of(region), part.drop_vars("cell_ids")))
+    return _CarriedRows(regions, {k: list(previous.attrs.get(k, [])) for k in ("model_versions", "source_versions")})
+
+
+def _convert_plain_store(final: StorePath, layout: ProductLayout, dim: int, attrs: dict) -> bool:
+    """A plain Zarr product store (before transactions) becomes a repository holding the same rows."""
+    previous = xr.open_zarr(zarr_target(final), consolidated=False, chunks=None)
+    kept = _rows_to_carry(previous, layout, dim)
+    tmp = sibling(final, f".{store_name(final)}.tmp-{uuid.uuid4().hex[:8]}")
+    transact(tmp, lambda store: _write_template(store, layout, dim, {**previous.attrs, **attrs}, kept),
+             "converted from a plain Zarr store", create=True)
+    replace_directory(tmp, final)
+    return True
 
 
 def write_product_region(
@@ -160,8 +209,9 @@ def write_product_region(
     status: np.ndarray,
     model_version: str,
     source_version: str | np.ndarray,
-) -> None:
-    """Replace one region's rows (embeddings, statuses, lineage) in the product store.
+) -> str:
+    """Replace one region's rows (embeddings, statuses, lineage) in the product store, as one commit
+    that readers see whole; returns the snapshot id that holds them.
 
     ``source_version``: one version for every row, or per row the encoded (uint64) version."""
     rows = layout.rows_of(region)
@@ -181,26 +231,37 @@ def write_product_region(
             "source_version": (("cells",), source_rows),
         }
     )
-    kwargs = dict(region={"cells": rows}, zarr_format=3, consolidated=False, safe_chunks=False)
-    if layout.shares_chunk(region):
-        with store_lock(path):
-            part.to_zarr(zarr_target(path), **kwargs)
-    else:
-        part.to_zarr(zarr_target(path), **kwargs)
-    with store_lock(path):
-        group = zarr.open_group(zarr_target(path), mode="r+")
-        changed = False
+
+    def write(store) -> None:
+        group = zarr.open_group(store, mode="r+")
+        if not _same_layout(dict(group.attrs), {"embedding_dim": group["embedding"].shape[1]}, layout,
+                            embedding.shape[1]):
+            raise StoreLayoutError(f"product store {str(path)!r} is laid out for other regions than region "
+                                   f"{region:x}'s writer expects (the stencil changed meanwhile): run the region again")
+        # Regions sharing a chunk are safe too: the commit that lost the race redoes its write on top.
+        part.to_zarr(store, region={"cells": rows}, zarr_format=3, consolidated=False, safe_chunks=False)
         for key, values in (("model_versions", [model_version]), ("source_versions", sources)):
             seen = list(group.attrs.get(key, []))
             new = [v for v in values if v not in seen]
             if new:
                 group.attrs[key] = seen + new
-                changed = True
-        if changed:  # the consolidated metadata holds the attributes too
-            consolidate(path)
+
+    if not is_repository(path):
+        if store_exists(path):
+            raise StoreLayoutError(f"product store {str(path)!r} is a plain Zarr store from before transactional "
+                                   "stores: materialize the product's h3_regions asset once to convert it")
+        raise FileNotFoundError(f"embedding store {str(path)!r} does not exist; materialize h3_regions first")
+    return transact(path, write, f"region {region:x}: {n} rows, model {model_version}").snapshot
 
 
-def open_product(path: StorePath, chunks: dict | str | None = None) -> xr.Dataset:
-    """The product store. Without ``chunks`` it is lazily indexed without dask: reading one region's
-    rows reads just its chunks (users' ``xr.open_zarr`` gets dask arrays, as usual)."""
-    return open_store(path, "embedding store", chunks)
+def open_product(path: StorePath, chunks: dict | str | None = None, snapshot: str | None = None) -> xr.Dataset:
+    """The product store at its latest snapshot (or ``snapshot``); ``attrs["snapshot"]`` names the one
+    read. Without ``chunks`` it is lazily indexed without dask: reading one region's rows reads just its
+    chunks (``chunks={}`` gives dask arrays, one task per chunk). A plain Zarr store from before
+    transactional stores is still read."""
+    if not is_repository(path):
+        return open_store(path, "embedding store", chunks)
+    store, snapshot_id = snapshot_store(path, snapshot)
+    ds = xr.open_zarr(store, consolidated=False, chunks=chunks)
+    ds.attrs["snapshot"] = snapshot_id
+    return ds

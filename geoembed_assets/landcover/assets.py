@@ -308,11 +308,13 @@ def embeddings_asset(settings: ProductSettings, keys: LandcoverKeys, regional) -
         progress = Progress("embeddings", len(keys_done), context.log.info)
         missing = nan = off_norm = embedded_total = 0
         sources_seen: set[str] = set()
+        snapshot = None
         for key in keys_done:
             out = region_embeddings(storage.open_samples(name, key), settings.embedding_dim,
                                     partial(inference_device.infer, model, finish=encoder.renormalise))
-            storage.write_product_region(name, layout, int(key, 16), embedding=out.vectors, status=out.status,
-                                         model_version=version, source_version=out.source_versions)
+            snapshot = storage.write_product_region(name, layout, int(key, 16), embedding=out.vectors,
+                                                    status=out.status, model_version=version,
+                                                    source_version=out.source_versions)
             sources_seen.update(decode_version(v) for v in np.unique(out.source_versions))
             missing, nan, off_norm = missing + out.missing, nan + out.with_nan, off_norm + out.off_unit_norm
             embedded_total += out.embedded
@@ -327,6 +329,8 @@ def embeddings_asset(settings: ProductSettings, keys: LandcoverKeys, regional) -
                 "cells_per_second": round(progress.rate(embedded_total), 1),
                 "device": device,
                 "store": dg.MetadataValue.path(str(storage.embeddings_path(name))),
+                # The store's snapshot holding every region of this run (icechunk; readers can pin it).
+                "snapshot": snapshot or "",
             },
             check_results=[
                 dg.AssetCheckResult(check_name="every_valid_cell_embedded", passed=missing == 0,
@@ -368,6 +372,7 @@ def map_asset(settings: ProductSettings, keys: LandcoverKeys, single) -> dg.Asse
             "model_versions": ", ".join(versions),
             "pca": f"{pca_seconds:.2f} s on {workers} Dask workers ({dask_cluster.scheduler_address or 'local cluster'})",
             "path": dg.MetadataValue.path(str(path)),
+            "snapshot": ds.attrs.get("snapshot", ""),  # the store snapshot drawn
         })
 
     return embedding_map
@@ -405,6 +410,7 @@ def table_asset(settings: ProductSettings, keys: LandcoverKeys, regional) -> dg.
             "rows": progress.items, "regions": len(keys_done), "tables": ", ".join(sorted(tables)),
             "rows_per_second": round(progress.items / max(seconds, 1e-9), 1),
             "database": redacted(database.resolved_dsn()),
+            "snapshot": ds.attrs.get("snapshot", ""),  # the store snapshot loaded
         })
 
     return embedding_table

@@ -8,6 +8,7 @@ import sys
 import dagster as dg
 import numpy as np
 import pytest
+import icechunk
 import xarray as xr
 import xdggs  # noqa: F401
 from dagster._core.definitions.data_version import StaleStatus, extract_data_version_from_entry
@@ -51,7 +52,10 @@ def zion_run(tmp_path_factory):
 
 def test_product_zarr_opens_with_xarray_and_decodes_with_xdggs(zion_run):
     settings, _, resources, summary = zion_run
-    ds = xr.open_zarr(resources["storage"].embeddings_path(settings.name), consolidated=False)
+    # What a user writes: icechunk opens the repository's latest snapshot, xarray and xdggs do the rest.
+    repo = icechunk.Repository.open(icechunk.local_filesystem_storage(str(resources["storage"].embeddings_path(
+        settings.name))))
+    ds = xr.open_zarr(repo.readonly_session("main").store, consolidated=False)
     decoded = ds.dggs.decode()
     assert decoded.dggs.grid_info.level == 7
     assert ds.sizes["cells"] == summary.cells == 4 * 343

@@ -1,17 +1,23 @@
-"""The embedding product store: xarray/xdggs read it, region writes replace, concurrent writes of
-different regions (pentagons sharing chunks included) lose nothing, and layout changes keep data."""
+"""The embedding product store (an icechunk repository): xarray/xdggs read a snapshot of it, region
+writes replace, concurrent writes of different regions (pentagons sharing chunks included) lose nothing,
+layout changes keep data, and a plain Zarr store from before is converted with its rows."""
 
+import multiprocessing
 from concurrent.futures import ProcessPoolExecutor
 
 import h3.api.basic_int as h3i
 import numpy as np
 import pytest
 import xarray as xr
+import zarr
+import icechunk
 import xdggs  # noqa: F401  (registers the .dggs accessor)
 
 from geoembed.core.grids.h3 import ProductLayout, cells_at
 from geoembed.core.lineage import decode_version
-from geoembed.landcover.stores import NOT_COMPUTED, ensure_product_store, open_product, write_product_region
+from geoembed.landcover.stores import (
+    _ENCODING, NOT_COMPUTED, StoreLayoutError, _template, ensure_product_store, open_product, write_product_region,
+)
 
 DIM = 4
 V1 = "0000000000000001"  # the model version _write(salt=0) records
@@ -43,7 +49,9 @@ def test_store_opens_in_one_call_and_decodes_with_xdggs(tmp_path):
     layout = _layout(HEXAGONS)
     ensure_product_store(path, layout, DIM, {"product": "t"})
     _write((path, HEXAGONS, HEXAGONS[0], 0.0))
-    ds = xr.open_zarr(path, consolidated=False)
+    # What a user writes: icechunk's reader, then plain xarray.
+    session = icechunk.Repository.open(icechunk.local_filesystem_storage(str(path))).readonly_session("main")
+    ds = xr.open_zarr(session.store, consolidated=False)
     assert ds["cell_ids"].attrs == {"grid_name": "h3", "level": 3}
     assert ds.sizes["cells"] == layout.n_rows and ds["cell_ids"].dtype == np.uint64
     decoded = ds.dggs.decode()
@@ -78,8 +86,9 @@ def test_concurrent_writes_of_different_regions_lose_nothing(tmp_path):
     regions = HEXAGONS + PENTAGONS
     layout = _layout(regions)
     ensure_product_store(path, layout, DIM, {})
-    assert any(layout.shares_chunk(p) for p in PENTAGONS)  # the lock is exercised
-    with ProcessPoolExecutor(4) as pool:
+    assert any(layout.shares_chunk(p) for p in PENTAGONS)  # writers of one chunk conflict at commit
+    # Separate processes as Dagster's executors start them (spawned: a forked icechunk runtime would hang).
+    with ProcessPoolExecutor(4, mp_context=multiprocessing.get_context("spawn")) as pool:
         list(pool.map(_write, [(path, regions, r, 0.0) for r in regions]))
     ds = open_product(path)
     for region in regions:
@@ -112,16 +121,55 @@ def test_versions_must_be_content_hashes(tmp_path):
                              status=np.zeros(n, np.uint8), model_version="latest", source_version="00000000000000aa")
 
 
-def test_users_open_the_store_from_consolidated_metadata_that_stays_current(tmp_path):
-    """A plain xr.open_zarr (consolidated metadata: one read, one request on S3) warns of nothing, and its
-    attributes follow each region write's lineage."""
-    import warnings
-
+def test_each_region_write_is_one_snapshot_and_old_snapshots_stay_readable(tmp_path):
     path = tmp_path / "e.zarr"
-    ensure_product_store(path, _layout(HEXAGONS), DIM, {"product": "t"})
+    layout = _layout(HEXAGONS)
+    ensure_product_store(path, layout, DIM, {"product": "t"})
+    first = _write_snapshot(path, HEXAGONS[0], 0.0)
+    second = _write_snapshot(path, HEXAGONS[1], 1.0)
+    assert first != second and open_product(path).attrs["snapshot"] == second
+    pinned = open_product(path, snapshot=first)
+    assert pinned.attrs["snapshot"] == first and pinned.attrs["model_versions"] == [V1]
+    assert (pinned["status"].values[layout.rows_of(HEXAGONS[1])] == NOT_COMPUTED).all()
+    assert open_product(path).attrs["model_versions"] == [V1, "0000000000000002"]
+
+
+def _write_snapshot(path, region, salt) -> str:
+    layout = _layout(HEXAGONS)
+    n = layout.rows_of(region).stop - layout.rows_of(region).start
+    return write_product_region(path, layout, region, embedding=_vectors(region, n, salt),
+                                status=np.zeros(n, np.uint8), model_version=f"{int(salt) + 1:016x}",
+                                source_version="00000000000000aa")
+
+
+def test_a_writer_with_a_stale_layout_is_refused(tmp_path):
+    path = tmp_path / "e.zarr"
+    ensure_product_store(path, _layout(HEXAGONS), DIM, {})
+    stale = _layout(HEXAGONS[:2])
+    n = stale.rows_of(HEXAGONS[0]).stop - stale.rows_of(HEXAGONS[0]).start
+    with pytest.raises(StoreLayoutError, match="laid out for other regions"):
+        write_product_region(path, stale, HEXAGONS[0], embedding=_vectors(HEXAGONS[0], n),
+                             status=np.zeros(n, np.uint8), model_version=V1, source_version="00000000000000aa")
+
+
+def test_a_plain_zarr_store_from_before_is_converted_with_its_rows(tmp_path):
+    """Stores written before transactions (plain Zarr v3) keep every row when their layout is next ensured."""
+    path = tmp_path / "e.zarr"
+    layout = _layout(HEXAGONS)
+    _template(layout, DIM, {"product": "t"}).to_zarr(path, compute=False, mode="w", zarr_format=3,
+                                                     consolidated=False, encoding=_ENCODING)
+    zarr.open_group(path, mode="r+").attrs["model_versions"] = [V1]
+    rows = layout.rows_of(HEXAGONS[2])
+    vectors = _vectors(HEXAGONS[2], rows.stop - rows.start)
+    xr.Dataset({"embedding": (("cells", "embedding_dim"), vectors),
+                "status": (("cells",), np.zeros(len(vectors), np.uint8))}).to_zarr(
+        path, region={"cells": rows}, zarr_format=3, consolidated=False)
+    assert not open_product(path).attrs.get("snapshot")  # still readable as it is
+    with pytest.raises(StoreLayoutError, match="plain Zarr store"):
+        _write((path, HEXAGONS, HEXAGONS[0], 0.0))
+    assert ensure_product_store(path, layout, DIM, {"product": "t"})
+    ds = open_product(path)
+    assert ds.attrs["snapshot"] and ds.attrs["model_versions"] == [V1]
+    np.testing.assert_allclose(ds["embedding"].values[rows], vectors)
     _write((path, HEXAGONS, HEXAGONS[0], 0.0))
-    _write((path, HEXAGONS, HEXAGONS[1], 1.0))
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        ds = xr.open_zarr(path)
-    assert ds.attrs["model_versions"] == [V1, "0000000000000002"]
+    assert not list(tmp_path.glob(".e.zarr.*"))  # nothing left beside it

@@ -145,3 +145,18 @@ def test_a_product_too_small_to_evaluate_is_flagged(tmp_path):
     warnings = [line for line in said if "WARNING" in line]
     assert warnings and "to train on" in warnings[0]
     assert list(check.values())[0].status.value == "FAILED"
+
+
+def test_a_bad_product_file_in_the_code_location_is_one_message(tmp_path):
+    """What `dagster dev` (and every Dagster tool loading the code location) shows: the file and the
+    problem, with no frame of ours but the one that re-raises it."""
+    binary = tmp_path / "product.yaml"
+    binary.write_bytes(bytes(range(256)) * 4)
+    result = subprocess.run([str(Path(sys.executable).with_name("dagster")), "definitions", "validate", "-m",
+                             "geoembed_assets.definitions"], capture_output=True, text=True, timeout=300, cwd=REPO,
+                            env={**os.environ, "GEOEMBED_PRODUCT": str(binary)})
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert f"ProductConfigError: product settings file '{binary}' is not a text (UTF-8) file" in output
+    frames = [line for line in output.splitlines() if line.strip().startswith('File "')]
+    assert len(frames) == 1 and "geoembed_assets/definitions.py" in frames[0], frames

@@ -3,8 +3,9 @@
 The kills land mid-write deterministically: the test holds the lock a writer needs next, waits until
 the writer is inside its write, then kills the run's processes (run worker and step process):
 
-1. Zarr: the test holds the product store's lock; `cell_embeddings` writes its first region's chunks,
-   then blocks before recording the region in the store's attributes. Kill.
+1. Zarr: the test holds the product store's commit lock (an icechunk repository on local disk
+   serialises commits with it); `cell_embeddings` writes its first region's chunks and attributes into
+   its session, then blocks at the commit. Kill: the store is still the snapshot it was, whole.
 2. PostgreSQL: the test holds a row lock in the first region; `embedding_table`'s transaction
    (DELETE the region's rows, COPY the new ones) blocks inside its DELETE. Kill.
 
@@ -26,6 +27,8 @@ import numpy as np
 import pytest
 import zarr
 from filelock import FileLock
+
+from geoembed.core.sinks.repository import snapshot_store, transact
 
 from conftest import REPO, dagster_deployment, shared_file
 from geoembed.core.backfill import launch_backfill, serve_dagster, wait_for_backfill
@@ -102,9 +105,8 @@ def _kill_run_when(instance, run_id: str, ready, what: str, timeout: float = 300
             pass
 
 
-def _rewritten(embedding: np.ndarray) -> np.ndarray:
-    """Rows holding values again (the "old" store has zeros where values were, NaN elsewhere)."""
-    return np.any(np.isfinite(embedding) & (embedding != 0), axis=1)
+def _attrs(store: Path) -> dict:
+    return dict(zarr.open_group(snapshot_store(store)[0], mode="r").attrs)
 
 
 def _wait_status(instance, run_id: str, timeout: float = 120) -> dg.DagsterRunStatus:
@@ -145,7 +147,7 @@ def test_sigkill_mid_write_fails_the_run_and_rerun_equals_uninterrupted(tmp_path
                                        timeout=600, poll_seconds=1)
             assert status.succeeded, status.summary()
             reference = {v: storage.open_product(name)[v].values.copy() for v in ARRAYS}
-            reference_attrs = dict(zarr.open_group(store, mode="r").attrs)
+            reference_attrs = _attrs(store)
             with database.connect(read_only=True) as conn:
                 table = conn.execute("SELECT table_name FROM geoembed.model_tables WHERE product = %s",
                                      (name,)).fetchone()[0]
@@ -155,30 +157,28 @@ def test_sigkill_mid_write_fails_the_run_and_rerun_equals_uninterrupted(tmp_path
                 counts[region] = counts.get(region, 0) + 1
 
             # Make the outputs "old" so that old and new can be told apart: zeros in the store, a marker in the table.
-            group = zarr.open_group(store, mode="r+")
-            group["embedding"][:] = np.where(np.isnan(reference["embedding"]), np.nan, 0).astype(np.float32)
+            old = np.where(np.isnan(reference["embedding"]), np.nan, 0).astype(np.float32)
+
+            def make_old(writable) -> None:
+                zarr.open_group(writable, mode="r+")["embedding"][:] = old
+
+            old_snapshot = transact(store, make_old, "test: old outputs").snapshot
             with database.connect() as conn:
                 conn.execute(f'UPDATE geoembed."{table}" SET source_version = %s', (STALE,))
             reader = TableReader(database, table, counts)
             reader.start()
             first_region = sorted(counts)[0]
 
-            # 1. Killed while writing the store: chunks of the first region written, attributes not yet.
-            with FileLock(f"{store}.lock"):
+            # 1. Killed at the commit of its first region: chunks written into its session, not committed.
+            chunks_before = set((store / "chunks").iterdir())
+            with FileLock(str(store / ".commit.lock")):
                 run = _single_run(instance, launch_backfill(url, selection, partitions, title="killed in Zarr"))
-
-                def region_rows_rewritten() -> bool:
-                    try:
-                        return bool(_rewritten(zarr.open_group(store, mode="r")["embedding"][:]).any())
-                    except Exception:  # noqa: BLE001 - a chunk being written this instant
-                        return False
-
-                _kill_run_when(instance, run.run_id, region_rows_rewritten, "the store write")
+                _kill_run_when(instance, run.run_id, lambda: set((store / "chunks").iterdir()) > chunks_before,
+                               "the store write")
                 assert _wait_status(instance, run.run_id) == dg.DagsterRunStatus.FAILURE
-            after_kill = zarr.open_group(store, mode="r")
-            written = _rewritten(after_kill["embedding"][:])
-            assert 0 < written.sum() < len(written)  # part of the product was rewritten when it died
-            np.testing.assert_array_equal(after_kill["embedding"][:][written], reference["embedding"][written])
+            after_kill = storage.open_product(name)
+            assert after_kill.attrs["snapshot"] == old_snapshot  # nothing of the dead writer is visible
+            np.testing.assert_array_equal(after_kill["embedding"].values, old)
 
             # 2. Killed inside the table's transaction: the DELETE of the first region waits on our row lock.
             with database.connect() as blocker, database.connect() as monitor:
@@ -216,5 +216,5 @@ def test_sigkill_mid_write_fails_the_run_and_rerun_equals_uninterrupted(tmp_path
     rerun = storage.open_product(name)
     for variable in ARRAYS:
         np.testing.assert_array_equal(rerun[variable].values, reference[variable], err_msg=variable)
-    assert dict(zarr.open_group(store, mode="r").attrs) == reference_attrs
+    assert _attrs(store) == reference_attrs
     assert _table_rows(database, table) == reference_rows

@@ -9,6 +9,7 @@ import threading
 import time
 
 import boto3
+import icechunk
 import dagster as dg
 import numpy as np
 import pytest
@@ -16,7 +17,7 @@ import xarray as xr
 import xdggs  # noqa: F401
 from rasterio.transform import from_origin
 
-from conftest import REPO, shared_file, write_raster
+from conftest import BUCKET, REPO, shared_file, write_raster
 from geoembed.landcover import encoder
 from geoembed.core.backfill import free_port
 from geoembed.landcover.settings import load_settings, settings_from_mapping
@@ -25,25 +26,6 @@ from geoembed_assets.definitions import build_definitions, local_resources
 from geoembed_resources import InferenceDevice, ProductStorage, RasterReader
 
 moto_server = pytest.importorskip("moto.server", reason="moto[server] is not installed")
-BUCKET = "geoembed-test"
-
-
-@pytest.fixture
-def s3(monkeypatch):
-    """A moto S3 server on a free loopback port with one bucket; the environment points clients at it."""
-    port = free_port()
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    endpoint = f"http://127.0.0.1:{port}"
-    for key, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                       "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": endpoint}.items():
-        monkeypatch.setenv(key, value)
-    client = boto3.client("s3")
-    client.create_bucket(Bucket=BUCKET)
-    try:
-        yield {"client": client, "endpoint": endpoint, "server": server, "port": port}
-    finally:
-        server.stop()
 
 
 def _keys(client, prefix: str) -> list[str]:
@@ -79,7 +61,7 @@ def test_embedding_store_and_models_on_s3(s3, tmp_path):
     keys = _keys(s3["client"], f"products/{name}/")
     current = json.loads(s3["client"].get_object(Bucket=BUCKET, Key=f"products/{name}/models/current.json")["Body"].read())
     version = current["model_version"]
-    for expected in ("embeddings.zarr/zarr.json", "embeddings.zarr/embedding/zarr.json",
+    for expected in ("embeddings.zarr/refs/branch.main/ref.json",
                      f"models/{version}/checkpoint.pt", f"models/{version}/encoder.torchscript.pt",
                      f"models/{version}/metrics.json"):
         assert f"products/{name}/{expected}" in keys
@@ -94,8 +76,12 @@ def test_embedding_store_and_models_on_s3(s3, tmp_path):
     model, _ = encoder.load_checkpoint(body)
     assert sum(p.numel() for p in model.parameters()) > 0
 
-    # A user reads the product straight from S3 with xarray, and xdggs decodes it.
-    ds = xr.open_zarr(f"{outputs}/{name}/embeddings.zarr", consolidated=False).dggs.decode()
+    # A user reads the product straight from S3 (icechunk's S3 storage, credentials from the environment)
+    # with xarray, and xdggs decodes it.
+    storage_on_s3 = icechunk.s3_storage(bucket=BUCKET, prefix=f"products/{name}/embeddings.zarr", from_env=True,
+                                        endpoint_url=s3["endpoint"], allow_http=True, force_path_style=True)
+    session = icechunk.Repository.open(storage_on_s3).readonly_session("main")
+    ds = xr.open_zarr(session.store, consolidated=False).dggs.decode()
     assert ds.dggs.grid_info.level == settings.resolution
     status = ds["status"].values
     embedded = np.isin(status, [0, 1, 2])

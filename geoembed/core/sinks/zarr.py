@@ -1,5 +1,6 @@
-"""Zarr stores, local or on an object store: opening, atomic replacement, and the lock for
-read-modify-write steps. Every pipeline writes its Zarr outputs through these.
+"""Zarr stores, local or on an object store: opening and atomic replacement of stores one writer
+writes whole. Every pipeline writes its Zarr outputs through these; a store many writers share is a
+transactional repository (``geoembed.core.sinks.repository``).
 
 A store is a local path or an fsspec URL (s3://bucket/prefix/x.zarr; credentials and endpoint from the
 environment, e.g. AWS_ACCESS_KEY_ID, AWS_ENDPOINT_URL). Local writes swap directories atomically; an
@@ -8,10 +9,8 @@ object store has no rename, so there a store is written in place.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
-import tempfile
 import uuid
 import warnings
 from contextlib import contextmanager
@@ -22,7 +21,6 @@ import fsspec
 import numpy as np
 import xarray as xr
 import zarr
-from filelock import FileLock
 from zarr.storage import FsspecStore
 
 def h3_coordinate(cells: np.ndarray, resolution: int) -> tuple:
@@ -59,25 +57,11 @@ def zarr_target(path: StorePath) -> "Path | FsspecStore":
 
 
 def store_exists(path: StorePath) -> bool:
+    """A plain Zarr v3 store is there (its root ``zarr.json``; not a transactional repository)."""
     if is_remote(path):
         fs, root = _fs(path)
         return fs.exists(f"{root.rstrip('/')}/zarr.json")
-    return Path(path).exists()
-
-
-@contextmanager
-def store_lock(path: StorePath) -> Iterator[None]:
-    """An exclusive lock for read-modify-write steps on a store (attributes, shared chunks). Beside a
-    local store; for an object store, on this machine (several writers on several machines each write
-    their own regions' chunks, which never overlap, but attributes are last-writer-wins)."""
-    if is_remote(path):
-        digest = hashlib.sha256(str(path).encode()).hexdigest()[:16]
-        lock_path = Path(tempfile.gettempdir()) / "geoembed-locks" / f"{digest}.lock"
-    else:
-        lock_path = Path(f"{os.fspath(path).rstrip('/')}.lock")
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(lock_path)):
-        yield
+    return (Path(path) / "zarr.json").exists()
 
 
 def replace_directory(tmp: StorePath, final: StorePath) -> None:

@@ -101,15 +101,20 @@ def test_writers_killed_mid_write_or_commit_leave_whole_snapshots(s3):
     ensure_product_store(path, _layout(), DIM, {"product": "k"})
     rng = random.Random(7)
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}  # the writers import this module
+    repo = open_repository(path)
     for round_ in range(4):
+        tip = repo.lookup_branch("main")
         writers = [subprocess.Popen([sys.executable, __file__, path, str(round_ * 10 + i)], env=env) for i in range(3)]
-        time.sleep(rng.uniform(3.0, 6.0))  # past start-up, into the writing
+        deadline = time.monotonic() + 120
+        while repo.lookup_branch("main") == tip:  # past start-up: the writers are committing
+            assert time.monotonic() < deadline, "no writer committed within 120 s"
+            time.sleep(0.05)
+        time.sleep(rng.uniform(0.1, 1.5))  # then a random moment of their writes and commits
         for writer in writers:
             writer.send_signal(signal.SIGKILL)
         for writer in writers:
             writer.wait(timeout=30)
         _check_every_region_whole(path)
-    assert len(list(open_repository(path).ancestry(branch="main"))) > 4  # the writers did commit
     # The store takes new writes after all that, and they land whole.
     _write((path, REGIONS[0], 0))
     assert _check_every_region_whole(path)[REGIONS[0]] == 0

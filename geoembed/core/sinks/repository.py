@@ -63,9 +63,24 @@ def is_repository(path: StorePath) -> bool:
     return icechunk.Repository.exists(repository_storage(path))
 
 
+# A commit rewrites the manifest pieces holding the chunks it changed: split along the first axis (a
+# product's rows) so that a region's commit rewrites one piece, not references to every chunk written
+# so far (without it the manifests a product's commits write grow with the square of its regions).
+MANIFEST_SPLIT_CHUNKS = 256
+
+
+def repository_config() -> icechunk.RepositoryConfig:
+    config = icechunk.RepositoryConfig.default()
+    config.manifest = icechunk.ManifestConfig(splitting=icechunk.ManifestSplittingConfig.from_dict(
+        {icechunk.ManifestSplitCondition.AnyArray(): {icechunk.ManifestSplitDimCondition.Axis(0): MANIFEST_SPLIT_CHUNKS}}))
+    return config
+
+
 def open_repository(path: StorePath, create: bool = False) -> icechunk.Repository:
     storage = repository_storage(path)
-    return icechunk.Repository.open_or_create(storage) if create else icechunk.Repository.open(storage)
+    if create:
+        return icechunk.Repository.open_or_create(storage, config=repository_config())
+    return icechunk.Repository.open(storage)
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,8 @@ import h3
 import h3.api.basic_int as h3i
 import numpy as np
 import psycopg
+from psycopg.types.multirange import Multirange
+from psycopg.types.range import Range
 from psycopg import sql
 
 from geoembed.core.errors import InputError
@@ -163,6 +165,15 @@ def area_filter(area: Area | None, postgis: bool) -> tuple[sql.Composable, sql.C
             sql.SQL("TRUE"), (area.lo.tolist(), area.hi.tolist()))
 
 
+def row_filter(area: Area | None, postgis: bool) -> tuple[sql.Composable, sql.Composable, tuple]:
+    """Like ``area_filter``, for testing rows one at a time (the index walk): H3 id ranges as one
+    multirange, which a row checks by binary search, where a join would scan every range per row."""
+    if area is None or postgis:
+        return area_filter(area, postgis)
+    ranges = Multirange([Range(int(lo), int(hi), "[]") for lo, hi in zip(area.lo, area.hi)])
+    return sql.SQL(""), sql.SQL("t.h3 <@ %s::int8multirange"), (ranges,)
+
+
 def _neighbours(
     conn: psycopg.Connection, found: ModelTable, query, columns: list[str], exclude: str, excluded: int, k: int,
     area: Area | None, ef_search: int,
@@ -189,7 +200,7 @@ def _neighbours(
         exact = area is not None and count <= EXACT_SEARCH_MAX_ROWS
         if not exact:
             try:
-                rows = _nearest_through_vectors(conn, found, query, key, rest, join, condition, area_params, skip,
+                rows = _nearest_through_vectors(conn, found, query, key, rest, *row_filter(area, postgis), skip,
                                                 excluded, k, ef_search, _walk_budget(conn, found, k, area, count))
             except psycopg.errors.UndefinedTable:  # the transaction is rolled back as this leaves it
                 raise LookupError(f"table {SCHEMA}.{found.table} was loaded before distinct-vector indexing: "

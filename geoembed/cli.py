@@ -86,40 +86,19 @@ def _run_imagery(settings, instance, steps: int | None, home: Path, verbose: boo
 def _similar(args: argparse.Namespace) -> int:
     import json
 
-    from geoembed.core.grids.mgrs import ChipRef
     from geoembed.core.sinks import search
-    from geoembed.core.sinks.pgvector import latest_model_table
     from geoembed_resources.postgres import DSN_ENV_VAR, PostgresDatabase
 
-    if sum(v is not None for v in (args.cell, args.lonlat, args.chip)) != 1:
-        raise search.SearchInputError("give exactly one of --cell, --chip or --lonlat")
-    if args.bbox is not None and args.geojson is not None:
-        raise search.SearchInputError("give at most one of --bbox or --geojson")
+    query = search.SimilarQuery(args.product, cell=args.cell, chip=args.chip,
+                                lonlat=tuple(args.lonlat) if args.lonlat is not None else None, k=args.k,
+                                bbox=args.bbox, geojson=args.geojson, model_version=args.model_version).checked()
     data_dir = Path(args.data_dir or os.environ.get("GEOEMBED_DATA_DIR") or Path.cwd() / "data")
     database = PostgresDatabase(dsn=os.environ.get(DSN_ENV_VAR) or None, embedded_dir=str(data_dir / "postgres"))
-    cell = search.parse_cell(args.cell) if args.cell is not None else None
-    chip = ChipRef.parse(args.chip) if args.chip is not None else None
-    if args.lonlat is not None:
-        search.cell_at(*args.lonlat, resolution=0)  # range check before touching the database
     with database.connect(read_only=True) as conn:
-        found = latest_model_table(conn, args.product, args.model_version)
-        resolution = found.resolution
-        area = None
-        if args.bbox is not None:
-            area = search.bbox_area(args.bbox, resolution)
-        elif args.geojson is not None:
-            area = search.geojson_area(args.geojson, resolution)
-        if found.kind == "chips":
-            if cell is not None:
-                raise search.SearchInputError(f"product {args.product!r} holds chips: give --chip or --lonlat")
-            chips = search.similar_chips(conn, args.product, chip, args.lonlat, args.k, area, args.model_version)
-            _print_chips(chips, args.format, int(found.meta.get("chip_size", 256)))
-            return 0
-        if chip is not None:
-            raise search.SearchInputError(f"product {args.product!r} holds H3 cells: give --cell or --lonlat")
-        if cell is None:
-            cell = search.cell_at(args.lonlat[0], args.lonlat[1], resolution)
-        result = search.similar(conn, args.product, cell, args.k, area, args.model_version)
+        result, found = search.find_similar(conn, query)
+    if isinstance(result, search.ChipSearchResult):
+        _print_chips(result, args.format, int(found.meta.get("chip_size", 256)))
+        return 0
     if args.format == "geojson":
         print(json.dumps(search.to_geojson(result)))
     elif args.format == "json":
@@ -131,6 +110,33 @@ def _similar(args: argparse.Namespace) -> int:
         print(f"{'rank':>4}  {'h3':<16} {'distance':>9} {'lon':>11} {'lat':>10}")
         for rank, m in enumerate(result.matches, start=1):
             print(f"{rank:>4}  {m.cell:<16} {m.distance:>9.5f} {m.lon:>11.5f} {m.lat:>10.5f}")
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import socket
+
+    import uvicorn
+
+    from geoembed.web.api import create_app
+    from geoembed_resources.postgres import DSN_ENV_VAR, PostgresDatabase, describe_database
+
+    data_dir = Path(args.data_dir or os.environ.get("GEOEMBED_DATA_DIR") or Path.cwd() / "data")
+    database = PostgresDatabase(dsn=os.environ.get(DSN_ENV_VAR) or None, embedded_dir=str(data_dir / "postgres"))
+    with database.connect(read_only=True):  # the database is there (the embedded one started) before we listen
+        pass
+    sock = socket.socket(socket.AF_INET6 if ":" in args.host else socket.AF_INET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((args.host, args.port))
+    except OSError as exc:
+        raise InputError(f"--host/--port: cannot listen on {args.host}:{args.port}: {exc.strerror}") from None
+    sock.listen(2048)  # clients that connect as soon as the address is printed wait in the backlog
+    host, port = sock.getsockname()[:2]
+    print(f"geoembed: serving {describe_database(database)} on http://{host}:{port} "
+          f"(API docs: http://{host}:{port}/docs)", flush=True)
+    server = uvicorn.Server(uvicorn.Config(create_app(database), log_level="warning"))
+    server.run(sockets=[sock])
     return 0
 
 
@@ -223,6 +229,10 @@ def main(argv: list[str] | None = None) -> int:
     sim.add_argument("--model-version", help="model version (default: the newest loaded)")
     sim.add_argument("--format", choices=["table", "json", "geojson"], default="table")
     sim.add_argument("--data-dir", help="data folder of the embedded database (default: $GEOEMBED_DATA_DIR or ./data)")
+    sv = sub.add_parser("serve", help="serve the products over HTTP (the API behind the map; OpenAPI at /docs)")
+    sv.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
+    sv.add_argument("--port", type=int, default=8765, help="port (default 8765; 0: any free port)")
+    sv.add_argument("--data-dir", help="data folder of the embedded database (default: $GEOEMBED_DATA_DIR or ./data)")
     tl = sub.add_parser("tiles", help="the Sentinel-2 (MGRS) tiles an area of interest touches")
     tl.add_argument("--aoi", required=True, help="GeoJSON Polygon/MultiPolygon/Feature(Collection): a file or inline")
     tl.add_argument("--format", choices=["table", "json"], default="table")
@@ -239,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "backfill" and args.asset is None:
         args.asset = ["landcover_samples"]
-    commands = {"similar": _similar, "run": _run, "backfill": _backfill, "tiles": _tiles}
+    commands = {"similar": _similar, "run": _run, "backfill": _backfill, "tiles": _tiles, "serve": _serve}
     try:
         return commands[args.command](args)
     except Exception as exc:  # noqa: BLE001 - input errors get a message, anything else a traceback

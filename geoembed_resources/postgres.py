@@ -144,7 +144,10 @@ class PostgresDatabase(dg.ConfigurableResource):
         try:
             if read_only:
                 conn.execute("SET default_transaction_read_only = on")
-                register_vector(conn)
+                try:
+                    register_vector(conn)
+                except psycopg.ProgrammingError:
+                    pass  # a database nothing was loaded into yet: no vector type, and no table to read
             else:
                 ensure_schema(conn)
             yield conn

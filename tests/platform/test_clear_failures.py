@@ -147,6 +147,7 @@ def test_a_product_too_small_to_evaluate_is_flagged(tmp_path):
     assert list(check.values())[0].status.value == "FAILED"
 
 
+@pytest.mark.integration
 def test_a_bad_product_file_in_the_code_location_is_one_message(tmp_path):
     """What `dagster dev` (and every Dagster tool loading the code location) shows: the file and the
     problem, with no frame of ours but the one that re-raises it."""
@@ -160,3 +161,9 @@ def test_a_bad_product_file_in_the_code_location_is_one_message(tmp_path):
     assert f"ProductConfigError: product settings file '{binary}' is not a text (UTF-8) file" in output
     frames = [line for line in output.splitlines() if line.strip().startswith('File "')]
     assert len(frames) == 1 and "geoembed_assets/definitions.py" in frames[0], frames
+
+
+def test_search_on_a_database_nothing_was_loaded_into_is_one_line(tmp_path):
+    result = _geoembed("similar", "--product", "modis_global", "--cell", "8428309ffffffff", "--data-dir", str(tmp_path),
+                       env={"GEOEMBED_PG_DSN": ""})
+    _one_clear_line(result, "no product has been loaded", "modis_global")

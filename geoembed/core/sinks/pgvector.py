@@ -461,10 +461,14 @@ def latest_model_table(conn: psycopg.Connection, product: str, model_version: st
     columns = ("SELECT table_name, model_version, dim, resolution, has_geometry, "
                "COALESCE(to_jsonb(m) ->> 'kind', 'h3_cells'), COALESCE(to_jsonb(m) -> 'meta', '{}'::jsonb) "
                "FROM geoembed.model_tables AS m WHERE product = %s")
-    if model_version:
-        row = conn.execute(columns + " AND model_version = %s", (product, model_version)).fetchone()
-    else:
-        row = conn.execute(columns + " ORDER BY created_at DESC LIMIT 1", (product,)).fetchone()
+    try:
+        if model_version:
+            row = conn.execute(columns + " AND model_version = %s", (product, model_version)).fetchone()
+        else:
+            row = conn.execute(columns + " ORDER BY created_at DESC LIMIT 1", (product,)).fetchone()
+    except (psycopg.errors.UndefinedTable, psycopg.errors.InvalidSchemaName):
+        raise LookupError(f"no product has been loaded into this database yet (looking for {product!r}); "
+                          "materialize embedding_table") from None
     if row is None:
         which = f"model version {model_version!r} of " if model_version else ""
         raise LookupError(f"no table for {which}product {product!r} in the database; materialize embedding_table")

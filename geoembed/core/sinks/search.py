@@ -466,3 +466,61 @@ def recall_report(conn: psycopg.Connection, found: ModelTable, n_queries: int = 
             outside.append(score)
     return RecallReport(k, float(np.mean(overall)) if overall else 0.0, float(np.mean(outside)) if outside else 1.0,
                         len(overall), len(outside), int(distinct[0]), int(distinct[1]))
+
+
+@dataclass(frozen=True)
+class SimilarQuery:
+    """"Places like this one" as a user asks it (CLI, HTTP API): exactly one of a cell, a chip or a
+    point, optionally inside an area (a bbox or a GeoJSON polygon)."""
+
+    product: str
+    cell: str | None = None
+    chip: str | None = None
+    lonlat: tuple[float, float] | None = None
+    k: int = 10
+    bbox: str | list[float] | None = None
+    geojson: str | dict | None = None
+    model_version: str | None = None
+
+    def checked(self) -> "SimilarQuery":
+        """Errors a query shows before any database is touched (SearchInputError naming the input)."""
+        if sum(v is not None for v in (self.cell, self.lonlat, self.chip)) != 1:
+            raise SearchInputError("give exactly one of a cell, a chip or a lon/lat")
+        if self.bbox is not None and self.geojson is not None:
+            raise SearchInputError("give at most one of a bbox or a GeoJSON area")
+        _check_k(self.k)
+        if self.cell is not None:
+            parse_cell(self.cell)
+        if self.chip is not None:
+            ChipRef.parse(self.chip)
+        if self.lonlat is not None:
+            cell_at(*self.lonlat, resolution=0)  # range check
+        return self
+
+
+def find_similar(conn: psycopg.Connection, query: SimilarQuery) -> tuple[SearchResult | ChipSearchResult, ModelTable]:
+    """Answer a query on the product's newest (or named) model table: cells for an H3 product, chips for
+    an imagery product; and the table it used."""
+    query.checked()
+    found = latest_model_table(conn, query.product, query.model_version)
+    area = None
+    if query.bbox is not None:
+        area = bbox_area(query.bbox, found.resolution)
+    elif query.geojson is not None:
+        area = geojson_area(query.geojson, found.resolution)
+    if found.kind == "chips":
+        if query.cell is not None:
+            raise SearchInputError(f"product {query.product!r} holds chips: give a chip or a lon/lat")
+        chip = ChipRef.parse(query.chip) if query.chip is not None else None
+        return similar_chips(conn, query.product, chip, query.lonlat, query.k, area, query.model_version), found
+    if query.chip is not None:
+        raise SearchInputError(f"product {query.product!r} holds H3 cells: give a cell or a lon/lat")
+    cell = parse_cell(query.cell) if query.cell is not None else cell_at(*query.lonlat, found.resolution)
+    return similar(conn, query.product, cell, query.k, area, query.model_version), found
+
+
+def result_geojson(result: SearchResult | ChipSearchResult, found: ModelTable) -> dict:
+    """A result as GeoJSON: hexagons for cells, footprints for chips."""
+    if isinstance(result, ChipSearchResult):
+        return chips_to_geojson(result, int(found.meta.get("chip_size", 256)))
+    return to_geojson(result)

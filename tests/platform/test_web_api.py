@@ -1,0 +1,160 @@
+"""The HTTP API of `geoembed serve`, as a client meets it: a real server process (uvicorn) on loopback
+over the embedded PostgreSQL, asked over HTTP; every endpoint, and bad input answered with a 4xx that
+names the problem."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import h3
+import h3.api.basic_int as h3i
+import numpy as np
+import pytest
+
+from geoembed.core.grids.h3 import cell_centres, region_cells
+from geoembed.core.sinks import pgvector as db, search
+from geoembed_resources.postgres import PostgresDatabase
+
+pytestmark = pytest.mark.integration  # a server process over the embedded PostgreSQL
+
+DIM, RES = 16, 4
+REGIONS = [h3i.latlng_to_cell(lat, lon, 1) for lat, lon in [(10, 10), (12, 20), (40, -100)]]
+PRODUCT = "webtest"
+
+
+def _rows(region: int) -> db.RegionRows:
+    cells = region_cells(region, RES)
+    lat, lon = cell_centres(cells)
+    rng = np.random.default_rng(region % 1000)
+    base = np.stack([np.sin(lat / 7 + i) + np.cos(lon / 11 - i) for i in range(DIM)], axis=1)
+    vectors = (base + 0.3 * rng.normal(size=base.shape)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    return db.RegionRows(region, cells, lon, lat, vectors, "00000000000000v1", "00000000000000s1")
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    """A loaded product and `geoembed serve --port 0` over it; yields (base URL, database)."""
+    data = tmp_path_factory.mktemp("web")
+    database = PostgresDatabase(embedded_dir=str(data / "postgres"))
+    with database.connect() as conn:
+        table = db.ensure_embedding_table(conn, PRODUCT, "00000000000000v1", DIM, RES)
+        for region in REGIONS:
+            db.replace_region(conn, table, _rows(region))
+        db.build_hnsw_index(conn, table)
+        conn.execute(f'ANALYZE geoembed."{table}"')
+    env = {**os.environ, "GEOEMBED_DATA_DIR": str(data)}
+    env.pop("GEOEMBED_PG_DSN", None)
+    server = subprocess.Popen([str(Path(sys.executable).with_name("geoembed")), "serve", "--port", "0"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        line = server.stdout.readline()
+        assert "serving" in line and "http://127.0.0.1:" in line, line + server.stderr.read()
+        url = line.split("on ", 1)[1].split()[0]
+        yield url, database
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def _get(url: str, path: str, **params) -> tuple[int, dict | list]:
+    query = urllib.parse.urlencode({k: v for k, v in params.items() if v is not None})
+    try:
+        with urllib.request.urlopen(f"{url}{path}{'?' + query if query else ''}", timeout=60) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+def test_products_lists_the_loaded_tables(served):
+    url, _ = served
+    status, products = _get(url, "/api/products")
+    assert status == 200
+    assert [(p["product"], p["kind"], p["dim"], p["resolution"]) for p in products] == [(PRODUCT, "h3_cells", DIM, RES)]
+    assert products[0]["rows"] == 3 * 343
+
+
+def test_similar_by_cell_and_by_point_equals_the_search_layer(served):
+    url, database = served
+    cell = int(region_cells(REGIONS[0], RES)[100])
+    status, collection = _get(url, "/api/similar", product=PRODUCT, cell=h3.int_to_str(cell), k=7)
+    assert status == 200 and collection["type"] == "FeatureCollection"
+    with database.connect(read_only=True) as conn:
+        expected = search.similar(conn, PRODUCT, cell, k=7)
+    assert [f["properties"]["h3"] for f in collection["features"]] == [m.cell for m in expected.matches]
+    assert [f["properties"]["rank"] for f in collection["features"]] == list(range(1, 8))
+    assert collection["properties"]["query"] == h3.int_to_str(cell) and collection["properties"]["k"] == 7
+    ring = collection["features"][0]["geometry"]["coordinates"][0]
+    assert len(ring) == 7 and ring[0] == ring[-1]  # a closed hexagon, lon/lat
+    # A point asks with the cell it falls in.
+    lat, lon = h3i.cell_to_latlng(cell)
+    status, by_point = _get(url, "/api/similar", product=PRODUCT, lon=lon, lat=lat, k=7)
+    assert status == 200 and by_point["features"] == collection["features"]
+
+
+def test_similar_inside_a_bbox_returns_k_places_inside_it(served):
+    url, _ = served
+    cell = int(region_cells(REGIONS[0], RES)[0])
+    lat, lon = h3i.cell_to_latlng(int(region_cells(REGIONS[1], RES)[0]))
+    bbox = f"{lon - 3},{lat - 3},{lon + 3},{lat + 3}"
+    status, collection = _get(url, "/api/similar", product=PRODUCT, cell=h3.int_to_str(cell), k=5, bbox=bbox)
+    assert status == 200 and len(collection["features"]) == 5
+    for feature in collection["features"]:
+        p = feature["properties"]
+        assert lon - 3 <= p["lon"] <= lon + 3 and lat - 3 <= p["lat"] <= lat + 3
+
+
+def test_cell_details(served):
+    url, _ = served
+    cell = h3.int_to_str(int(region_cells(REGIONS[2], RES)[5]))
+    status, details = _get(url, f"/api/cells/{cell}", product=PRODUCT)
+    assert status == 200
+    assert details["cell"] == cell and details["region"] == f"{REGIONS[2]:x}"
+    assert details["model_version"] == "00000000000000v1" and details["source_version"] == "00000000000000s1"
+    assert details["geometry"]["type"] == "Polygon"
+
+
+def test_the_api_is_documented(served):
+    url, _ = served
+    status, spec = _get(url, "/openapi.json")
+    assert status == 200 and set(spec["paths"]) == {"/api/products", "/api/similar", "/api/cells/{cell}"}
+    names = {p["name"] for p in spec["paths"]["/api/similar"]["get"]["parameters"]}
+    assert {"product", "cell", "lon", "lat", "chip", "k", "bbox", "model_version"} <= names
+
+
+@pytest.mark.parametrize(("path", "params", "status", "says"), [
+    ("/api/similar", {"product": PRODUCT, "cell": "not-a-cell"}, 400, "not a valid H3 cell"),
+    ("/api/similar", {"product": PRODUCT, "cell": "8428309ffffffff", "k": 0}, 422, "greater than or equal to 1"),
+    ("/api/similar", {"product": PRODUCT, "cell": "8428309ffffffff", "k": 100_000}, 422, "less than or equal to"),
+    ("/api/similar", {"product": PRODUCT, "cell": "8428309ffffffff", "bbox": "1,2,3"}, 400, "bbox"),
+    ("/api/similar", {"product": PRODUCT, "lon": 500, "lat": 0}, 422, "less than or equal to 180"),
+    ("/api/similar", {"product": PRODUCT, "lon": 5}, 400, "lon and lat together"),
+    ("/api/similar", {"product": PRODUCT}, 400, "exactly one of"),
+    ("/api/similar", {"product": "no_such_product", "cell": "8428309ffffffff"}, 404, "no_such_product"),
+    ("/api/similar", {"product": PRODUCT, "cell": "8428309ffffffff"}, 400, "has no embedding"),
+    ("/api/cells/8428309ffffffff", {"product": PRODUCT}, 404, "has no embedding"),
+    ("/api/cells/zz", {"product": PRODUCT}, 400, "not a valid H3 cell"),
+])
+def test_bad_input_is_a_4xx_naming_the_problem(served, path, params, status, says):
+    url, _ = served
+    got, body = _get(url, path, **params)
+    assert got == status, body
+    assert says in json.dumps(body["detail"]), body
+
+
+def test_the_server_refuses_an_address_it_cannot_bind_in_one_line(served, tmp_path):
+    url, _ = served
+    port = url.rsplit(":", 1)[1]
+    result = subprocess.run([str(Path(sys.executable).with_name("geoembed")), "serve", "--port", port,
+                             "--data-dir", str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines() == [f"geoembed: --host/--port: cannot listen on 127.0.0.1:{port}: "
+                                                  "Address already in use"]
+    assert _get(url, "/api/products")[0] == 200  # the running server is untouched

@@ -114,12 +114,13 @@ def _similar(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    import signal
     import socket
 
     import uvicorn
 
     from geoembed.web.api import create_app
-    from geoembed_resources.postgres import DSN_ENV_VAR, PostgresDatabase, describe_database
+    from geoembed_resources.postgres import DSN_ENV_VAR, PostgresDatabase, describe_database, release_embedded
 
     data_dir = Path(args.data_dir or os.environ.get("GEOEMBED_DATA_DIR") or Path.cwd() / "data")
     database = PostgresDatabase(dsn=os.environ.get(DSN_ENV_VAR) or None, embedded_dir=str(data_dir / "postgres"))
@@ -136,7 +137,16 @@ def _serve(args: argparse.Namespace) -> int:
     print(f"geoembed: serving {describe_database(database)} on http://{host}:{port} "
           f"(API docs: http://{host}:{port}/docs)", flush=True)
     server = uvicorn.Server(uvicorn.Config(create_app(database), log_level="warning"))
-    server.run(sockets=[sock])
+    # uvicorn shuts down gracefully on SIGTERM/SIGINT, then raises the signal again: exit through Python
+    # then, so that the embedded database's hold is given back and its server stops with us.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
+    try:
+        server.run(sockets=[sock])
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if database.dsn is None:
+            release_embedded(database.embedded_dir)
     return 0
 
 

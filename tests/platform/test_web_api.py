@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -16,11 +17,12 @@ from pathlib import Path
 import h3
 import h3.api.basic_int as h3i
 import numpy as np
+import psutil
 import pytest
 
 from geoembed.core.grids.h3 import cell_centres, region_cells
 from geoembed.core.sinks import pgvector as db, search
-from geoembed_resources.postgres import PostgresDatabase
+from geoembed_resources.postgres import PostgresDatabase, release_embedded
 
 pytestmark = pytest.mark.integration  # a server process over the embedded PostgreSQL
 
@@ -61,7 +63,13 @@ def served(tmp_path_factory):
         yield url, database
     finally:
         server.terminate()
-        server.wait(timeout=30)
+        assert server.wait(timeout=30) == 0, server.stderr.read()
+        release_embedded(data / "postgres")
+    # Nothing the server started outlives it: with both holders gone, the embedded PostgreSQL stopped.
+    deadline = time.monotonic() + 30
+    while any(str(data) in " ".join(p.info["cmdline"] or []) for p in psutil.process_iter(["cmdline"])):
+        assert time.monotonic() < deadline, "the embedded PostgreSQL outlived `geoembed serve`"
+        time.sleep(0.2)
 
 
 def _get(url: str, path: str, **params) -> tuple[int, dict | list]:

@@ -3,6 +3,7 @@ writes replace, concurrent writes of different regions (pentagons sharing chunks
 layout changes keep data, and a plain Zarr store from before is converted with its rows."""
 
 import multiprocessing
+import warnings
 from concurrent.futures import ProcessPoolExecutor
 
 import h3.api.basic_int as h3i
@@ -49,9 +50,12 @@ def test_store_opens_in_one_call_and_decodes_with_xdggs(tmp_path):
     layout = _layout(HEXAGONS)
     ensure_product_store(path, layout, DIM, {"product": "t"})
     _write((path, HEXAGONS, HEXAGONS[0], 0.0))
-    # What a user writes: icechunk's reader, then plain xarray.
+    # What a user writes: icechunk's reader, then plain xarray, which warns of nothing (no consolidated
+    # metadata to miss: a snapshot opens in one read).
     session = icechunk.Repository.open(icechunk.local_filesystem_storage(str(path))).readonly_session("main")
-    ds = xr.open_zarr(session.store, consolidated=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ds = xr.open_zarr(session.store)
     assert ds["cell_ids"].attrs == {"grid_name": "h3", "level": 3}
     assert ds.sizes["cells"] == layout.n_rows and ds["cell_ids"].dtype == np.uint64
     decoded = ds.dggs.decode()

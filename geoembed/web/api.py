@@ -13,7 +13,6 @@ from typing import Annotated, Any
 
 import h3
 import h3.api.basic_int as h3i
-import psycopg
 from fastapi import FastAPI, Query, Request
 from fastapi.responses import JSONResponse
 from psycopg import sql
@@ -21,7 +20,7 @@ from pydantic import BaseModel
 
 from geoembed.core.errors import InputError
 from geoembed.core.sinks import search
-from geoembed.core.sinks.pgvector import SCHEMA, latest_model_table
+from geoembed.core.sinks.pgvector import SCHEMA, latest_model_table, registered_tables
 from geoembed_resources.postgres import PostgresDatabase
 
 
@@ -68,16 +67,7 @@ def create_app(database: PostgresDatabase) -> FastAPI:
     def products() -> list[ProductTable]:
         """Every product's loaded model versions, newest first within a product."""
         with database.connect(read_only=True) as conn:
-            try:
-                rows = conn.execute(
-                    "SELECT m.product, m.model_version, COALESCE(to_jsonb(m) ->> 'kind', 'h3_cells'), m.dim, "
-                    "m.resolution, m.table_name, GREATEST(c.reltuples, 0)::bigint, m.created_at::text "
-                    "FROM geoembed.model_tables AS m LEFT JOIN pg_class AS c ON c.relname = m.table_name "
-                    "AND c.relnamespace = 'geoembed'::regnamespace ORDER BY m.product, m.created_at DESC").fetchall()
-            except (psycopg.errors.UndefinedTable, psycopg.errors.InvalidSchemaName):
-                return []  # nothing loaded yet
-        return [ProductTable(product=p, model_version=v, kind=k, dim=d, resolution=r, table=t, rows=n, created_at=c)
-                for p, v, k, d, r, t, n, c in rows]
+            return [ProductTable(**vars(t)) for t in registered_tables(conn)]
 
     @app.get("/api/similar", summary="The k places most similar to a cell, a point or a chip (GeoJSON)")
     def similar(

@@ -475,6 +475,33 @@ def latest_model_table(conn: psycopg.Connection, product: str, model_version: st
     return ModelTable(*row)
 
 
+@dataclass
+class RegisteredTable:
+    """A row of the registry: one loaded model version of a product, with PostgreSQL's row estimate."""
+
+    product: str
+    model_version: str
+    kind: str
+    dim: int
+    resolution: int
+    table: str
+    rows: int
+    created_at: str
+
+
+def registered_tables(conn: psycopg.Connection) -> list[RegisteredTable]:
+    """Every product's loaded model versions, newest first within a product (none before any load)."""
+    try:
+        rows = conn.execute(
+            "SELECT m.product, m.model_version, COALESCE(to_jsonb(m) ->> 'kind', 'h3_cells'), m.dim, m.resolution, "
+            "m.table_name, GREATEST(c.reltuples, 0)::bigint, m.created_at::text FROM geoembed.model_tables AS m "
+            "LEFT JOIN pg_class AS c ON c.relname = m.table_name AND c.relnamespace = 'geoembed'::regnamespace "
+            "ORDER BY m.product, m.created_at DESC").fetchall()
+    except (psycopg.errors.UndefinedTable, psycopg.errors.InvalidSchemaName):
+        return []
+    return [RegisteredTable(*row) for row in rows]
+
+
 def count_rows(conn: psycopg.Connection, table: str) -> int:
     return conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(SCHEMA, table))).fetchone()[0]
 

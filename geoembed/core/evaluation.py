@@ -63,15 +63,24 @@ def pca_features(train_fractions: np.ndarray, test_fractions: np.ndarray, dim: i
     return pca.transform(train_fractions), pca.transform(test_fractions)
 
 
-def principal_scores(embeddings, k: int = 3) -> np.ndarray:
+def principal_scores(embeddings, k: int = 3, counts: np.ndarray | None = None) -> np.ndarray:
     """Rows projected on their first ``k`` principal components (numpy in memory, or a dask array
     computed chunk-parallel: tall-and-skinny QR of the centred rows on whatever cluster is active).
+    ``counts`` (numpy only) says how many times each row occurs, so distinct vectors stand for all the rows
+    sharing them: the same components as the expanded rows', without expanding them.
     Signs follow scikit-learn: each component's largest loading is positive."""
     if isinstance(embeddings, da.Array):
         x = embeddings.astype(np.float64).rechunk({1: -1})
         centred = x - x.mean(axis=0)
         _, _, vt = da.linalg.svd(centred)
         vt = np.asarray(vt[:k].compute())
+    elif counts is not None:
+        x = np.asarray(embeddings, dtype=np.float64)
+        weights = np.asarray(counts, dtype=np.float64)
+        centred = x - np.average(x, axis=0, weights=weights)
+        # The right singular vectors of the expanded centred rows are the eigenvectors of their scatter.
+        values, vectors = np.linalg.eigh((centred * weights[:, None]).T @ centred)
+        vt = vectors[:, np.argsort(values)[::-1][:k]].T
     else:
         x = np.asarray(embeddings, dtype=np.float64)
         centred = x - x.mean(axis=0)
@@ -81,12 +90,15 @@ def principal_scores(embeddings, k: int = 3) -> np.ndarray:
     return np.asarray(scores.compute() if isinstance(scores, da.Array) else scores)
 
 
-def principal_rgb(embeddings) -> np.ndarray:
-    """First three principal components scaled to [0, 1] (2-98 % stretch): an RGB colour per row."""
-    if len(embeddings) < 3:
+def principal_rgb(embeddings, counts: np.ndarray | None = None) -> np.ndarray:
+    """First three principal components scaled to [0, 1] (2-98 % stretch): an RGB colour per row.
+    With ``counts``, rows are distinct vectors standing for that many rows each (see ``principal_scores``);
+    the colours are those the expanded rows would get."""
+    if (len(embeddings) if counts is None else int(np.sum(counts))) < 3:
         return np.full((len(embeddings), 3), 0.5)
-    pcs = principal_scores(embeddings, 3)
-    lo, hi = np.percentile(pcs, 2, axis=0), np.percentile(pcs, 98, axis=0)
+    pcs = principal_scores(embeddings, 3, counts)
+    spread = pcs if counts is None else np.repeat(pcs, np.asarray(counts, dtype=np.int64), axis=0)
+    lo, hi = np.percentile(spread, 2, axis=0), np.percentile(spread, 98, axis=0)
     return np.clip((pcs - lo) / np.where(hi > lo, hi - lo, 1.0), 0.0, 1.0)
 
 

@@ -9,19 +9,31 @@ validation), 400 for a value the search refuses, 404 for an unknown product or c
 
 from __future__ import annotations
 
+import sys
+import threading
+from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Annotated, Any
 
 import h3
 import h3.api.basic_int as h3i
 from fastapi import FastAPI, Query, Request
-from fastapi.responses import JSONResponse
+from fastapi.middleware.gzip import GZipMiddleware
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
 from psycopg import sql
 from pydantic import BaseModel
 
 from geoembed.core.errors import InputError
 from geoembed.core.sinks import search
-from geoembed.core.sinks.pgvector import SCHEMA, latest_model_table, registered_tables
+from geoembed.core.sinks.pgvector import SCHEMA, ModelTable, latest_model_table, read_table_embeddings, registered_tables
+from geoembed.web.layers import MAX_VIEW_CELLS, WORLD, Bbox, ColourLayer
 from geoembed_resources.postgres import PostgresDatabase
+
+STATIC = Path(__file__).parent / "static"
+# Front-end libraries: installed from the npm registry by scripts/setup.sh (npm ci, package-lock.json)
+# and served from here, so the page loads nothing from the internet.
+VENDOR = Path(__file__).parent / "node_modules"
 
 
 class ProductTable(BaseModel):
@@ -51,9 +63,84 @@ class CellDetails(BaseModel):
     geometry: dict[str, Any]
 
 
-def create_app(database: PostgresDatabase) -> FastAPI:
+class MapCells(BaseModel):
+    """The cells of a view at the finest resolution that fits it, with their colours."""
+
+    product: str
+    model_version: str
+    resolution: int  # H3 resolution of these cells (the product's own, or coarser parents)
+    product_resolution: int
+    cells: list[str]  # H3 ids
+    rgb: str  # 6 hex digits per cell, in the order of ``cells``
+    cells_in_product: int  # the product's own cells inside the view
+
+
+class ColourLayers:
+    """Each product table's colour pyramid, built on first use (reading the table once) and kept."""
+
+    def __init__(self, database: PostgresDatabase):
+        self.database = database
+        self._layers: dict[str, ColourLayer] = {}
+        self._locks: dict[str, threading.Lock] = {}
+        self._guard = threading.Lock()
+
+    def get(self, found: ModelTable) -> ColourLayer:
+        with self._guard:
+            lock = self._locks.setdefault(found.table, threading.Lock())
+        with lock:  # concurrent first requests build it once
+            if found.table not in self._layers:
+                with self.database.connect(read_only=True) as conn:
+                    embeddings = read_table_embeddings(conn, found)
+                self._layers[found.table] = ColourLayer.from_embeddings(embeddings, found.resolution)
+            return self._layers[found.table]
+
+    def warm(self) -> None:
+        """Build the newest table's layer of every H3 product (the server calls this in the background)."""
+        newest: dict[str, ModelTable] = {}
+        try:
+            with self.database.connect(read_only=True) as conn:
+                for t in registered_tables(conn) if _has_registry(conn) else []:
+                    if t.kind == "h3_cells" and t.product not in newest:
+                        newest[t.product] = latest_model_table(conn, t.product, t.model_version)
+        except Exception as exc:  # noqa: BLE001 - requests will meet (and report) the same problem
+            print(f"geoembed: could not list the products to prepare their maps: {exc}", file=sys.stderr, flush=True)
+        for product, found in newest.items():
+            try:
+                self.get(found)
+            except Exception as exc:  # noqa: BLE001 - a request will try again and answer with the error
+                print(f"geoembed: could not prepare the map of {product!r}: {exc}", file=sys.stderr, flush=True)
+
+
+def _has_registry(conn) -> bool:
+    return conn.execute("SELECT to_regclass('geoembed.model_tables') IS NOT NULL").fetchone()[0]
+
+
+def parse_view_bbox(value: str | None) -> Bbox:
+    """A map view's 'west,south,east,north': longitudes may run past +-180 (a wrapped view)."""
+    if value is None:
+        return WORLD
+    try:
+        west, south, east, north = (float(v) for v in value.split(","))
+    except ValueError:
+        raise search.SearchInputError(f"bbox {value!r} must be four numbers: west,south,east,north") from None
+    if not (-90 <= south < north <= 90) or not west < east or not all(abs(v) <= 540 for v in (west, east)):
+        raise search.SearchInputError(
+            f"bbox {value!r} is invalid: need west<east (longitudes within +-540), -90<=south<north<=90")
+    return Bbox(west, south, east, north)
+
+
+def create_app(database: PostgresDatabase, warm_layers: bool = False) -> FastAPI:
+    layers = ColourLayers(database)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI):
+        if warm_layers:  # the first map view need not wait for the PCA of a large product
+            threading.Thread(target=layers.warm, name="warm-colour-layers", daemon=True).start()
+        yield
+
     app = FastAPI(title="geoembed", summary="Find places like this one in geospatial embedding products",
-                  description=__doc__, version="1")
+                  description=__doc__, version="1", lifespan=lifespan)
+    app.add_middleware(GZipMiddleware, minimum_size=1000)
 
     @app.exception_handler(InputError)
     async def _bad_input(_: Request, exc: InputError) -> JSONResponse:
@@ -114,4 +201,33 @@ def create_app(database: PostgresDatabase) -> FastAPI:
                            model_version=model, source_version=source, table=f"{SCHEMA}.{found.table}",
                            geometry={"type": "Polygon", "coordinates": [ring + ring[:1]]})
 
+    @app.get("/api/map/cells", response_model=MapCells, summary="A view's cells, coloured by their embedding")
+    def map_cells(
+        product: Annotated[str, Query(description="product name (an H3 product)")],
+        bbox: Annotated[str | None, Query(description="the view: west,south,east,north (longitudes may wrap)")] = None,
+        max_cells: Annotated[int, Query(ge=1, le=50_000, description="the most cells to send")] = MAX_VIEW_CELLS,
+        model_version: Annotated[str | None, Query(description="default: the newest loaded")] = None,
+    ) -> MapCells:
+        """The product's cells in the view at the finest H3 resolution that fits ``max_cells`` (coarser
+        cells carry the mean colour of their children). Colours: the first 3 principal components of the
+        embeddings as RGB, as on the Dagster map."""
+        view_box = parse_view_bbox(bbox)
+        with database.connect(read_only=True) as conn:
+            found = latest_model_table(conn, product, model_version)
+        if found.kind != "h3_cells":
+            raise search.SearchInputError(f"product {product!r} holds {found.kind.replace('_', ' ')}, not H3 cells")
+        view = layers.get(found).view(view_box, max_cells)
+        return MapCells(product=product, model_version=found.model_version, resolution=view.resolution,
+                        product_resolution=found.resolution, cells=[f"{c:x}" for c in view.cells.tolist()],
+                        rgb=view.rgb.tobytes().hex(), cells_in_product=view.cells_in_product)
+
+    @app.get("/", include_in_schema=False)
+    def page() -> FileResponse:
+        if not (VENDOR / "maplibre-gl").is_dir():
+            raise LookupError("the map's front-end libraries are not installed: run scripts/setup.sh (npm ci)")
+        return FileResponse(STATIC / "index.html")
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    if VENDOR.is_dir():
+        app.mount("/vendor", StaticFiles(directory=VENDOR), name="vendor")
     return app

@@ -127,6 +127,28 @@ def test_binary_copy_round_trips_every_value(database):
     np.testing.assert_allclose(np.stack([r[6].to_numpy() for r in got]), rows.embedding)
 
 
+def test_table_embeddings_read_back_as_distinct_vectors(database, loaded):
+    expected = {int(c): v for region in REGIONS + [ANTIMERIDIAN] for c, v in
+                zip(region_rows(region).cells.astype(np.int64), region_rows(region).embedding)}
+    with database.connect(read_only=True) as conn:
+        found = db.latest_model_table(conn, "dbtest", "v1")
+        embeddings = db.read_table_embeddings(conn, found)
+        assert embeddings.keys.tolist() == sorted(expected)
+        np.testing.assert_array_equal(embeddings.vectors[embeddings.vector_index],
+                                      np.stack([expected[k] for k in embeddings.keys.tolist()]))
+        assert len(embeddings.vectors) == len(np.unique(embeddings.vectors, axis=0))  # each vector once
+        assert embeddings.counts.sum() == len(expected)
+    # A table without a vectors table (made before distinct-vector indexing) reads row by row.
+    rows = region_rows(REGIONS[2], version="novectors0000000")
+    with database.connect() as conn:
+        table = db.ensure_embedding_table(conn, "novectors", "novectors0000000", DIM, RES)
+        db.replace_region(conn, table, rows)
+        conn.execute(f'DROP TABLE geoembed."{db.vectors_table(table)}"')
+        legacy = db.read_table_embeddings(conn, db.latest_model_table(conn, "novectors", "novectors0000000"))
+    order = np.argsort(rows.cells.astype(np.int64))
+    np.testing.assert_array_equal(legacy.vectors[legacy.vector_index], rows.embedding[order])
+
+
 def test_dimension_mismatch_fails_before_writing(database, loaded):
     with database.connect() as conn:
         with pytest.raises(db.DimensionMismatchError, match=r"16-d.*makes 32-d"):

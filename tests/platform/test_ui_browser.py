@@ -11,14 +11,12 @@ from __future__ import annotations
 
 import base64
 import json
-import os
-import shutil
 import struct
 from pathlib import Path
 
 import pytest
 
-from conftest import REPO, dagster_deployment, shared_file
+from conftest import REPO, chromium_browser, dagster_deployment, shared_file
 from geoembed.core.backfill import serve_dagster
 
 pytestmark = pytest.mark.integration
@@ -29,13 +27,6 @@ NAME = "nlcd_zion"
 ASSETS = ["landcover_source", "h3_regions", "landcover_samples", "embedding_model", "cell_embeddings",
           "embedding_map", "embedding_table", "embedding_index"]
 TIMEOUT_MS = 90_000  # a shared 2-core machine: the code server and the graph layout take a while
-
-
-def _chromium() -> str:
-    for candidate in ("/usr/bin/chromium", shutil.which("chromium")):
-        if candidate and os.access(candidate, os.X_OK):
-            return candidate
-    pytest.skip("Debian's chromium is not installed (/usr/bin/chromium); run scripts/browser.sh as root")
 
 
 def _png_size(png: bytes) -> tuple[int, int]:
@@ -84,8 +75,6 @@ def _materialize(home: Path, data: Path) -> dict:
 @pytest.fixture(scope="module")
 def ui(tmp_path_factory):
     """A materialized product, the webserver serving it, and a headless Chromium; torn down afterwards."""
-    chromium = _chromium()
-    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed in .venv")
     shared_file("nlcd2011_zion.tif")
     root = tmp_path_factory.mktemp("ui")
     with pytest.MonkeyPatch.context() as mp:
@@ -96,13 +85,8 @@ def ui(tmp_path_factory):
     for old in ARTIFACTS.glob("*.png"):
         old.unlink()
     with serve_dagster("dagster-webserver", env, ARTIFACTS / "webserver.log") as base:
-        with sync_api.sync_playwright() as playwright:
-            args = ["--disable-dev-shm-usage"] + (["--no-sandbox"] if os.geteuid() == 0 else [])
-            browser = playwright.chromium.launch(executable_path=chromium, headless=True, args=args)
-            try:
-                yield {**product, "base": base, "browser": browser}
-            finally:
-                browser.close()
+        with chromium_browser() as browser:
+            yield {**product, "base": base, "browser": browser}
 
 
 def _page(ui, height: int = 1000):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -20,6 +21,8 @@ import numpy as np
 import psutil
 import pytest
 
+from conftest import REPO, chromium_browser
+from geoembed.core.evaluation import principal_rgb
 from geoembed.core.grids.h3 import cell_centres, region_cells
 from geoembed.core.sinks import pgvector as db, search
 from geoembed_resources.postgres import PostgresDatabase, release_embedded
@@ -132,7 +135,8 @@ def test_cell_details(served):
 def test_the_api_is_documented(served):
     url, _ = served
     status, spec = _get(url, "/openapi.json")
-    assert status == 200 and set(spec["paths"]) == {"/api/products", "/api/similar", "/api/cells/{cell}"}
+    assert status == 200 and set(spec["paths"]) == {"/api/products", "/api/similar", "/api/cells/{cell}",
+                                                    "/api/map/cells"}
     names = {p["name"] for p in spec["paths"]["/api/similar"]["get"]["parameters"]}
     assert {"product", "cell", "lon", "lat", "chip", "k", "bbox", "model_version"} <= names
 
@@ -149,6 +153,10 @@ def test_the_api_is_documented(served):
     ("/api/similar", {"product": PRODUCT, "cell": "8428309ffffffff"}, 400, "has no embedding"),
     ("/api/cells/8428309ffffffff", {"product": PRODUCT}, 404, "has no embedding"),
     ("/api/cells/zz", {"product": PRODUCT}, 400, "not a valid H3 cell"),
+    ("/api/map/cells", {"product": PRODUCT, "bbox": "10,0,5,5"}, 400, "west<east"),
+    ("/api/map/cells", {"product": PRODUCT, "bbox": "x"}, 400, "four numbers"),
+    ("/api/map/cells", {"product": PRODUCT, "max_cells": 0}, 422, "greater than or equal to 1"),
+    ("/api/map/cells", {"product": "no_such_product"}, 404, "no_such_product"),
 ])
 def test_bad_input_is_a_4xx_naming_the_problem(served, path, params, status, says):
     url, _ = served
@@ -166,3 +174,132 @@ def test_the_server_refuses_an_address_it_cannot_bind_in_one_line(served, tmp_pa
     assert result.stderr.strip().splitlines() == [f"geoembed: --host/--port: cannot listen on 127.0.0.1:{port}: "
                                                   "Address already in use"]
     assert _get(url, "/api/products")[0] == 200  # the running server is untouched
+
+
+def test_map_cells_carry_the_dagster_maps_colours_at_the_resolution_the_view_fits(served):
+    url, _ = served
+    status, whole = _get(url, "/api/map/cells", product=PRODUCT)
+    assert status == 200 and whole["resolution"] == RES and whole["product_resolution"] == RES
+    cells = np.array([int(c, 16) for c in whole["cells"]], dtype=np.uint64)
+    assert len(cells) == whole["cells_in_product"] == 3 * 343
+    rows = [_rows(region) for region in REGIONS]
+    expected = dict(zip(np.concatenate([r.cells for r in rows]).tolist(),
+                        np.round(principal_rgb(np.concatenate([r.embedding for r in rows])) * 255)))
+    rgb = np.frombuffer(bytes.fromhex(whole["rgb"]), dtype=np.uint8).reshape(-1, 3)
+    assert np.abs(rgb.astype(int) - np.stack([expected[c] for c in cells.tolist()])).max() <= 1
+    # A budget smaller than the product: coarser cells, within the budget.
+    status, coarse = _get(url, "/api/map/cells", product=PRODUCT, max_cells=100)
+    assert status == 200 and coarse["resolution"] < RES and len(coarse["cells"]) <= 100
+    # A view around one region: only its cells.
+    lat, lon = h3i.cell_to_latlng(REGIONS[2])
+    status, near = _get(url, "/api/map/cells", product=PRODUCT, bbox=f"{lon - 8},{lat - 8},{lon + 8},{lat + 8}")
+    assert status == 200 and set(near["cells"]) == {f"{c:x}" for c in region_cells(REGIONS[2], RES)}
+
+
+def test_the_page_and_its_libraries_are_served_locally(served):
+    url, _ = served
+    with urllib.request.urlopen(url + "/", timeout=60) as response:
+        page = response.read().decode()
+    sources = re.findall(r'(?:src|href)="(/[^"]+)"', page)
+    assert {"/vendor/maplibre-gl/dist/maplibre-gl.js", "/static/map.js"} <= set(sources)
+    assert "http" not in " ".join(re.findall(r'(?:src|href)="([^"]+)"', page))  # nothing from the internet
+    for path in sources + ["/vendor/world-atlas/countries-110m.json"]:
+        with urllib.request.urlopen(url + path, timeout=60) as response:
+            assert response.status == 200 and len(response.read()) > 100, path
+
+
+MAP_ARTIFACTS = REPO / "test-artifacts" / "map"
+BROWSER_TIMEOUT_MS = 90_000  # a shared 2-core machine, WebGL in software
+
+
+@pytest.fixture(scope="module")
+def map_page(served):
+    """The map page in headless Chromium, opened on the first region, once its cells are drawn."""
+    url, _ = served
+    MAP_ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    for old in MAP_ARTIFACTS.glob("*"):
+        old.unlink()
+    lat, lon = h3i.cell_to_latlng(REGIONS[0])
+    with chromium_browser() as browser:
+        page = browser.new_page(viewport={"width": 1400, "height": 900}, accept_downloads=True)
+        page.set_default_timeout(BROWSER_TIMEOUT_MS)
+        problems: list[str] = []
+        page.on("pageerror", lambda error: problems.append(str(error)))
+        page.on("requestfailed", lambda request: problems.append(f"request failed: {request.url}"))
+        page.goto(f"{url}/?product={PRODUCT}&lon={lon}&lat={lat}&zoom=4&k=8")
+        page.wait_for_function("window.geoembed && window.geoembed.ready")
+        yield page, problems
+        page.close()
+
+
+def _pixels(png: bytes) -> np.ndarray:
+    from PIL import Image
+    import io
+
+    return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
+
+
+def test_the_map_draws_the_products_cells_over_the_context_layer(map_page):
+    page, problems = map_page
+    shot = page.locator("#map").screenshot(path=str(MAP_ARTIFACTS / "map_initial.png"))
+    pixels = _pixels(shot)
+    colours = np.unique(pixels.reshape(-1, 3), axis=0)
+    assert len(colours) > 50, "the map canvas is blank or flat"
+    assert problems == [] and page.evaluate("window.geoembed.errors") == []
+    status = page.locator("#layer-status").inner_text()
+    assert f"at H3 res {RES} (the product's own)" in status and "00000000000000v1" in status
+    assert page.locator("#product option").all_inner_texts() == [PRODUCT]
+
+
+def test_clicking_a_cell_highlights_the_apis_top_k_and_downloads_them(map_page, served, tmp_path):
+    page, problems = map_page
+    url, _ = served
+    cell = int(region_cells(REGIONS[0], RES)[200])
+    lat, lon = h3i.cell_to_latlng(cell)
+    x, y = page.evaluate(f"(() => {{ const p = window.geoembed.map.project([{lon}, {lat}]); return [p.x, p.y]; }})()")
+    box = page.locator("#map").bounding_box()
+    page.mouse.click(box["x"] + x, box["y"] + y)
+    page.wait_for_function("window.geoembed.clicks.length === 1")
+    click = page.evaluate("window.geoembed.clicks[0]")
+    status, expected = _get(url, "/api/similar", product=PRODUCT, cell=h3.int_to_str(cell), k=8)
+    assert status == 200 and click["query"] == h3.int_to_str(cell)
+    top_k = [f["properties"]["h3"] for f in expected["features"]]
+    assert click["cells"] == top_k and len(top_k) == 8
+    # What the map draws is what the API answered: the highlight layer holds exactly those cells.
+    drawn = page.evaluate("window.geoembed.map.querySourceFeatures('similar').map(f => f.properties.h3)")
+    assert set(drawn) == set(top_k)
+    listed = page.locator("#results li").all_inner_texts()
+    assert [item.split()[0] for item in listed] == top_k
+    assert [float(item.split()[1]) for item in listed] == pytest.approx(
+        [f["properties"]["distance"] for f in expected["features"]], abs=1e-4)
+    page.locator("#map").screenshot(path=str(MAP_ARTIFACTS / "map_similar.png"))
+    page.screenshot(path=str(MAP_ARTIFACTS / "page_similar.png"))
+    with page.expect_download() as download:
+        page.locator("#download").click()
+    saved = tmp_path / download.value.suggested_filename
+    download.value.save_as(saved)
+    collection = json.loads(saved.read_text())
+    assert saved.suffix == ".geojson" and collection["type"] == "FeatureCollection"
+    assert [f["properties"]["h3"] for f in collection["features"]] == top_k
+    assert problems == []
+
+
+def test_similar_restricted_to_the_view_stays_inside_it(map_page):
+    page, problems = map_page
+    page.locator("#restrict").check()
+    page.locator("#k").fill("5")
+    page.evaluate("window.geoembed.map.jumpTo({zoom: 6})")
+    page.wait_for_function("window.geoembed.map.loaded()")
+    west, south, east, north = page.evaluate("window.geoembed.map.getBounds().toArray().flat()")
+    box = page.locator("#map").bounding_box()
+    clicks = page.evaluate("window.geoembed.clicks.length")
+    page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    page.wait_for_function(f"window.geoembed.clicks.length === {clicks + 1}")
+    result = page.evaluate("window.geoembed.lastResult")
+    assert len(result["features"]) == 5
+    for feature in result["features"]:
+        p = feature["properties"]
+        assert west <= p["lon"] <= east and south <= p["lat"] <= north
+    assert "inside the view" in page.locator("#search-status").inner_text()
+    page.locator("#map").screenshot(path=str(MAP_ARTIFACTS / "map_similar_in_view.png"))
+    assert problems == []

@@ -49,6 +49,16 @@ def cell_centres(cells: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return latlng[:, 0], latlng[:, 1]
 
 
+def parent_cells(cells: np.ndarray, resolution: int) -> np.ndarray:
+    """Each cell's ancestor at ``resolution`` (uint64; the cells must be at that resolution or finer),
+    with integer operations on the ids: the resolution field is set and the finer digits become 7
+    (unused), as H3 itself does. ``h3.cell_to_parent`` per cell, vectorised."""
+    ids = np.asarray(cells, dtype=np.uint64)
+    parents = (ids & ~np.uint64(0xF << 52)) | np.uint64(resolution << 52)
+    unused = sum(7 << ((15 - digit) * 3) for digit in range(resolution + 1, 16))
+    return parents | np.uint64(unused)
+
+
 def cells_at(resolution: int) -> np.ndarray:
     """Every H3 cell of a resolution (for coarse resolutions: regions of the whole globe)."""
     if resolution > 3:

@@ -1,0 +1,254 @@
+// The geoembed map: a product's cells coloured by their embedding (3 principal components as RGB, the
+// Dagster map's colours), over Natural Earth country outlines (world-atlas); click a place to outline
+// the k most similar places. The server sends each view's cells at the finest H3 resolution that fits
+// (/api/map/cells), so the global res-5 product never reaches the browser whole.
+"use strict";
+
+const params = new URLSearchParams(location.search);
+const $ = (id) => document.getElementById(id);
+// What tests and benchmarks read: timings (ms since navigation) and the last search's result.
+const state = (window.geoembed = { ready: false, firstPaintMs: null, clicks: [], lastResult: null, errors: [] });
+
+const map = new maplibregl.Map({
+  container: "map",
+  style: {
+    version: 8,
+    sources: {},
+    layers: [{ id: "background", type: "background", paint: { "background-color": "#dfe8ee" } }],
+  },
+  center: [Number(params.get("lon") ?? 10), Number(params.get("lat") ?? 25)],
+  zoom: Number(params.get("zoom") ?? 1.2),
+  attributionControl: false,
+  fadeDuration: 0,
+});
+map.addControl(new maplibregl.NavigationControl({ showCompass: false }));
+state.map = map;
+
+const EMPTY = { type: "FeatureCollection", features: [] };
+
+// Rings crossing the antimeridian are unwrapped eastwards so MapLibre draws them whole.
+function unwrapRing(ring) {
+  const lons = ring.map((p) => p[0]);
+  if (Math.max(...lons) - Math.min(...lons) <= 180) return ring;
+  return ring.map(([lon, lat]) => [lon < 0 ? lon + 360 : lon, lat]);
+}
+
+// Natural Earth rings cut at the antimeridian jump from -180 to 180: made continuous, so MapLibre draws
+// no seam across the world; a ring around a pole (Antarctica) is closed along that pole.
+function continuousRing(ring) {
+  const out = [ring[0].slice()];
+  for (let i = 1; i < ring.length; i++) {
+    let lon = ring[i][0];
+    const previous = out[i - 1][0];
+    while (lon - previous > 180) lon -= 360;
+    while (previous - lon > 180) lon += 360;
+    out.push([lon, ring[i][1]]);
+  }
+  const drift = out[out.length - 1][0] - out[0][0];
+  if (Math.abs(drift) > 180) {
+    const pole = Math.sign(out.reduce((sum, p) => sum + p[1], 0)) * 90;
+    out.push([out[out.length - 1][0], pole], [out[0][0], pole], out[0].slice());
+  }
+  return out;
+}
+
+function continuousGeometry(geometry) {
+  if (geometry.type === "Polygon") geometry.coordinates = geometry.coordinates.map(continuousRing);
+  if (geometry.type === "MultiPolygon") geometry.coordinates = geometry.coordinates.map((p) => p.map(continuousRing));
+  return geometry;
+}
+
+function hexagon(cell) {
+  return { type: "Polygon", coordinates: [unwrapRing(h3.cellToBoundary(cell, true))] };
+}
+
+function showError(element, message) {
+  element.textContent = message;
+  element.classList.add("error");
+  state.errors.push(message);
+}
+
+async function getJSON(url) {
+  const response = await fetch(url);
+  const body = await response.json();
+  if (!response.ok) throw new Error(typeof body.detail === "string" ? body.detail : JSON.stringify(body.detail));
+  return body;
+}
+
+// The view as the API's bbox: west<east, longitudes possibly past 180 when the world wraps.
+function viewBbox() {
+  const b = map.getBounds();
+  let west = b.getWest(), east = b.getEast();
+  if (east - west >= 360) { west = -180; east = 180; }
+  const south = Math.max(b.getSouth(), -90), north = Math.min(b.getNorth(), 90);
+  return [west, south, east, north].map((v) => v.toFixed(5)).join(",");
+}
+
+// The search's bbox: longitudes within [-180, 180], west > east across the antimeridian.
+function searchBbox() {
+  const b = map.getBounds();
+  if (b.getEast() - b.getWest() >= 360) return null;
+  const wrap = (lon) => ((((lon + 180) % 360) + 360) % 360) - 180;
+  return [wrap(b.getWest()), Math.max(b.getSouth(), -90), wrap(b.getEast()), Math.min(b.getNorth(), 90)]
+    .map((v) => v.toFixed(5)).join(",");
+}
+
+let cellsRequest = 0;
+async function refreshCells() {
+  const product = $("product").value;
+  if (!product) return;
+  const request = ++cellsRequest;
+  try {
+    const query = new URLSearchParams({ product, bbox: viewBbox() });
+    const data = await getJSON(`/api/map/cells?${query}`);
+    if (request !== cellsRequest) return; // a newer view is on its way
+    const features = data.cells.map((cell, i) => ({
+      type: "Feature",
+      geometry: hexagon(cell),
+      properties: { h3: cell, colour: "#" + data.rgb.substr(i * 6, 6) },
+    }));
+    map.getSource("cells").setData({ type: "FeatureCollection", features });
+    const own = data.resolution === data.product_resolution;
+    $("layer-status").textContent =
+      `${features.length.toLocaleString()} cells at H3 res ${data.resolution}` +
+      (own ? " (the product's own)" : ` (means of ${data.cells_in_product.toLocaleString()} res-${data.product_resolution} cells: zoom in for them)`) +
+      ` · model ${data.model_version}`;
+    $("layer-status").classList.remove("error");
+    if (state.firstPaintMs === null) {
+      map.once("idle", () => { state.firstPaintMs = performance.now(); state.ready = true; });
+    }
+  } catch (error) {
+    showError($("layer-status"), `map cells: ${error.message}`);
+  }
+}
+
+function renderResults(collection) {
+  const list = $("results");
+  list.replaceChildren();
+  for (const feature of collection.features) {
+    const { rank, h3: cell, distance, lon, lat } = feature.properties;
+    const item = document.createElement("li");
+    item.textContent = `${cell}  ${distance.toFixed(4)}`;
+    item.title = `rank ${rank}: cosine distance ${distance}`;
+    item.addEventListener("click", () => map.flyTo({ center: [lon, lat], zoom: Math.max(map.getZoom(), 5) }));
+    list.appendChild(item);
+  }
+}
+
+async function searchAt(lon, lat) {
+  const started = performance.now();
+  const product = $("product").value;
+  const k = Number($("k").value);
+  const status = $("search-status");
+  status.classList.remove("error");
+  status.textContent = "searching…";
+  const query = new URLSearchParams({ product, lon: lon.toFixed(6), lat: lat.toFixed(6), k: String(k) });
+  const bbox = $("restrict").checked ? searchBbox() : null;
+  if (bbox) query.set("bbox", bbox);
+  let collection;
+  try {
+    collection = await getJSON(`/api/similar?${query}`);
+  } catch (error) {
+    showError(status, error.message);
+    return;
+  }
+  const fetched = performance.now();
+  for (const feature of collection.features) feature.geometry.coordinates = feature.geometry.coordinates.map(unwrapRing);
+  state.lastResult = collection;
+  const queryCell = collection.properties.query;
+  map.getSource("similar").setData(collection);
+  map.getSource("similar-points").setData({
+    type: "FeatureCollection",
+    features: collection.features.map((f) => ({
+      type: "Feature", properties: f.properties, geometry: { type: "Point", coordinates: [f.properties.lon, f.properties.lat] },
+    })),
+  });
+  map.getSource("query").setData({ type: "Feature", geometry: hexagon(queryCell), properties: { h3: queryCell } });
+  renderResults(collection);
+  $("download").disabled = collection.features.length === 0;
+  map.once("idle", () => {
+    const ms = performance.now() - started;
+    state.clicks.push({ ms, fetchMs: fetched - started, query: queryCell, cells: collection.features.map((f) => f.properties.h3) });
+    status.textContent = `${collection.features.length} places like ${queryCell}` +
+      (bbox ? " inside the view" : "") + ` (${collection.properties.plan}, ${ms.toFixed(0)} ms)`;
+  });
+}
+
+function download() {
+  const collection = state.lastResult;
+  if (!collection) return;
+  const blob = new Blob([JSON.stringify(collection)], { type: "application/geo+json" });
+  const link = document.createElement("a");
+  link.href = URL.createObjectURL(blob);
+  link.download = `${$("product").value}_similar_to_${collection.properties.query}_k${collection.features.length}.geojson`;
+  link.click();
+  URL.revokeObjectURL(link.href);
+}
+
+async function loadProducts() {
+  const select = $("product");
+  const products = await getJSON("/api/products");
+  const names = [...new Set(products.filter((p) => p.kind === "h3_cells").map((p) => p.product))];
+  for (const name of names) select.add(new Option(name, name));
+  if (!names.length) throw new Error("no H3 product has been loaded into this database yet");
+  if (params.get("product")) select.value = params.get("product");
+}
+
+function addLayers(countries) {
+  map.addSource("countries", { type: "geojson", data: countries });
+  map.addSource("cells", { type: "geojson", data: EMPTY, tolerance: 0 });
+  map.addSource("similar", { type: "geojson", data: EMPTY });
+  map.addSource("query", { type: "geojson", data: EMPTY });
+  map.addSource("similar-points", { type: "geojson", data: EMPTY });
+  map.addLayer({ id: "land", type: "fill", source: "countries", paint: { "fill-color": "#f6f5f0" } });
+  map.addLayer({ id: "cells", type: "fill", source: "cells", paint: { "fill-color": ["get", "colour"], "fill-opacity": 0.9 } });
+  map.addLayer({ id: "borders", type: "line", source: "countries", paint: { "line-color": "#555", "line-width": 0.6, "line-opacity": 0.7 } });
+  map.addLayer({
+    id: "similar-fill", type: "fill", source: "similar",
+    paint: { "fill-color": "#00d5ff", "fill-opacity": ["interpolate", ["linear"], ["get", "rank"], 1, 0.55, 50, 0.2] },
+  });
+  map.addLayer({ id: "similar-line", type: "line", source: "similar", paint: { "line-color": "#00d5ff", "line-width": 2.5 } });
+  map.addLayer({ id: "query-line", type: "line", source: "query", paint: { "line-color": "#000", "line-width": 3 } });
+  // Dots keep the places visible when their hexagons are smaller than a pixel (zoomed out).
+  map.addLayer({
+    id: "similar-points", type: "circle", source: "similar-points", maxzoom: 6,
+    paint: { "circle-radius": 4, "circle-color": "#00d5ff", "circle-stroke-color": "#000", "circle-stroke-width": 1 },
+  });
+}
+
+async function start() {
+  const [topology] = await Promise.all([
+    getJSON("/vendor/world-atlas/countries-110m.json"),
+    new Promise((resolve) => map.on("load", resolve)),
+  ]);
+  const countries = topojson.feature(topology, topology.objects.countries);
+  for (const feature of countries.features) continuousGeometry(feature.geometry);
+  addLayers(countries);
+  try {
+    await loadProducts();
+  } catch (error) {
+    showError($("layer-status"), error.message);
+    return;
+  }
+  if (params.get("k")) $("k").value = params.get("k");
+  await refreshCells();
+
+  let pending;
+  map.on("moveend", () => { clearTimeout(pending); pending = setTimeout(refreshCells, 120); });
+  map.on("click", (event) => { const p = event.lngLat.wrap(); searchAt(p.lng, p.lat); });
+  $("product").addEventListener("change", () => {
+    for (const id of ["similar", "similar-points", "query"]) map.getSource(id).setData(EMPTY);
+    $("results").replaceChildren();
+    refreshCells();
+  });
+  $("download").addEventListener("click", download);
+
+  const popup = new maplibregl.Popup({ closeButton: false, closeOnClick: false });
+  map.on("mousemove", ["similar-fill", "similar-points"], (event) => {
+    const { rank, h3: cell, distance } = event.features[0].properties;
+    popup.setLngLat(event.lngLat).setHTML(`#${rank} ${cell}<br>distance ${Number(distance).toFixed(4)}`).addTo(map);
+  });
+  map.on("mouseleave", ["similar-fill", "similar-points"], () => popup.remove());
+}
+
+start().catch((error) => showError($("layer-status"), error.message));

@@ -121,9 +121,12 @@ def _serve(args: argparse.Namespace) -> int:
 
     from geoembed.web.api import create_app
     from geoembed_resources.postgres import DSN_ENV_VAR, PostgresDatabase, describe_database, release_embedded
+    from geoembed_resources.storage import OUTPUTS_ENV_VAR, ProductStorage
 
     data_dir = Path(args.data_dir or os.environ.get("GEOEMBED_DATA_DIR") or Path.cwd() / "data")
     database = PostgresDatabase(dsn=os.environ.get(DSN_ENV_VAR) or None, embedded_dir=str(data_dir / "postgres"))
+    # Where the products' outputs are (chip thumbnails), as the code location configures it.
+    storage = ProductStorage(root=str(data_dir), outputs=os.environ.get(OUTPUTS_ENV_VAR) or None)
     with database.connect(read_only=True):  # the database is there (the embedded one started) before we listen
         pass
     sock = socket.socket(socket.AF_INET6 if ":" in args.host else socket.AF_INET)
@@ -136,7 +139,7 @@ def _serve(args: argparse.Namespace) -> int:
     host, port = sock.getsockname()[:2]
     print(f"geoembed: serving {describe_database(database)} on http://{host}:{port} "
           f"(API docs: http://{host}:{port}/docs)", flush=True)
-    server = uvicorn.Server(uvicorn.Config(create_app(database, warm_layers=True), log_level="warning"))
+    server = uvicorn.Server(uvicorn.Config(create_app(database, storage, warm_layers=True), log_level="warning"))
     # uvicorn shuts down gracefully on SIGTERM/SIGINT, then raises the signal again: exit through Python
     # then, so that the embedded database's hold is given back and its server stops with us.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))

@@ -26,9 +26,9 @@ from geoembed_assets.imagery import build_imagery_product
 from geoembed_assets.landcover import build_landcover_product
 from geoembed_resources import DaskCluster, InferenceDevice, PostgresDatabase, ProductStorage, RasterReader
 from geoembed_resources.postgres import DSN_ENV_VAR
+from geoembed_resources.storage import OUTPUTS_ENV_VAR
 
 DATA_DIR_ENV_VAR = "GEOEMBED_DATA_DIR"
-OUTPUTS_ENV_VAR = "GEOEMBED_OUTPUTS"
 DASK_ENV_VAR = "GEOEMBED_DASK_SCHEDULER"
 
 

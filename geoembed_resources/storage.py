@@ -21,6 +21,7 @@ from geoembed.landcover.stencil import StencilState
 from geoembed.core.grids.h3 import ProductLayout
 
 AnyPath = Path | UPath
+OUTPUTS_ENV_VAR = "GEOEMBED_OUTPUTS"  # where published outputs go (a folder or s3:// prefix); default: the data folder
 
 
 class ProductStorage(dg.ConfigurableResource):

@@ -154,3 +154,24 @@ def chromium_browser():
             yield browser
         finally:
             browser.close()
+
+
+@contextmanager
+def geoembed_serve(data_dir: Path):
+    """`geoembed serve --port 0` over a data folder's embedded PostgreSQL (and its product outputs);
+    yields its base URL and stops it (checking it exits cleanly) afterwards."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "GEOEMBED_DATA_DIR": str(data_dir)}
+    env.pop("GEOEMBED_PG_DSN", None)
+    env.pop("GEOEMBED_OUTPUTS", None)
+    server = subprocess.Popen([str(Path(sys.executable).with_name("geoembed")), "serve", "--port", "0"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        line = server.stdout.readline()
+        assert "serving" in line and "http://127.0.0.1:" in line, line + server.stderr.read()
+        yield line.split("on ", 1)[1].split()[0]
+    finally:
+        server.terminate()
+        assert server.wait(timeout=30) == 0, server.stderr.read()

@@ -19,7 +19,7 @@ import h3
 import h3.api.basic_int as h3i
 from fastapi import FastAPI, Query, Request
 from fastapi.middleware.gzip import GZipMiddleware
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from psycopg import sql
 from pydantic import BaseModel
@@ -27,8 +27,11 @@ from pydantic import BaseModel
 from geoembed.core.errors import InputError
 from geoembed.core.sinks import search
 from geoembed.core.sinks.pgvector import SCHEMA, ModelTable, latest_model_table, read_table_embeddings, registered_tables
-from geoembed.web.layers import MAX_VIEW_CELLS, WORLD, Bbox, ColourLayer
+from geoembed.core.grids.mgrs import ChipRef
+from geoembed.imagery.layout import ImageryLayout
+from geoembed.web.layers import MAX_VIEW_CELLS, MAX_VIEW_CHIPS, WORLD, Bbox, ChipLayer, ColourLayer
 from geoembed_resources.postgres import PostgresDatabase
+from geoembed_resources.storage import ProductStorage
 
 STATIC = Path(__file__).parent / "static"
 # Front-end libraries: installed from the npm registry by scripts/setup.sh (npm ci, package-lock.json)
@@ -75,32 +78,35 @@ class MapCells(BaseModel):
     cells_in_product: int  # the product's own cells inside the view
 
 
-class ColourLayers:
-    """Each product table's colour pyramid, built on first use (reading the table once) and kept."""
+class MapLayers:
+    """Each product table's map layer (cells: a colour pyramid; chips: footprints and colours), built on
+    first use (reading the table once) and kept."""
 
     def __init__(self, database: PostgresDatabase):
         self.database = database
-        self._layers: dict[str, ColourLayer] = {}
+        self._layers: dict[str, ColourLayer | ChipLayer] = {}
         self._locks: dict[str, threading.Lock] = {}
         self._guard = threading.Lock()
 
-    def get(self, found: ModelTable) -> ColourLayer:
+    def get(self, found: ModelTable) -> ColourLayer | ChipLayer:
         with self._guard:
             lock = self._locks.setdefault(found.table, threading.Lock())
         with lock:  # concurrent first requests build it once
             if found.table not in self._layers:
                 with self.database.connect(read_only=True) as conn:
                     embeddings = read_table_embeddings(conn, found)
-                self._layers[found.table] = ColourLayer.from_embeddings(embeddings, found.resolution)
+                self._layers[found.table] = (
+                    ChipLayer(embeddings, int(found.meta.get("chip_size", 256))) if found.kind == "chips"
+                    else ColourLayer.from_embeddings(embeddings, found.resolution))
             return self._layers[found.table]
 
     def warm(self) -> None:
-        """Build the newest table's layer of every H3 product (the server calls this in the background)."""
+        """Build the newest table's layer of every product (the server calls this in the background)."""
         newest: dict[str, ModelTable] = {}
         try:
             with self.database.connect(read_only=True) as conn:
                 for t in registered_tables(conn) if _has_registry(conn) else []:
-                    if t.kind == "h3_cells" and t.product not in newest:
+                    if t.product not in newest:
                         newest[t.product] = latest_model_table(conn, t.product, t.model_version)
         except Exception as exc:  # noqa: BLE001 - requests will meet (and report) the same problem
             print(f"geoembed: could not list the products to prepare their maps: {exc}", file=sys.stderr, flush=True)
@@ -129,8 +135,9 @@ def parse_view_bbox(value: str | None) -> Bbox:
     return Bbox(west, south, east, north)
 
 
-def create_app(database: PostgresDatabase, warm_layers: bool = False) -> FastAPI:
-    layers = ColourLayers(database)
+def create_app(database: PostgresDatabase, storage: ProductStorage | None = None, warm_layers: bool = False) -> FastAPI:
+    """The application over a database; ``storage`` (where the products' outputs are) serves chip thumbnails."""
+    layers = MapLayers(database)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI):
@@ -149,6 +156,14 @@ def create_app(database: PostgresDatabase, warm_layers: bool = False) -> FastAPI
     @app.exception_handler(LookupError)
     async def _not_found(_: Request, exc: LookupError) -> JSONResponse:
         return JSONResponse(status_code=404, content={"detail": str(exc).strip("'\"")})
+
+    def table_of(product: str, model_version: str | None, kind: str) -> ModelTable:
+        with database.connect(read_only=True) as conn:
+            found = latest_model_table(conn, product, model_version)
+        if found.kind != kind:
+            names = {"h3_cells": "H3 cells", "chips": "imagery chips"}
+            raise search.SearchInputError(f"product {product!r} holds {names[found.kind]}, not {names[kind]}")
+        return found
 
     @app.get("/api/products", response_model=list[ProductTable], summary="The products in the database")
     def products() -> list[ProductTable]:
@@ -187,10 +202,8 @@ def create_app(database: PostgresDatabase, warm_layers: bool = False) -> FastAPI
     ) -> CellDetails:
         """The cell's row: centroid, region, and the model and source data versions that made its embedding."""
         key = search.parse_cell(cell)
+        found = table_of(product, model_version, "h3_cells")
         with database.connect(read_only=True) as conn:
-            found = latest_model_table(conn, product, model_version)
-            if found.kind != "h3_cells":
-                raise search.SearchInputError(f"product {product!r} holds {found.kind.replace('_', ' ')}, not H3 cells")
             row = conn.execute(sql.SQL("SELECT region, lon, lat, model_version, source_version FROM {} WHERE h3 = %s")
                                .format(sql.Identifier(SCHEMA, found.table)), (key,)).fetchone()
         if row is None:
@@ -212,14 +225,45 @@ def create_app(database: PostgresDatabase, warm_layers: bool = False) -> FastAPI
         cells carry the mean colour of their children). Colours: the first 3 principal components of the
         embeddings as RGB, as on the Dagster map."""
         view_box = parse_view_bbox(bbox)
-        with database.connect(read_only=True) as conn:
-            found = latest_model_table(conn, product, model_version)
-        if found.kind != "h3_cells":
-            raise search.SearchInputError(f"product {product!r} holds {found.kind.replace('_', ' ')}, not H3 cells")
+        found = table_of(product, model_version, "h3_cells")
         view = layers.get(found).view(view_box, max_cells)
         return MapCells(product=product, model_version=found.model_version, resolution=view.resolution,
                         product_resolution=found.resolution, cells=[f"{c:x}" for c in view.cells.tolist()],
                         rgb=view.rgb.tobytes().hex(), cells_in_product=view.cells_in_product)
+
+    @app.get("/api/map/chips", summary="A view's imagery chips: footprints coloured by their embedding (GeoJSON)")
+    def map_chips(
+        product: Annotated[str, Query(description="product name (an imagery product)")],
+        bbox: Annotated[str | None, Query(description="the view: west,south,east,north (longitudes may wrap)")] = None,
+        max_chips: Annotated[int, Query(ge=1, le=50_000, description="the most chips to send")] = MAX_VIEW_CHIPS,
+        model_version: Annotated[str | None, Query(description="default: the newest loaded")] = None,
+    ) -> dict:
+        """Each place's newest chip in the view (footprint, ``chip`` reference, ``colour``: PCA of the
+        embeddings as RGB); ``chips_in_view`` counts them before ``max_chips``."""
+        view_box = parse_view_bbox(bbox)
+        found = table_of(product, model_version, "chips")
+        view = layers.get(found).view(view_box, max_chips)
+        return {"type": "FeatureCollection", "features": view.chips,
+                "properties": {"product": product, "model_version": found.model_version,
+                               "chips_in_view": view.chips_in_view}}
+
+    @app.get("/api/chips/thumbnail", summary="A chip's RGB thumbnail (PNG)",
+             responses={200: {"content": {"image/png": {}}}})
+    def chip_thumbnail(
+        product: Annotated[str, Query(description="product name (an imagery product)")],
+        chip: Annotated[str, Query(description="TILE/YYYY-MM-DD/ROW_COL")],
+    ) -> Response:
+        ref = ChipRef.parse(chip)
+        if ref.date is None:
+            raise search.SearchInputError(f"chip {chip!r} needs its date: TILE/YYYY-MM-DD/ROW_COL")
+        table_of(product, None, "chips")  # a product of the database, before any path is made of its name
+        if storage is None:
+            raise LookupError("this server was started without product storage: no thumbnails")
+        path = ImageryLayout(storage.outputs_dir(product), Path()).thumbnail(ref.tile, ref.date, ref.chip_id)
+        try:
+            return Response(path.read_bytes(), media_type="image/png")
+        except FileNotFoundError:
+            raise LookupError(f"chip {chip} of {product!r} has no thumbnail (no data, or not chipped)") from None
 
     @app.get("/", include_in_schema=False)
     def page() -> FileResponse:

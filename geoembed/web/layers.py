@@ -16,9 +16,11 @@ import numpy as np
 
 from geoembed.core.evaluation import principal_rgb
 from geoembed.core.grids.h3 import cell_centres, parent_cells
+from geoembed.core.grids.mgrs import ChipRef, chip_footprints
 from geoembed.core.sinks.pgvector import TableEmbeddings
 
 MAX_VIEW_CELLS = 12_000  # hexagons per view: a few hundred kB gzipped, drawn in well under a second
+MAX_VIEW_CHIPS = 5_000  # chip footprints per view
 
 
 @dataclass(frozen=True)
@@ -109,3 +111,38 @@ class ColourLayer:
                 break
         level, inside = chosen
         return LayerView(level.resolution, level.cells[inside], level.rgb[inside], in_product)
+
+
+@dataclass(frozen=True)
+class ChipView:
+    chips: list[dict]  # GeoJSON features: footprint, chip reference, colour
+    chips_in_view: int  # before the budget
+
+
+class ChipLayer:
+    """An imagery product table's chips for the map: each place's newest chip, its footprint, and the
+    colour of its embedding (PCA as RGB over every row of the table, as for cells)."""
+
+    def __init__(self, embeddings: TableEmbeddings, chip_size: int):
+        from shapely.geometry import mapping
+
+        rgb = principal_rgb(embeddings.vectors, embeddings.counts)[embeddings.vector_index]
+        keys = embeddings.keys  # sorted: place-major, then day, so a place's last row is its newest
+        places = keys >> 16
+        newest = np.nonzero(np.append(places[1:] != places[:-1], True))[0]
+        self.keys = keys[newest]
+        self.rgb = np.round(rgb[newest] * 255).astype(np.uint8)
+        footprints = chip_footprints(self.keys, chip_size)
+        centres = np.array([f.centroid.coords[0] for f in footprints]).reshape(-1, 2)
+        self.lon, self.lat = centres[:, 0], centres[:, 1]
+        self.margin = chip_size * 10.0 / 111_000.0 * 2  # degrees, a chip's reach past its centre
+        self.geometries = [mapping(f) for f in footprints]
+        self.refs = [ChipRef.from_key(int(k)) for k in self.keys]
+
+    def view(self, bbox: Bbox = WORLD, max_chips: int = MAX_VIEW_CHIPS) -> ChipView:
+        inside = np.nonzero(bbox.contains(self.lon, self.lat, self.margin))[0]
+        features = [{"type": "Feature", "geometry": self.geometries[i],
+                     "properties": {"chip": str(self.refs[i]), "tile": self.refs[i].tile, "date": self.refs[i].date,
+                                    "chip_id": self.refs[i].chip_id, "colour": "#" + self.rgb[i].tobytes().hex()}}
+                    for i in inside[:max_chips]]
+        return ChipView(features, len(inside))

@@ -15,7 +15,7 @@ import pytest
 import xarray as xr
 import yaml
 
-from conftest import REPO
+from conftest import REPO, chromium_browser, geoembed_serve
 from imagery_data import derive_date, link_scene
 from geoembed.core.grids.mgrs import ChipRef
 from geoembed.core.lineage import decode_version
@@ -172,6 +172,53 @@ def test_chip_search_from_the_cli(imagery_run):
                           (["--cell", "8428309ffffffff"], "holds chips")):
         bad = subprocess.run(cli + args, capture_output=True, text=True, timeout=300)
         assert bad.returncode == 2 and problem in bad.stderr and "Traceback" not in bad.stderr, bad.stderr
+
+
+def test_the_map_shows_the_chips_with_thumbnails_and_finds_similar_chips(imagery_run):
+    """`geoembed serve` over the materialized product: chip footprints in the view, their thumbnails, and
+    in Chromium a click on a chip outlines the API's top k for it."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    _, _, _, _, root = imagery_run
+    shots = REPO / "test-artifacts" / "map"
+    shots.mkdir(parents=True, exist_ok=True)
+    with geoembed_serve(root / "data") as url:
+        with urllib.request.urlopen(f"{url}/api/map/chips?product={NAME}&bbox=12,52,13.5,53", timeout=120) as response:
+            chips = json.loads(response.read())
+        assert chips["features"] and chips["properties"]["chips_in_view"] == len(chips["features"])
+        first = chips["features"][0]["properties"]
+        assert first["tile"] == "33UUU" and first["colour"].startswith("#") and len(first["colour"]) == 7
+        with urllib.request.urlopen(f"{url}/api/chips/thumbnail?product={NAME}&chip=33UUU/2017-02-16/31_13",
+                                    timeout=60) as response:
+            assert response.headers["content-type"] == "image/png" and response.read()[:8] == b"\x89PNG\r\n\x1a\n"
+        with pytest.raises(urllib.error.HTTPError) as missing:
+            urllib.request.urlopen(f"{url}/api/chips/thumbnail?product={NAME}&chip=33UUU/2017-02-16/0_0", timeout=60)
+        assert missing.value.code == 404 and "has no thumbnail" in missing.value.read().decode()
+        with chromium_browser() as browser:
+            page = browser.new_page(viewport={"width": 1300, "height": 850})
+            page.set_default_timeout(90_000)
+            page.goto(f"{url}/?product={NAME}&k=6")
+            page.wait_for_function("window.geoembed && window.geoembed.ready")
+            assert "chips" in page.locator("#layer-status").inner_text()
+            ref = "33UUU/2017-02-16/31_13"
+            footprint = next(f for f in chips["features"] if f["properties"]["chip"] == ref)
+            lon, lat = np.mean(footprint["geometry"]["coordinates"][0][:-1], axis=0)
+            x, y = page.evaluate(f"(() => {{ const p = window.geoembed.map.project([{lon}, {lat}]); return [p.x, p.y]; }})()")
+            box = page.locator("#map").bounding_box()
+            page.mouse.move(box["x"] + x, box["y"] + y)
+            page.wait_for_function("document.querySelector('img.thumbnail') && document.querySelector('img.thumbnail').naturalWidth > 0")
+            page.screenshot(path=str(shots / "chips_thumbnail.png"))
+            page.mouse.click(box["x"] + x, box["y"] + y)
+            page.wait_for_function("window.geoembed.clicks.length === 1")
+            click = page.evaluate("window.geoembed.clicks[0]")
+            with urllib.request.urlopen(f"{url}/api/similar?product={NAME}&chip={ref}&k=6", timeout=60) as response:
+                expected = json.loads(response.read())
+            assert click["query"] == ref
+            assert click["places"] == [f["properties"]["chip"] for f in expected["features"]]
+            page.screenshot(path=str(shots / "chips_similar.png"))
+            assert page.evaluate("window.geoembed.errors") == []
 
 
 @pytest.mark.parametrize("settings, problem", [

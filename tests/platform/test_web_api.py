@@ -5,7 +5,6 @@ names the problem."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import sys
@@ -21,7 +20,7 @@ import numpy as np
 import psutil
 import pytest
 
-from conftest import REPO, chromium_browser
+from conftest import REPO, chromium_browser, geoembed_serve
 from geoembed.core.evaluation import principal_rgb
 from geoembed.core.grids.h3 import cell_centres, region_cells
 from geoembed.core.sinks import pgvector as db, search
@@ -55,18 +54,10 @@ def served(tmp_path_factory):
             db.replace_region(conn, table, _rows(region))
         db.build_hnsw_index(conn, table)
         conn.execute(f'ANALYZE geoembed."{table}"')
-    env = {**os.environ, "GEOEMBED_DATA_DIR": str(data)}
-    env.pop("GEOEMBED_PG_DSN", None)
-    server = subprocess.Popen([str(Path(sys.executable).with_name("geoembed")), "serve", "--port", "0"],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
-        line = server.stdout.readline()
-        assert "serving" in line and "http://127.0.0.1:" in line, line + server.stderr.read()
-        url = line.split("on ", 1)[1].split()[0]
-        yield url, database
+        with geoembed_serve(data) as url:
+            yield url, database
     finally:
-        server.terminate()
-        assert server.wait(timeout=30) == 0, server.stderr.read()
         release_embedded(data / "postgres")
     # Nothing the server started outlives it: with both holders gone, the embedded PostgreSQL stopped.
     deadline = time.monotonic() + 30
@@ -136,7 +127,7 @@ def test_the_api_is_documented(served):
     url, _ = served
     status, spec = _get(url, "/openapi.json")
     assert status == 200 and set(spec["paths"]) == {"/api/products", "/api/similar", "/api/cells/{cell}",
-                                                    "/api/map/cells"}
+                                                    "/api/map/cells", "/api/map/chips", "/api/chips/thumbnail"}
     names = {p["name"] for p in spec["paths"]["/api/similar"]["get"]["parameters"]}
     assert {"product", "cell", "lon", "lat", "chip", "k", "bbox", "model_version"} <= names
 
@@ -157,6 +148,10 @@ def test_the_api_is_documented(served):
     ("/api/map/cells", {"product": PRODUCT, "bbox": "x"}, 400, "four numbers"),
     ("/api/map/cells", {"product": PRODUCT, "max_cells": 0}, 422, "greater than or equal to 1"),
     ("/api/map/cells", {"product": "no_such_product"}, 404, "no_such_product"),
+    ("/api/map/chips", {"product": PRODUCT}, 400, "holds H3 cells, not imagery chips"),
+    ("/api/chips/thumbnail", {"product": PRODUCT, "chip": "33UUU/2017-02-16/1_2"}, 400, "holds H3 cells"),
+    ("/api/chips/thumbnail", {"product": PRODUCT, "chip": "33UUU/1_2"}, 400, "needs its date"),
+    ("/api/chips/thumbnail", {"product": PRODUCT, "chip": "nonsense"}, 400, "is not '<tile>"),
 ])
 def test_bad_input_is_a_4xx_naming_the_problem(served, path, params, status, says):
     url, _ = served
@@ -264,7 +259,7 @@ def test_clicking_a_cell_highlights_the_apis_top_k_and_downloads_them(map_page, 
     status, expected = _get(url, "/api/similar", product=PRODUCT, cell=h3.int_to_str(cell), k=8)
     assert status == 200 and click["query"] == h3.int_to_str(cell)
     top_k = [f["properties"]["h3"] for f in expected["features"]]
-    assert click["cells"] == top_k and len(top_k) == 8
+    assert click["places"] == top_k and len(top_k) == 8
     # What the map draws is what the API answered: the highlight layer holds exactly those cells.
     drawn = page.evaluate("window.geoembed.map.querySourceFeatures('similar').map(f => f.properties.h3)")
     assert set(drawn) == set(top_k)

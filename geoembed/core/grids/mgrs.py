@@ -279,3 +279,24 @@ class ChipRef:
         except (ValueError, IndexError):
             raise TileIdError(f"chip {text!r} is not '<tile>/<YYYY-MM-DD>/<row>_<col>' (e.g. '33UUU/2017-02-16/31_12'), "
                               "'<tile>_<YYYYMMDD>_<row>_<col>' or '<tile>/<row>_<col>'") from None
+
+
+def chip_footprints(keys: np.ndarray, chip_size: int) -> list:
+    """The lon/lat footprints (shapely polygons, split at the antimeridian) of chips given by their keys:
+    a chip of ``chip_size`` 10 m pixels at its row and column below the tile's upper-left corner."""
+    from geoembed.core.geometry import boxes_lonlat
+
+    refs = [ChipRef.from_key(int(k)) for k in keys]
+    size = chip_size * 10.0
+    footprints: list = [None] * len(refs)
+    by_tile: dict[str, list[int]] = {}
+    for i, ref in enumerate(refs):
+        by_tile.setdefault(ref.tile, []).append(i)
+    for tile_id, rows in by_tile.items():
+        tile = tile_footprint(tile_id)
+        col = np.array([refs[i].col for i in rows], dtype=np.float64)
+        row = np.array([refs[i].row for i in rows], dtype=np.float64)
+        xmin, ymax = tile.bounds[0] + col * size, tile.bounds[3] - row * size
+        for i, polygon in zip(rows, boxes_lonlat(np.stack([xmin, ymax - size, xmin + size, ymax], axis=1), tile.crs)):
+            footprints[i] = polygon
+    return footprints

@@ -395,19 +395,14 @@ def chips_to_geojson(result: ChipSearchResult, chip_size: int) -> dict:
     """The matched chips as a FeatureCollection of their footprints (lon/lat, OGC:CRS84), nearest first."""
     from shapely.geometry import mapping
 
-    from geoembed.core.geometry import box_lonlat
-    from geoembed.core.grids.mgrs import ChipRef, tile_footprint
+    from geoembed.core.grids.mgrs import chip_footprints
 
-    features = []
-    for rank, match in enumerate(result.matches, start=1):
-        ref = ChipRef.from_key(match.chip)
-        tile = tile_footprint(ref.tile)
-        size = chip_size * 10.0
-        xmin, ymax = tile.bounds[0] + ref.col * size, tile.bounds[3] - ref.row * size
-        footprint = box_lonlat((xmin, ymax - size, xmin + size, ymax), tile.crs)
-        features.append({"type": "Feature", "geometry": mapping(footprint),
-                         "properties": {"rank": rank, "chip": match.ref, "tile": match.tile, "date": match.date,
-                                        "chip_id": match.chip_id, "distance": match.distance}})
+    footprints = chip_footprints(np.array([m.chip for m in result.matches], dtype=np.int64), chip_size)
+    features = [{"type": "Feature", "geometry": mapping(footprint),
+                 "properties": {"rank": rank, "chip": match.ref, "tile": match.tile, "date": match.date,
+                                "chip_id": match.chip_id, "distance": match.distance, "lon": match.lon,
+                                "lat": match.lat}}
+                for rank, (match, footprint) in enumerate(zip(result.matches, footprints), start=1)]
     return {"type": "FeatureCollection", "features": features,
             "properties": {"query": result.query, "model_version": result.model_version}}
 

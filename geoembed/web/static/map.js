@@ -7,7 +7,21 @@
 const params = new URLSearchParams(location.search);
 const $ = (id) => document.getElementById(id);
 // What tests and benchmarks read: timings (ms since navigation) and the last search's result.
-const state = (window.geoembed = { ready: false, firstPaintMs: null, clicks: [], lastResult: null, errors: [] });
+const state = (window.geoembed = { ready: false, firstPaintMs: null, clicks: [], lastResult: null, errors: [], marks: {} });
+const mark = (name) => { if (!(name in state.marks)) state.marks[name] = performance.now(); };
+
+// Resolves at the first frame drawn after a GeoJSON source has taken new data.
+function drawn(sourceId) {
+  return new Promise((resolve) => {
+    const loaded = (event) => {
+      if (event.sourceId !== sourceId || !event.isSourceLoaded) return;
+      map.off("sourcedata", loaded);
+      map.once("render", () => resolve(performance.now()));
+      map.triggerRepaint();
+    };
+    map.on("sourcedata", loaded);
+  });
+}
 
 const map = new maplibregl.Map({
   container: "map",
@@ -93,30 +107,88 @@ function searchBbox() {
     .map((v) => v.toFixed(5)).join(",");
 }
 
-let cellsRequest = 0;
+const kinds = {}; // product -> h3_cells or chips
+const kind = () => kinds[$("product").value];
+const placeOf = (properties) => properties.h3 ?? properties.chip; // a cell id or a chip reference
+let chipGeometries = new Map(); // chip reference -> footprint, for the chips in view
+
+// Rings across the antimeridian drawn whole (Polygons; MultiPolygons are already split there).
+function drawable(geometry) {
+  if (geometry.type === "Polygon") geometry.coordinates = geometry.coordinates.map(unwrapRing);
+  return geometry;
+}
+
+let viewRequest = 0;
+function refreshView() {
+  return kind() === "chips" ? refreshChips() : refreshCells();
+}
+
+// Resolves once the map has nothing left to load or draw (at once when it is idle already).
+function settled() {
+  return new Promise((resolve) => (map.loaded() ? resolve() : map.once("idle", resolve)));
+}
+
+async function firstPaint(painted) {
+  if (state.firstPaintMs !== null) return;
+  state.firstPaintMs = await painted;
+  await settled();
+  mark("idle");
+  state.ready = true;
+}
+
+async function refreshChips(fit = false) {
+  const product = $("product").value;
+  const request = ++viewRequest;
+  try {
+    const query = new URLSearchParams({ product });
+    if (!fit) query.set("bbox", viewBbox());
+    const data = await getJSON(`/api/map/chips?${query}`);
+    if (request !== viewRequest) return;
+    chipGeometries = new Map(data.features.map((f) => [f.properties.chip, drawable(f.geometry)]));
+    const painted = drawn("chips");
+    map.getSource("chips").setData(data);
+    map.getSource("cells").setData(EMPTY);
+    const shown = data.features.length, total = data.properties.chips_in_view;
+    $("layer-status").textContent = `${shown.toLocaleString()} chips` +
+      (shown < total ? ` of ${total.toLocaleString()} in view: zoom in for the rest` : "") +
+      ` · model ${data.properties.model_version} · hover a chip for its thumbnail`;
+    $("layer-status").classList.remove("error");
+    if (fit && data.features.length) {
+      const bounds = new maplibregl.LngLatBounds();
+      for (const f of data.features) for (const ring of (f.geometry.type === "Polygon" ? [f.geometry.coordinates[0]] : f.geometry.coordinates.map((p) => p[0]))) for (const p of ring) bounds.extend(p);
+      map.fitBounds(bounds, { padding: 40, duration: 0 });
+    }
+    await firstPaint(painted);
+  } catch (error) {
+    showError($("layer-status"), `map chips: ${error.message}`);
+  }
+}
+
 async function refreshCells() {
   const product = $("product").value;
   if (!product) return;
-  const request = ++cellsRequest;
+  const request = ++viewRequest;
   try {
     const query = new URLSearchParams({ product, bbox: viewBbox() });
     const data = await getJSON(`/api/map/cells?${query}`);
-    if (request !== cellsRequest) return; // a newer view is on its way
+    if (request !== viewRequest) return; // a newer view is on its way
+    mark("cellsFetched");
     const features = data.cells.map((cell, i) => ({
       type: "Feature",
       geometry: hexagon(cell),
       properties: { h3: cell, colour: "#" + data.rgb.substr(i * 6, 6) },
     }));
+    const painted = drawn("cells");
     map.getSource("cells").setData({ type: "FeatureCollection", features });
+    map.getSource("chips").setData(EMPTY);
+    mark("cellsSet");
     const own = data.resolution === data.product_resolution;
     $("layer-status").textContent =
       `${features.length.toLocaleString()} cells at H3 res ${data.resolution}` +
       (own ? " (the product's own)" : ` (means of ${data.cells_in_product.toLocaleString()} res-${data.product_resolution} cells: zoom in for them)`) +
       ` · model ${data.model_version}`;
     $("layer-status").classList.remove("error");
-    if (state.firstPaintMs === null) {
-      map.once("idle", () => { state.firstPaintMs = performance.now(); state.ready = true; });
-    }
+    await firstPaint(painted);
   } catch (error) {
     showError($("layer-status"), `map cells: ${error.message}`);
   }
@@ -126,23 +198,26 @@ function renderResults(collection) {
   const list = $("results");
   list.replaceChildren();
   for (const feature of collection.features) {
-    const { rank, h3: cell, distance, lon, lat } = feature.properties;
+    const { rank, distance, lon, lat } = feature.properties;
     const item = document.createElement("li");
-    item.textContent = `${cell}  ${distance.toFixed(4)}`;
+    item.textContent = `${placeOf(feature.properties)}  ${distance.toFixed(4)}`;
     item.title = `rank ${rank}: cosine distance ${distance}`;
     item.addEventListener("click", () => map.flyTo({ center: [lon, lat], zoom: Math.max(map.getZoom(), 5) }));
     list.appendChild(item);
   }
 }
 
-async function searchAt(lon, lat) {
+// Search by a chip reference (a chip clicked on an imagery product) or by the point clicked.
+async function searchAt(lon, lat, chip = null) {
   const started = performance.now();
   const product = $("product").value;
   const k = Number($("k").value);
   const status = $("search-status");
   status.classList.remove("error");
   status.textContent = "searching…";
-  const query = new URLSearchParams({ product, lon: lon.toFixed(6), lat: lat.toFixed(6), k: String(k) });
+  const query = new URLSearchParams({ product, k: String(k) });
+  if (chip) query.set("chip", chip);
+  else { query.set("lon", lon.toFixed(6)); query.set("lat", lat.toFixed(6)); }
   const bbox = $("restrict").checked ? searchBbox() : null;
   if (bbox) query.set("bbox", bbox);
   let collection;
@@ -153,9 +228,10 @@ async function searchAt(lon, lat) {
     return;
   }
   const fetched = performance.now();
-  for (const feature of collection.features) feature.geometry.coordinates = feature.geometry.coordinates.map(unwrapRing);
+  for (const feature of collection.features) drawable(feature.geometry);
   state.lastResult = collection;
-  const queryCell = collection.properties.query;
+  const queryPlace = collection.properties.query;
+  const highlighted = drawn("similar");
   map.getSource("similar").setData(collection);
   map.getSource("similar-points").setData({
     type: "FeatureCollection",
@@ -163,15 +239,17 @@ async function searchAt(lon, lat) {
       type: "Feature", properties: f.properties, geometry: { type: "Point", coordinates: [f.properties.lon, f.properties.lat] },
     })),
   });
-  map.getSource("query").setData({ type: "Feature", geometry: hexagon(queryCell), properties: { h3: queryCell } });
+  const queryGeometry = kind() === "chips" ? chipGeometries.get(queryPlace) : hexagon(queryPlace);
+  map.getSource("query").setData(queryGeometry ? { type: "Feature", geometry: queryGeometry, properties: {} } : EMPTY);
   renderResults(collection);
   $("download").disabled = collection.features.length === 0;
-  map.once("idle", () => {
-    const ms = performance.now() - started;
-    state.clicks.push({ ms, fetchMs: fetched - started, query: queryCell, cells: collection.features.map((f) => f.properties.h3) });
-    status.textContent = `${collection.features.length} places like ${queryCell}` +
-      (bbox ? " inside the view" : "") + ` (${collection.properties.plan}, ${ms.toFixed(0)} ms)`;
-  });
+  const shown = await highlighted;
+  await settled();
+  const ms = shown - started;
+  status.textContent = `${collection.features.length} places like ${queryPlace}` +
+    (bbox ? " inside the view" : "") + ` (${collection.properties.plan}, ${ms.toFixed(0)} ms)`;
+  state.clicks.push({ ms, fetchMs: fetched - started, idleMs: performance.now() - started, query: queryPlace,
+                      places: collection.features.map((f) => placeOf(f.properties)) });
 }
 
 function download() {
@@ -180,28 +258,35 @@ function download() {
   const blob = new Blob([JSON.stringify(collection)], { type: "application/geo+json" });
   const link = document.createElement("a");
   link.href = URL.createObjectURL(blob);
-  link.download = `${$("product").value}_similar_to_${collection.properties.query}_k${collection.features.length}.geojson`;
+  const query = collection.properties.query.replaceAll("/", "_");
+  link.download = `${$("product").value}_similar_to_${query}_k${collection.features.length}.geojson`;
   link.click();
   URL.revokeObjectURL(link.href);
 }
 
-async function loadProducts() {
+async function loadProducts(request) {
   const select = $("product");
-  const products = await getJSON("/api/products");
-  const names = [...new Set(products.filter((p) => p.kind === "h3_cells").map((p) => p.product))];
-  for (const name of names) select.add(new Option(name, name));
-  if (!names.length) throw new Error("no H3 product has been loaded into this database yet");
+  const products = await request;
+  for (const p of products) {
+    if (p.product in kinds) continue; // newest model version first: the map shows that one
+    kinds[p.product] = p.kind;
+    select.add(new Option(p.kind === "chips" ? `${p.product} (chips)` : p.product, p.product));
+  }
+  if (!products.length) throw new Error("no product has been loaded into this database yet");
   if (params.get("product")) select.value = params.get("product");
 }
 
 function addLayers(countries) {
   map.addSource("countries", { type: "geojson", data: countries });
   map.addSource("cells", { type: "geojson", data: EMPTY, tolerance: 0 });
+  map.addSource("chips", { type: "geojson", data: EMPTY, tolerance: 0 });
   map.addSource("similar", { type: "geojson", data: EMPTY });
   map.addSource("query", { type: "geojson", data: EMPTY });
   map.addSource("similar-points", { type: "geojson", data: EMPTY });
   map.addLayer({ id: "land", type: "fill", source: "countries", paint: { "fill-color": "#f6f5f0" } });
   map.addLayer({ id: "cells", type: "fill", source: "cells", paint: { "fill-color": ["get", "colour"], "fill-opacity": 0.9 } });
+  map.addLayer({ id: "chips", type: "fill", source: "chips", paint: { "fill-color": ["get", "colour"], "fill-opacity": 0.75 } });
+  map.addLayer({ id: "chips-line", type: "line", source: "chips", minzoom: 8, paint: { "line-color": "#333", "line-width": 0.4 } });
   map.addLayer({ id: "borders", type: "line", source: "countries", paint: { "line-color": "#555", "line-width": 0.6, "line-opacity": 0.7 } });
   map.addLayer({
     id: "similar-fill", type: "fill", source: "similar",
@@ -217,38 +302,60 @@ function addLayers(countries) {
 }
 
 async function start() {
+  // Both requests travel while MapLibre sets itself up.
+  const products = getJSON("/api/products");
+  products.catch(() => {}); // reported by loadProducts
   const [topology] = await Promise.all([
     getJSON("/vendor/world-atlas/countries-110m.json"),
     new Promise((resolve) => map.on("load", resolve)),
   ]);
+  mark("mapLoaded");
   const countries = topojson.feature(topology, topology.objects.countries);
   for (const feature of countries.features) continuousGeometry(feature.geometry);
   addLayers(countries);
   try {
-    await loadProducts();
+    await loadProducts(products);
+    mark("products");
   } catch (error) {
     showError($("layer-status"), error.message);
     return;
   }
   if (params.get("k")) $("k").value = params.get("k");
-  await refreshCells();
+  if (kind() === "chips") await refreshChips(!params.get("lon"));
+  else await refreshCells();
 
   let pending;
-  map.on("moveend", () => { clearTimeout(pending); pending = setTimeout(refreshCells, 120); });
-  map.on("click", (event) => { const p = event.lngLat.wrap(); searchAt(p.lng, p.lat); });
+  map.on("moveend", () => { clearTimeout(pending); pending = setTimeout(refreshView, 120); });
+  map.on("click", (event) => {
+    const p = event.lngLat.wrap();
+    const chip = kind() === "chips" ? map.queryRenderedFeatures(event.point, { layers: ["chips"] })[0] : null;
+    searchAt(p.lng, p.lat, chip ? chip.properties.chip : null);
+  });
   $("product").addEventListener("change", () => {
     for (const id of ["similar", "similar-points", "query"]) map.getSource(id).setData(EMPTY);
     $("results").replaceChildren();
-    refreshCells();
+    if (kind() === "chips") refreshChips(true);
+    else refreshCells();
   });
   $("download").addEventListener("click", download);
 
   const popup = new maplibregl.Popup({ closeButton: false, closeOnClick: false });
   map.on("mousemove", ["similar-fill", "similar-points"], (event) => {
-    const { rank, h3: cell, distance } = event.features[0].properties;
-    popup.setLngLat(event.lngLat).setHTML(`#${rank} ${cell}<br>distance ${Number(distance).toFixed(4)}`).addTo(map);
+    const { rank, distance } = event.features[0].properties;
+    const place = placeOf(event.features[0].properties);
+    popup.setLngLat(event.lngLat).setHTML(`#${rank} ${place}<br>distance ${Number(distance).toFixed(4)}`).addTo(map);
   });
   map.on("mouseleave", ["similar-fill", "similar-points"], () => popup.remove());
+  // A chip's thumbnail (the RGB picture the imagery pipeline saved) on hover.
+  const thumbnail = new maplibregl.Popup({ closeButton: false, closeOnClick: false, offset: 12 });
+  map.on("mousemove", "chips", (event) => {
+    const chip = event.features[0].properties.chip;
+    if (thumbnail.chip === chip) { thumbnail.setLngLat(event.lngLat); return; }
+    thumbnail.chip = chip;
+    const src = `/api/chips/thumbnail?${new URLSearchParams({ product: $("product").value, chip })}`;
+    thumbnail.setLngLat(event.lngLat).setHTML(`<img class="thumbnail" src="${src}" alt="${chip}"><br>${chip}`).addTo(map);
+  });
+  map.on("mouseleave", "chips", () => { thumbnail.chip = null; thumbnail.remove(); });
 }
 
 start().catch((error) => showError($("layer-status"), error.message));

@@ -7,7 +7,7 @@ import dagster as dg
 
 # Partitions materialized per run when a backfill (or the main job) covers many of them: one process
 # start and one code load per batch, not per partition.
-PARTITIONS_PER_RUN = 64
+PARTITIONS_PER_RUN = 256
 # Derived assets refresh themselves when what they are made from changes: a retrained model (new
 # model version) makes every embedding partition and what is made from it stale, and Dagster's
 # automation sensor (run by the daemon) requests them. Training itself is never automatic.

@@ -77,6 +77,36 @@ def open_samples(path: StorePath) -> xr.Dataset:
     return open_store(path, "samples store")
 
 
+@dataclass(frozen=True)
+class CellSample:
+    """What the samples say of one cell: its status, dominant class, valid share and class fractions."""
+
+    status: str
+    dominant_class: str | None  # None: no valid pixel
+    valid_fraction: float
+    class_fractions: dict[str, float]  # the classes present, largest first
+    source_version: str
+
+
+def cell_sample(ds: xr.Dataset, cell: int) -> CellSample | None:
+    """The cell's sample in its region's samples dataset (None when the region holds no such cell)."""
+    cells = ds["cell_ids"].values
+    index = int(np.searchsorted(cells, np.uint64(cell)))
+    if index >= len(cells) or int(cells[index]) != int(cell):
+        return None
+    names = [str(n) for n in ds["class_name"].values]
+    fractions = ds["fractions"].values[index]
+    dominant = int(ds["dominant_class"].values[index])
+    order = np.argsort(fractions)[::-1]
+    return CellSample(
+        status=ds.attrs["statuses"][int(ds["status"].values[index])],
+        dominant_class=names[dominant] if dominant >= 0 else None,
+        valid_fraction=float(ds["valid_fraction"].values[index]),
+        class_fractions={names[i]: round(float(fractions[i]), 6) for i in order if fractions[i] > 0},
+        source_version=decode_version(ds["source_version"].values[index]),
+    )
+
+
 # ---------------------------------------------------------------------------------------------
 # Embedding product (one store for the whole product)
 # ---------------------------------------------------------------------------------------------

@@ -29,6 +29,7 @@ from geoembed.core.sinks import search
 from geoembed.core.sinks.pgvector import SCHEMA, ModelTable, latest_model_table, read_table_embeddings, registered_tables
 from geoembed.core.grids.mgrs import ChipRef
 from geoembed.imagery.layout import ImageryLayout
+from geoembed.landcover.stores import cell_sample
 from geoembed.web.layers import MAX_VIEW_CELLS, MAX_VIEW_CHIPS, WORLD, Bbox, ChipLayer, ColourLayer
 from geoembed_resources.postgres import PostgresDatabase
 from geoembed_resources.storage import ProductStorage
@@ -64,6 +65,11 @@ class CellDetails(BaseModel):
     source_version: str
     table: str
     geometry: dict[str, Any]
+    # From the region's samples (when the server sees the product's storage and the samples are there):
+    status: str | None = None  # ok, edge, partial_nodata, ...
+    dominant_class: str | None = None
+    valid_fraction: float | None = None
+    class_fractions: dict[str, float] | None = None  # classes present in the cell's window, largest first
 
 
 class MapCells(BaseModel):
@@ -200,7 +206,8 @@ def create_app(database: PostgresDatabase, storage: ProductStorage | None = None
         product: Annotated[str, Query(description="product name")],
         model_version: Annotated[str | None, Query(description="default: the newest loaded")] = None,
     ) -> CellDetails:
-        """The cell's row: centroid, region, and the model and source data versions that made its embedding."""
+        """The cell's row: centroid, region, and the model and source data versions that made its embedding;
+        with the product's storage, also what its samples say: status, dominant class, class fractions."""
         key = search.parse_cell(cell)
         found = table_of(product, model_version, "h3_cells")
         with database.connect(read_only=True) as conn:
@@ -210,9 +217,15 @@ def create_app(database: PostgresDatabase, storage: ProductStorage | None = None
             raise LookupError(f"cell {h3.int_to_str(key)} has no embedding in {product!r} (model {found.model_version})")
         region, lon, lat, model, source = row
         ring = [[x, y] for y, x in h3i.cell_to_boundary(key)]
+        sample = None
+        if storage is not None and storage.samples_path(product, f"{int(region):x}").exists():
+            sample = cell_sample(storage.open_samples(product, f"{int(region):x}"), key)
         return CellDetails(product=product, cell=h3.int_to_str(key), region=f"{int(region):x}", lon=lon, lat=lat,
                            model_version=model, source_version=source, table=f"{SCHEMA}.{found.table}",
-                           geometry={"type": "Polygon", "coordinates": [ring + ring[:1]]})
+                           geometry={"type": "Polygon", "coordinates": [ring + ring[:1]]},
+                           **({} if sample is None else {
+                               "status": sample.status, "dominant_class": sample.dominant_class,
+                               "valid_fraction": sample.valid_fraction, "class_fractions": sample.class_fractions}))
 
     @app.get("/api/map/cells", response_model=MapCells, summary="A view's cells, coloured by their embedding")
     def map_cells(

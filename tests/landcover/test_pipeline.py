@@ -115,6 +115,41 @@ def test_asset_checks_pass(zion_run):
         assert record.status.value == "SUCCEEDED", check
 
 
+def test_the_map_server_shows_the_products_own_colours_and_samples(zion_run):
+    """`geoembed serve` over the materialized product: the map's cells carry exactly the Dagster map's
+    colours (PCA of the store's embedded rows), and a cell's details are what its samples say. (Before the
+    retraining test below, which leaves the store holding two model versions.)"""
+    import urllib.request
+
+    from conftest import geoembed_serve
+    from geoembed.core.evaluation import principal_rgb
+    from geoembed.landcover.windows import EMBEDDED
+
+    settings, _, resources, _ = zion_run
+    storage = resources["storage"]
+    ds = storage.open_product(settings.name)
+    rows = np.nonzero(np.isin(ds["status"].values, EMBEDDED))[0]  # what embedding_map draws
+    expected = dict(zip(ds["cell_ids"].values[rows].tolist(), np.round(principal_rgb(ds["embedding"].values[rows]) * 255)))
+    with geoembed_serve(storage.product_dir(settings.name).parent) as url:
+        def get(path: str) -> dict:
+            with urllib.request.urlopen(url + path, timeout=120) as response:
+                return json.loads(response.read())
+
+        view = get(f"/api/map/cells?product={settings.name}&max_cells=50000")
+        assert view["resolution"] == settings.resolution and len(view["cells"]) == len(expected)
+        rgb = np.frombuffer(bytes.fromhex(view["rgb"]), dtype=np.uint8).reshape(-1, 3).astype(int)
+        assert np.abs(rgb - np.stack([expected[int(c, 16)] for c in view["cells"]])).max() <= 1
+        cell = view["cells"][len(view["cells"]) // 2]
+        details = get(f"/api/cells/{cell}?product={settings.name}")
+    samples = storage.open_samples(settings.name, details["region"])
+    index = int(np.searchsorted(samples["cell_ids"].values, np.uint64(int(cell, 16))))
+    fractions = dict(zip(samples["class_name"].values.tolist(), samples["fractions"].values[index].tolist()))
+    assert details["class_fractions"] == pytest.approx({k: v for k, v in fractions.items() if v > 0}, abs=1e-6)
+    assert details["status"] in ("ok", "edge", "partial_nodata")
+    assert details["dominant_class"] == max(fractions, key=fractions.get)
+    assert list(details["class_fractions"].values()) == sorted(details["class_fractions"].values(), reverse=True)
+
+
 def test_retraining_makes_embeddings_stale_and_rerun_replaces(zion_run):
     settings, instance, resources, summary = zion_run
     name = settings.name

@@ -121,6 +121,7 @@ def test_cell_details(served):
     assert details["cell"] == cell and details["region"] == f"{REGIONS[2]:x}"
     assert details["model_version"] == "00000000000000v1" and details["source_version"] == "00000000000000s1"
     assert details["geometry"]["type"] == "Polygon"
+    assert details["status"] is None and details["class_fractions"] is None  # loaded without samples
 
 
 def test_the_api_is_documented(served):

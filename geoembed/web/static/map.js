@@ -250,6 +250,38 @@ async function searchAt(lon, lat, chip = null) {
     (bbox ? " inside the view" : "") + ` (${collection.properties.plan}, ${ms.toFixed(0)} ms)`;
   state.clicks.push({ ms, fetchMs: fetched - started, idleMs: performance.now() - started, query: queryPlace,
                       places: collection.features.map((f) => placeOf(f.properties)) });
+  showPlace(queryPlace);
+}
+
+// What the product holds for the query cell (status, class fractions, versions), under the search status.
+async function showPlace(cell) {
+  const box = $("place");
+  box.replaceChildren();
+  if (kind() !== "h3_cells") return;
+  let details;
+  try {
+    details = await getJSON(`/api/cells/${cell}?${new URLSearchParams({ product: $("product").value })}`);
+  } catch (error) {
+    box.textContent = `cell ${cell}: ${error.message}`;
+    return;
+  }
+  const lines = [["cell", details.cell], ["model", details.model_version], ["source", details.source_version]];
+  if (details.status) lines.splice(1, 0, ["status", details.status], ["valid", `${(details.valid_fraction * 100).toFixed(0)} %`]);
+  const table = document.createElement("table");
+  const row = (label, value, bar) => {
+    const tr = table.insertRow();
+    tr.insertCell().textContent = label;
+    const td = tr.insertCell();
+    if (bar !== undefined) {
+      const span = document.createElement("span");
+      span.className = "bar";
+      span.style.width = `${Math.round(bar * 80)}px`;
+      td.append(span, ` ${(bar * 100).toFixed(0)} %`);
+    } else td.textContent = value;
+  };
+  for (const [label, value] of lines) row(label, value);
+  for (const [name, share] of Object.entries(details.class_fractions || {}).slice(0, 5)) row(name, null, share);
+  box.appendChild(table);
 }
 
 function download() {

@@ -299,3 +299,21 @@ def test_similar_restricted_to_the_view_stays_inside_it(map_page):
     assert "inside the view" in page.locator("#search-status").inner_text()
     page.locator("#map").screenshot(path=str(MAP_ARTIFACTS / "map_similar_in_view.png"))
     assert problems == []
+
+
+def test_dragging_pans_the_map_and_searches_nothing(map_page):
+    page, problems = map_page
+    box = page.locator("#map").bounding_box()
+    x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+    before = page.evaluate("window.geoembed.map.getCenter().toArray()")
+    clicks = page.evaluate("window.geoembed.clicks.length")
+    page.mouse.move(x, y)
+    page.mouse.down()
+    page.mouse.move(x - 200, y, steps=8)
+    page.mouse.up()
+    page.wait_for_function("window.geoembed.map.loaded()")
+    after = page.evaluate("window.geoembed.map.getCenter().toArray()")
+    moved = page.evaluate(f"window.geoembed.map.project({after})['x'] - window.geoembed.map.project({before})['x']")
+    assert moved == pytest.approx(200, abs=2)  # the map followed the mouse
+    page.wait_for_timeout(500)
+    assert page.evaluate("window.geoembed.clicks.length") == clicks and problems == []

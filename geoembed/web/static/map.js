@@ -38,6 +38,31 @@ const map = new maplibregl.Map({
 map.addControl(new maplibregl.NavigationControl({ showCompass: false }));
 state.map = map;
 
+// MapLibre's mouse drag-pan redraws the whole map on every press, even a click that moves nothing. In a
+// browser drawing WebGL without a GPU (a server, a VM) that frame costs ~200 ms of both cores and delays
+// the click's answer by as much, so mouse panning is done here: only a press that moves pans the map.
+// (Touch panning stays MapLibre's. `_mousePan` is MapLibre 5's mouse half of dragPan; the version is
+// pinned by package-lock.json.)
+map.dragPan._mousePan.disable();
+let press = null;
+let dragged = false; // the last press panned the map: its click is no search
+map.getCanvas().addEventListener("mousedown", (event) => {
+  press = event.button === 0 ? { x: event.clientX, y: event.clientY, moved: false } : null;
+  dragged = false;
+});
+window.addEventListener("mousemove", (event) => {
+  if (!press) return;
+  if (!(event.buttons & 1)) { press = null; return; }
+  const dx = event.clientX - press.x, dy = event.clientY - press.y;
+  if (!press.moved && Math.hypot(dx, dy) < 3) return; // MapLibre's click tolerance
+  press.moved = dragged = true;
+  map.getCanvas().style.cursor = "grabbing";
+  map.panBy([-dx, -dy], { animate: false });
+  press.x = event.clientX;
+  press.y = event.clientY;
+});
+window.addEventListener("mouseup", () => { press = null; map.getCanvas().style.cursor = ""; });
+
 const EMPTY = { type: "FeatureCollection", features: [] };
 
 // Rings crossing the antimeridian are unwrapped eastwards so MapLibre draws them whole.
@@ -359,6 +384,7 @@ async function start() {
   let pending;
   map.on("moveend", () => { clearTimeout(pending); pending = setTimeout(refreshView, 120); });
   map.on("click", (event) => {
+    if (dragged) return;
     const p = event.lngLat.wrap();
     const chip = kind() === "chips" ? map.queryRenderedFeatures(event.point, { layers: ["chips"] })[0] : null;
     searchAt(p.lng, p.lat, chip ? chip.properties.chip : null);

@@ -98,7 +98,7 @@ def main() -> None:
             browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True,
                                                  args=["--disable-dev-shm-usage", "--no-sandbox"])
             paints, sent = [], []
-            for _ in range(args.loads):
+            for load in range(args.loads):
                 context = browser.new_context(viewport={"width": 1400, "height": 900})
                 page = context.new_page()
                 page.goto(f"{url}/?product={args.product}")
@@ -107,7 +107,7 @@ def main() -> None:
                 sent.append(page.evaluate("performance.getEntriesByType('navigation').concat("
                                           "performance.getEntriesByType('resource')).reduce((s, e) => s + e.transferSize, 0)"))
                 view = page.evaluate("window.geoembed.map.getBounds().toArray().flat()")
-                if _ < args.loads - 1:
+                if load < args.loads - 1:  # the last page stays open for the clicks
                     context.close()
             # Clicks on random product cells inside the initial view, on the last page.
             rng = np.random.default_rng(0)

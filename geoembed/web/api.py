@@ -111,7 +111,7 @@ class MapLayers:
         newest: dict[str, ModelTable] = {}
         try:
             with self.database.connect(read_only=True) as conn:
-                for t in registered_tables(conn) if _has_registry(conn) else []:
+                for t in registered_tables(conn):  # none before any load
                     if t.product not in newest:
                         newest[t.product] = latest_model_table(conn, t.product, t.model_version)
         except Exception as exc:  # noqa: BLE001 - requests will meet (and report) the same problem
@@ -121,10 +121,6 @@ class MapLayers:
                 self.get(found)
             except Exception as exc:  # noqa: BLE001 - a request will try again and answer with the error
                 print(f"geoembed: could not prepare the map of {product!r}: {exc}", file=sys.stderr, flush=True)
-
-
-def _has_registry(conn) -> bool:
-    return conn.execute("SELECT to_regclass('geoembed.model_tables') IS NOT NULL").fetchone()[0]
 
 
 def parse_view_bbox(value: str | None) -> Bbox:

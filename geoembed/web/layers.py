@@ -89,10 +89,6 @@ class ColourLayer:
         rgb = principal_rgb(embeddings.vectors, embeddings.counts)[embeddings.vector_index]
         return cls(embeddings.keys.astype(np.uint64), rgb, resolution)
 
-    @property
-    def cells(self) -> int:
-        return len(self.levels[-1].cells)
-
     def colours(self, cells: np.ndarray) -> np.ndarray:
         """The colours (uint8 RGB) of some of the product's own cells (they must be in the layer)."""
         level = self.levels[-1]

@@ -1,8 +1,10 @@
-"""Launch an asset backfill through a running Dagster webserver's GraphQL API and wait for it.
+"""Launch asset backfills and runs through a running Dagster webserver's GraphQL API and wait for them.
 
-The same request the UI's "Materialize all partitions" sends: Dagster's backfill daemon then splits
-it into runs by each asset's backfill policy (geoembed: up to 64 regions per run). ``serve_dagster``
-starts a local `dagster dev` or `dagster-webserver` for scripts (benchmarks, tests)."""
+``launch_backfill`` sends the request of the UI's "Materialize all partitions": Dagster's backfill daemon
+then splits it into runs by each asset's backfill policy (geoembed: up to 256 regions per run).
+``launch_run`` sends the request of the UI's "Materialize" over a partition range: one run, queued and
+started by the run queue (every few seconds, where the backfill daemon looks every 30 s).
+``serve_dagster`` starts a local `dagster dev` or `dagster-webserver` for scripts (benchmarks, tests)."""
 
 from __future__ import annotations
 
@@ -48,6 +50,41 @@ query Status($id: String!) {
     ... on Error { message }
   }
 }"""
+
+
+_LOCATIONS = """
+query Locations {
+  workspaceOrError {
+    __typename
+    ... on Workspace { locationEntries { name locationOrLoadError {
+      __typename
+      ... on RepositoryLocation { repositories { name assetNodes { assetKey { path } } } }
+      ... on PythonError { message }
+    } } }
+    ... on Error { message }
+  }
+}"""
+
+_LAUNCH_RUN = """
+mutation LaunchRun($params: ExecutionParams!) {
+  launchRun(executionParams: $params) {
+    __typename
+    ... on LaunchRunSuccess { run { runId } }
+    ... on RunConfigValidationInvalid { errors { message } }
+    ... on Error { message }
+  }
+}"""
+
+_RUN_STATUS = """
+query RunStatus($id: ID!) {
+  runOrError(runId: $id) {
+    __typename
+    ... on Run { status }
+    ... on Error { message }
+  }
+}"""
+
+RUN_FINISHED = {"SUCCESS", "FAILURE", "CANCELED"}
 
 
 class DagsterApiError(RuntimeError):
@@ -115,6 +152,56 @@ def launch_backfill(url: str, assets: list[str], partitions: list[str] | None = 
     if result["__typename"] != "LaunchBackfillSuccess":
         raise DagsterApiError(f"backfill of {assets} was refused ({result['__typename']}): {result.get('message')}")
     return result["backfillId"]
+
+
+def _repository_of(url: str, asset_path: list[str]) -> tuple[str, str]:
+    """(code location, repository) that defines the asset ``asset_path``."""
+    workspace = graphql(url, _LOCATIONS)["workspaceOrError"]
+    if workspace["__typename"] != "Workspace":
+        raise DagsterApiError(f"{url} could not list its code locations: {workspace.get('message')}")
+    for entry in workspace["locationEntries"]:
+        location = entry["locationOrLoadError"] or {}
+        for repository in location.get("repositories", []):
+            if any(node["assetKey"]["path"] == asset_path for node in repository["assetNodes"]):
+                return entry["name"], repository["name"]
+    raise DagsterApiError(f"no code location served by {url} defines the asset {'/'.join(asset_path)!r}")
+
+
+def launch_run(url: str, assets: list[str], partition_range: tuple[str, str] | None = None,
+               tags: dict[str, str] | None = None) -> str:
+    """One run materializing ``assets`` ("product/asset" keys) over the partitions ``partition_range``
+    (first, last; both included); the run id."""
+    paths = [a.split("/") for a in assets]
+    location, repository = _repository_of(url, paths[0])
+    run_tags = dict(tags or {})
+    if partition_range:
+        run_tags.update({"dagster/asset_partition_range_start": partition_range[0],
+                         "dagster/asset_partition_range_end": partition_range[1]})
+    params = {
+        "selector": {"repositoryLocationName": location, "repositoryName": repository, "jobName": "__ASSET_JOB",
+                     "assetSelection": [{"path": p} for p in paths]},  # with their checks
+        "runConfigData": {},
+        "executionMetadata": {"tags": [{"key": k, "value": v} for k, v in run_tags.items()]},
+    }
+    result = graphql(url, _LAUNCH_RUN, {"params": params})["launchRun"]
+    if result["__typename"] != "LaunchRunSuccess":
+        detail = result.get("message") or "; ".join(e["message"] for e in result.get("errors", []))
+        raise DagsterApiError(f"the run of {assets} was refused ({result['__typename']}): {detail}")
+    return result["run"]["runId"]
+
+
+def wait_for_run(url: str, run_id: str, timeout: float, poll_seconds: float = 1.0) -> str:
+    """Poll until the run has finished; its final status (SUCCESS, FAILURE, CANCELED)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = graphql(url, _RUN_STATUS, {"id": run_id})["runOrError"]
+        if result["__typename"] != "Run":
+            raise DagsterApiError(f"run {run_id!r}: {result.get('message', result['__typename'])}")
+        if result["status"] in RUN_FINISHED:
+            return result["status"]
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"run {run_id} did not finish within {timeout:.0f} s (status {result['status']})")
+        time.sleep(poll_seconds)
 
 
 def backfill_status(url: str, backfill_id: str) -> BackfillStatus:

@@ -9,7 +9,10 @@ the writer is inside its write, then kills the run's processes (run worker and s
 2. PostgreSQL: the test holds a row lock in the first region; `embedding_table`'s transaction
    (DELETE the region's rows, COPY the new ones) blocks inside its DELETE. Kill.
 
-Each time the run is marked failed (the code server that launched it reports the dead worker). A
+The runs are launched as the UI's "Materialize" over the whole partition range launches them: one run
+each, through the webserver's GraphQL API and the run queue (the backfill path, with its daemon's 30 s
+ticks, is tested in test_backfill.py). Each time the run is marked failed (the code server that
+launched it reports the dead worker). A
 reader polling the table the whole time never sees a region half old and half new, and the re-run
 gives exactly what an uninterrupted run gave (same bytes in Zarr, same rows in the table).
 """
@@ -31,7 +34,7 @@ from filelock import FileLock
 from geoembed.core.sinks.repository import snapshot_store, transact
 
 from conftest import REPO, dagster_deployment, shared_file
-from geoembed.core.backfill import launch_backfill, serve_dagster, wait_for_backfill
+from geoembed.core.backfill import launch_run, serve_dagster, wait_for_run
 from geoembed.landcover.settings import load_settings
 from geoembed_assets.definitions import build_definitions, local_resources
 from geoembed_resources import InferenceDevice, PostgresDatabase, ProductStorage
@@ -79,16 +82,6 @@ def _run_pids(instance, run_id: str) -> set[int]:
     kinds = {dg.DagsterEventType.RUN_START, dg.DagsterEventType.STEP_START}
     events = [e.dagster_event for e in instance.all_logs(run_id, of_type=kinds)]
     return {e.pid for e in events if e.pid and e.pid != os.getpid()}
-
-
-def _single_run(instance, backfill_id: str, timeout: float = 180):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        runs = instance.get_runs(filters=dg.RunsFilter(tags={"dagster/backfill": backfill_id}))
-        if runs:
-            return runs[0]
-        time.sleep(0.5)
-    raise AssertionError(f"backfill {backfill_id} launched no run within {timeout} s")
 
 
 def _kill_run_when(instance, run_id: str, ready, what: str, timeout: float = 300) -> None:
@@ -142,10 +135,9 @@ def test_sigkill_mid_write_fails_the_run_and_rerun_equals_uninterrupted(tmp_path
 
         with serve_dagster("dagster", env, ARTIFACTS / "dagster_dev.log") as url:
             selection = [f"{name}/cell_embeddings", f"{name}/embedding_table"]
+            whole_range = (partitions[0], partitions[-1])
             # An uninterrupted run, launched the same way as the runs below: the reference.
-            status = wait_for_backfill(url, launch_backfill(url, selection, partitions, title="uninterrupted"),
-                                       timeout=600, poll_seconds=1)
-            assert status.succeeded, status.summary()
+            assert wait_for_run(url, launch_run(url, selection, whole_range), timeout=600) == "SUCCESS"
             reference = {v: storage.open_product(name)[v].values.copy() for v in ARRAYS}
             reference_attrs = _attrs(store)
             with database.connect(read_only=True) as conn:
@@ -172,10 +164,10 @@ def test_sigkill_mid_write_fails_the_run_and_rerun_equals_uninterrupted(tmp_path
             # 1. Killed at the commit of its first region: chunks written into its session, not committed.
             chunks_before = set((store / "chunks").iterdir())
             with FileLock(str(store / ".commit.lock")):
-                run = _single_run(instance, launch_backfill(url, selection, partitions, title="killed in Zarr"))
-                _kill_run_when(instance, run.run_id, lambda: set((store / "chunks").iterdir()) > chunks_before,
+                run_id = launch_run(url, selection, whole_range)
+                _kill_run_when(instance, run_id, lambda: set((store / "chunks").iterdir()) > chunks_before,
                                "the store write")
-                assert _wait_status(instance, run.run_id) == dg.DagsterRunStatus.FAILURE
+                assert _wait_status(instance, run_id) == dg.DagsterRunStatus.FAILURE
             after_kill = storage.open_product(name)
             assert after_kill.attrs["snapshot"] == old_snapshot  # nothing of the dead writer is visible
             np.testing.assert_array_equal(after_kill["embedding"].values, old)
@@ -185,15 +177,15 @@ def test_sigkill_mid_write_fails_the_run_and_rerun_equals_uninterrupted(tmp_path
                 with blocker.transaction():
                     blocker.execute(f'SELECT h3 FROM geoembed."{table}" WHERE region = %s FOR UPDATE',
                                     (first_region,)).fetchall()
-                    run = _single_run(instance, launch_backfill(url, selection, partitions, title="killed in SQL"))
+                    run_id = launch_run(url, selection, whole_range)
 
                     def delete_waiting() -> bool:
                         waiting = monitor.execute("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
                                                   "AND query LIKE 'DELETE FROM%%'").fetchone()[0]
                         return waiting > 0
 
-                    _kill_run_when(instance, run.run_id, delete_waiting, "the table transaction")
-                    assert _wait_status(instance, run.run_id) == dg.DagsterRunStatus.FAILURE
+                    _kill_run_when(instance, run_id, delete_waiting, "the table transaction")
+                    assert _wait_status(instance, run_id) == dg.DagsterRunStatus.FAILURE
                 # our lock is released: the dead writer's backend finds its client gone and rolls back
             deadline = time.monotonic() + 60
             with database.connect(read_only=True) as conn:
@@ -206,9 +198,7 @@ def test_sigkill_mid_write_fails_the_run_and_rerun_equals_uninterrupted(tmp_path
             assert stale == sum(counts.values())  # the killed transaction changed nothing
 
             # 3. The re-run.
-            backfill_id = launch_backfill(url, selection, partitions, title="re-run")
-            status = wait_for_backfill(url, backfill_id, timeout=600, poll_seconds=1)
-            assert status.succeeded, status.summary()
+            assert wait_for_run(url, launch_run(url, selection, whole_range), timeout=600) == "SUCCESS"
         reader.stop.set()
         reader.join(timeout=30)
 

@@ -78,7 +78,7 @@ def build_definitions(products: list[AnyProduct], resources: dict | None = None)
         raise ValueError(f"product names must be unique, got {names}")
     return dg.Definitions.merge(
         *[product_definitions(p) for p in products],
-        # GEOEMBED_EXECUTOR=k8s: one Kubernetes pod per step (deploy/k8s); unset: Dagster's default.
+        # GEOEMBED_EXECUTOR: unset, every step in the run worker; multiprocess; k8s, a pod per step (deploy/k8s).
         dg.Definitions(resources=resources if resources is not None else default_resources(),
                        executor=executor_from_env()),
     )

@@ -1,7 +1,11 @@
 """Which Dagster executor runs the steps of a run, chosen per deployment by GEOEMBED_EXECUTOR.
 
-* unset, empty or ``multiprocess``: ``None``, i.e. Dagster's default executor (every step of a run in a
-  subprocess of the run worker; one machine, which is all a local deployment has).
+* unset, empty or ``in_process``: Dagster's ``in_process_executor``: every step of a run in the run worker
+  itself, one after the other. The default for one machine: a step subprocess costs a fresh interpreter
+  importing torch, Dagster and the code location (5-10 s of both cores each on a 2-core machine) for steps
+  that mostly run seconds, and a product's steps within a run form a chain anyway. Pools (``gpu``) hold.
+* ``multiprocess``: ``None``, i.e. Dagster's default executor (every step in a subprocess of the run
+  worker, independent steps in parallel).
 * ``k8s``: dagster-k8s's ``k8s_job_executor``: every step in its own Kubernetes Job (pod). Steps carry
   their own Kubernetes settings in the ``dagster-k8s/config`` op tag: ``cell_embeddings`` asks for one
   NVIDIA GPU and GPU nodes (``GPU_STEP_K8S_CONFIG`` in geoembed_assets/core/policies.py); every other step gets the modest
@@ -19,7 +23,7 @@ import os
 import dagster as dg
 
 EXECUTOR_ENV_VAR = "GEOEMBED_EXECUTOR"
-EXECUTOR_CHOICES = ("multiprocess", "k8s")
+EXECUTOR_CHOICES = ("in_process", "multiprocess", "k8s")
 
 # Run config of dagster-k8s's k8s_job_executor (its schema: dagster_k8s.executor._K8S_EXECUTOR_CONFIG_SCHEMA).
 # Namespace, service account, image, env secrets/vars and volumes are not repeated here: step pods
@@ -44,11 +48,14 @@ K8S_EXECUTOR_CONFIG: dict = {
 
 
 def executor_from_env() -> dg.ExecutorDefinition | None:
-    """The executor named by GEOEMBED_EXECUTOR: ``k8s`` or unset / ``multiprocess`` (Dagster's default,
-    returned as ``None``). Any other value raises ValueError naming the variable."""
+    """The executor named by GEOEMBED_EXECUTOR: unset / ``in_process`` (the default), ``multiprocess``
+    (Dagster's default, returned as ``None``) or ``k8s``. Any other value raises ValueError naming the
+    variable."""
     raw = os.environ.get(EXECUTOR_ENV_VAR, "")
     value = raw.strip().lower()
-    if value in ("", "multiprocess"):
+    if value in ("", "in_process"):
+        return dg.in_process_executor
+    if value == "multiprocess":
         return None
     if value == "k8s":
         from dagster_k8s import k8s_job_executor
@@ -56,5 +63,6 @@ def executor_from_env() -> dg.ExecutorDefinition | None:
         return k8s_job_executor.configured(K8S_EXECUTOR_CONFIG)
     raise ValueError(
         f"{EXECUTOR_ENV_VAR}={raw!r} is not a known executor: use 'k8s' (one Kubernetes Job per step, "
-        f"dagster-k8s) or leave {EXECUTOR_ENV_VAR} unset (or 'multiprocess') for Dagster's default executor"
+        f"dagster-k8s), 'multiprocess' (a subprocess per step) or leave {EXECUTOR_ENV_VAR} unset (or 'in_process': "
+        f"every step in the run's own process)"
     )

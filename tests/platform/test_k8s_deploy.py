@@ -287,21 +287,25 @@ def test_other_steps_get_no_gpu(step_handler, k8s_instance, plan_steps, code_ima
 # ------------------------------------------------------------------ (c) the executor switch
 
 
-def test_executor_from_env(monkeypatch, product_defs):
+def test_executor_from_env(monkeypatch, tmp_path):
+    resources = local_resources(tmp_path, inference_device=InferenceDevice(device="cpu"))
+
+    def job_executor():
+        defs = build_definitions([load_settings(REPO / "products" / f"{PRODUCT}.yaml")], resources)
+        return defs.resolve_implicit_global_asset_job_def().executor_def
+
     monkeypatch.delenv(EXECUTOR_ENV_VAR, raising=False)
-    assert executor_from_env() is None
-    merged = dg.Definitions.merge(product_defs, dg.Definitions(executor=executor_from_env()))
-    assert merged.resolve_implicit_global_asset_job_def().executor_def.name == "multi_or_in_process_executor"
+    assert executor_from_env() is dg.in_process_executor
+    assert job_executor().name == "in_process"
     monkeypatch.setenv(EXECUTOR_ENV_VAR, "multiprocess")
     assert executor_from_env() is None
+    assert job_executor().name == "multi_or_in_process_executor"  # Dagster's default
 
     monkeypatch.setenv(EXECUTOR_ENV_VAR, "k8s")
     executor_def = executor_from_env()
     assert executor_def.executor_creation_fn is k8s_job_executor.executor_creation_fn
     assert executor_def.config_schema.resolve_config({}).success
-    merged = dg.Definitions.merge(product_defs, dg.Definitions(executor=executor_def))
-    job_executor = merged.resolve_implicit_global_asset_job_def().executor_def
-    assert job_executor.executor_creation_fn is k8s_job_executor.executor_creation_fn
+    assert job_executor().executor_creation_fn is k8s_job_executor.executor_creation_fn
 
     monkeypatch.setenv(EXECUTOR_ENV_VAR, "kubernetes")
     with pytest.raises(ValueError, match=rf"{EXECUTOR_ENV_VAR}='kubernetes'.*'k8s'"):

@@ -1,19 +1,24 @@
-"""Embedding quality on held-out regions: kNN balanced accuracy of each cell's dominant class.
+"""Embedding quality on held-out regions, on several tasks, beside the same baselines every time.
 
 Regions are grouped by a coarser H3 ancestor and whole groups are held out, so the evaluation
-cells are spatially separate from the training cells.
+cells are spatially separate from the training cells. As AlphaEarth evaluates its embeddings, each set
+of features is scored on more than one task (``evaluate_features``): kNN balanced accuracy of the
+dominant class (the headline), a linear probe regressing the class fractions (R^2), and retrieval
+precision@10 of "same dominant class". ``EvaluationTable`` holds the scores of a trained model and its
+baselines and says whether the model beats every baseline on the headline task.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import dask.array as da
 import h3.api.basic_int as h3i
 import numpy as np
 from sklearn.decomposition import PCA
-from sklearn.metrics import balanced_accuracy_score
-from sklearn.neighbors import KNeighborsClassifier
+from sklearn.linear_model import Ridge
+from sklearn.metrics import balanced_accuracy_score, r2_score
+from sklearn.neighbors import KNeighborsClassifier, NearestNeighbors
 
 
 @dataclass(frozen=True)
@@ -54,6 +59,85 @@ def knn_balanced_accuracy(
     classifier = KNeighborsClassifier(n_neighbors=min(k, len(train_x)))
     classifier.fit(train_x, train_y)
     return float(balanced_accuracy_score(test_y, classifier.predict(test_x)))
+
+
+def linear_probe_r2(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray) -> float:
+    """R^2 on the test rows of a ridge regression (alpha 1) of ``y`` (one or more targets) on the features,
+    fit on the train rows; several targets are weighted by their variance."""
+    probe = Ridge(alpha=1.0).fit(train_x, train_y)
+    return float(r2_score(test_y, probe.predict(test_x), multioutput="variance_weighted"))
+
+
+def retrieval_precision(x: np.ndarray, labels: np.ndarray, k: int = 10) -> float:
+    """Mean share, over every row as a query, of its ``k`` nearest other rows that have its label."""
+    k = min(k, len(x) - 1)
+    if k < 1:
+        return float("nan")
+    neighbours = NearestNeighbors(n_neighbors=k + 1).fit(x).kneighbors(x, return_distance=False)
+    # Drop each query itself (not always column 0 when duplicates tie at distance 0).
+    others = np.array([row[row != i][:k] for i, row in enumerate(neighbours)])
+    return float((labels[others] == labels[:, None]).mean())
+
+
+@dataclass(frozen=True)
+class HeldOutTargets:
+    """What the evaluation tasks predict for a set of cells: the dominant class, the class fractions, and
+    any continuous summaries (e.g. mean elevation), each probed linearly."""
+
+    dominant: np.ndarray
+    fractions: np.ndarray
+    continuous: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def rows(self, index: np.ndarray) -> HeldOutTargets:
+        return HeldOutTargets(self.dominant[index], self.fractions[index],
+                              {k: v[index] for k, v in self.continuous.items()})
+
+
+HEADLINE_TASK = "knn5_balanced_accuracy"
+
+
+def evaluate_features(train_x: np.ndarray, train: HeldOutTargets, test_x: np.ndarray, test: HeldOutTargets
+                      ) -> dict[str, float]:
+    """Every task's score for one set of features: fit on the train rows, scored on the held-out rows."""
+    scores = {
+        HEADLINE_TASK: knn_balanced_accuracy(train_x, train.dominant, test_x, test.dominant),
+        "class_fractions_linear_r2": linear_probe_r2(train_x, train.fractions, test_x, test.fractions),
+        "retrieval_precision_at_10": retrieval_precision(test_x, test.dominant, 10),
+    }
+    for name, values in train.continuous.items():
+        scores[f"{name}_linear_r2"] = linear_probe_r2(train_x, values, test_x, test.continuous[name])
+    return {k: round(v, 4) for k, v in scores.items()}
+
+
+@dataclass
+class EvaluationTable:
+    """Scores per set of features (the model under test first, then its baselines) and task."""
+
+    scores: dict[str, dict[str, float]]
+    model: str = "trained"
+    headline: str = HEADLINE_TASK
+
+    @property
+    def baselines(self) -> list[str]:
+        return [name for name in self.scores if name != self.model]
+
+    def headline_scores(self) -> dict[str, float]:
+        return {name: row[self.headline] for name, row in self.scores.items()}
+
+    def margin(self) -> float:
+        """The model's headline score minus the best baseline's (positive: it beats them all)."""
+        best = max((self.scores[b][self.headline] for b in self.baselines), default=float("-inf"))
+        return round(self.scores[self.model][self.headline] - best, 4)
+
+    def beats_every_baseline(self) -> bool:
+        return self.margin() > 0
+
+    def markdown(self, caption: str = "Held-out regions") -> str:
+        tasks = list(next(iter(self.scores.values())))
+        header = "| features | " + " | ".join(tasks) + " |\n|---|" + "---|" * len(tasks)
+        rows = ["| " + name + " | " + " | ".join(f"{row[t]:.4f}" for t in tasks) + " |"
+                for name, row in self.scores.items()]
+        return f"{caption}; headline task: {self.headline}\n\n" + "\n".join([header, *rows])
 
 
 def pca_features(train_fractions: np.ndarray, test_fractions: np.ndarray, dim: int) -> tuple[np.ndarray, np.ndarray]:

@@ -1,8 +1,8 @@
 """Training the land-cover encoder on a product's samples, and measuring it on held-out regions.
 
 Regions are split into training and held-out groups (whole coarse H3 groups, see ``split_regions``);
-the model is trained with the triplet loss on training regions and scored by kNN on held-out ones,
-beside the same network untrained and PCA of the class fractions.
+the model is trained with the triplet loss on training regions and scored on held-out ones on every
+task of ``evaluate_features``, beside the same network untrained and PCA of the class fractions.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import torch
 import xarray as xr
 
 from geoembed.core.evaluation import (
-    RegionSplit, evaluation_problems, knn_balanced_accuracy, pca_features, split_regions,
+    EvaluationTable, HeldOutTargets, RegionSplit, evaluate_features, evaluation_problems, pca_features, split_regions,
 )
 from geoembed.core.grids.h3 import region_key
 from geoembed.landcover import encoder
@@ -93,19 +93,20 @@ def load_training_samples(
                            eval_test=pick(test_pool, config.max_eval_cells), held_out_cells=held_out)
 
 
-def held_out_quality(data: TrainingSamples, model, untrained, dim: int) -> dict[str, float]:
-    """kNN (k=5) balanced accuracy of the dominant class on held-out regions: the trained model, the
-    same network untrained, and PCA of the class fractions at the same dimension."""
+def held_out_evaluation(data: TrainingSamples, model, untrained, dim: int) -> EvaluationTable:
+    """Every evaluation task on held-out regions for the trained model, the same network untrained, and
+    PCA of the class fractions at the same dimension (fit on the training rows)."""
     device = torch.device("cpu")
     tr, te = data.eval_train, data.eval_test
-    y_tr, y_te = data.dominant[tr], data.dominant[te]
+    targets = HeldOutTargets(data.dominant, data.fractions)
+    train_targets, test_targets = targets.rows(tr), targets.rows(te)
     scores = {}
     for label, net in (("trained", model), ("untrained", untrained)):
-        scores[label] = knn_balanced_accuracy(encoder.embed(net, data.windows[tr], device, 4096, False), y_tr,
-                                              encoder.embed(net, data.windows[te], device, 4096, False), y_te)
+        scores[label] = evaluate_features(encoder.embed(net, data.windows[tr], device, 4096, False), train_targets,
+                                          encoder.embed(net, data.windows[te], device, 4096, False), test_targets)
     p_tr, p_te = pca_features(data.fractions[tr], data.fractions[te], dim)
-    scores["pca_of_class_fractions"] = knn_balanced_accuracy(p_tr, y_tr, p_te, y_te)
-    return {k: round(v, 4) for k, v in scores.items()}
+    scores["pca_of_class_fractions"] = evaluate_features(p_tr, train_targets, p_te, test_targets)
+    return EvaluationTable(scores)
 
 
 def quality_table(quality: dict[str, float]) -> str:
@@ -119,7 +120,7 @@ class TrainedEncoder:
 
     model: encoder.LandCoverEncoder
     version: str
-    quality: dict[str, float]
+    evaluation: EvaluationTable
     losses: list[float]
     seconds: float
     hyper_parameters: dict
@@ -129,8 +130,14 @@ class TrainedEncoder:
     problems: list[str]  # why the quality figures cannot be trusted (too few cells or regions)
 
     @property
-    def beats_untrained(self) -> bool:
-        return bool(self.quality["trained"] > self.quality["untrained"])
+    def quality(self) -> dict[str, float]:
+        """The headline task's score per set of features (trained first)."""
+        return self.evaluation.headline_scores()
+
+    @property
+    def beats_baselines(self) -> bool:
+        """The trained model beats every baseline on the headline task."""
+        return self.evaluation.beats_every_baseline()
 
 
 def train_encoder(
@@ -162,7 +169,8 @@ def train_encoder(
         progress=lambda step, loss: log(f"training: step {step}/{config.steps}, loss {loss:.4f}"),
     )
     version = encoder.model_version(model)
-    quality = held_out_quality(data, model, untrained, settings.embedding_dim)
+    evaluation = held_out_evaluation(data, model, untrained, settings.embedding_dim)
+    quality = evaluation.headline_scores()
     log(f"model {version}: held-out kNN balanced accuracy {quality}")
     hyper = {**_config_values(config), **json.loads(spec.to_json())}
     metrics = {
@@ -170,10 +178,11 @@ def train_encoder(
         "hyper_parameters": hyper, "losses": result.losses, "training_seconds": result.seconds,
         "train_cells": int(len(data.train_rows)), "train_regions": len(split.train),
         "held_out_regions": [region_key(int(r)) for r in split.held_out], "quality_knn5_balanced_accuracy": quality,
+        "held_out_evaluation": evaluation.scores,
         "macs_per_cell": encoder.flops_per_cell(spec), "torch": torch.__version__,
         "held_out_cells": data.held_out_cells, "evaluation_problems": problems,
     }
-    return TrainedEncoder(model, version, quality, result.losses, result.seconds, hyper, metrics, split,
+    return TrainedEncoder(model, version, evaluation, result.losses, result.seconds, hyper, metrics, split,
                           int(len(data.train_rows)), problems)
 
 

@@ -1,7 +1,10 @@
 import h3.api.basic_int as h3i
 import numpy as np
 
-from geoembed.core.evaluation import knn_balanced_accuracy, pca_features, principal_rgb, split_regions
+from geoembed.core.evaluation import (
+    HEADLINE_TASK, EvaluationTable, HeldOutTargets, evaluate_features, knn_balanced_accuracy, linear_probe_r2,
+    pca_features, principal_rgb, retrieval_precision, split_regions,
+)
 from geoembed.core.grids.h3 import cells_at
 
 
@@ -29,3 +32,39 @@ def test_knn_and_pca_baseline_on_separable_data():
     assert knn_balanced_accuracy(rng.random((200, 2)), y[:200], rng.random((100, 2)), y[200:]) < 0.6
     rgb = principal_rgb(fractions)
     assert rgb.shape == (300, 3) and rgb.min() >= 0 and rgb.max() <= 1
+
+
+def test_linear_probe_and_retrieval_on_known_features():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, 400)
+    fractions = np.eye(3)[y] * 0.8 + rng.random((400, 3)) * 0.2
+    # Features linear in the fractions: the probe recovers them; noise features explain nothing.
+    mixed = fractions @ rng.normal(size=(3, 8))
+    assert linear_probe_r2(mixed[:300], fractions[:300], mixed[300:], fractions[300:]) > 0.99
+    assert linear_probe_r2(rng.random((300, 8)), fractions[:300], rng.random((100, 8)), fractions[300:]) < 0.05
+    # Retrieval: well-separated classes give precision 1; random features give about 1/3.
+    assert retrieval_precision(np.eye(3)[y] * 10 + rng.random((400, 3)), y, 10) == 1.0
+    assert abs(retrieval_precision(rng.random((400, 4)), y, 10) - 1 / 3) < 0.08
+    # The query itself never counts, even among exact duplicates.
+    assert retrieval_precision(np.zeros((4, 2)), np.array([0, 0, 1, 1]), 3) == 1 / 3
+
+
+def test_evaluation_table_beats_every_baseline_only_on_the_headline_task():
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 4, 600)
+    fractions = np.eye(4)[y] * 0.3 + rng.random((600, 4)) * 0.7  # a noisy view of the label
+    targets = HeldOutTargets(y, fractions, {"mean_elevation": fractions[:, 0] * 100})
+    tr, te = np.arange(400), np.arange(400, 600)
+    features = {"trained": np.eye(4)[y] * 5 + rng.random((600, 4)), "untrained": rng.random((600, 4)),
+                "pca_of_class_fractions": fractions}
+    table = EvaluationTable({name: evaluate_features(x[tr], targets.rows(tr), x[te], targets.rows(te))
+                             for name, x in features.items()})
+    assert set(table.scores["trained"]) == {HEADLINE_TASK, "class_fractions_linear_r2", "retrieval_precision_at_10",
+                                            "mean_elevation_linear_r2"}
+    assert table.baselines == ["untrained", "pca_of_class_fractions"]
+    assert table.scores["trained"][HEADLINE_TASK] == 1.0 and table.beats_every_baseline()
+    assert table.margin() == round(1.0 - table.scores["pca_of_class_fractions"][HEADLINE_TASK], 4) > 0
+    assert table.scores["untrained"]["class_fractions_linear_r2"] < 0.1
+    assert "| trained | 1.0000 |" in table.markdown()
+    worse = EvaluationTable({**table.scores, "trained": table.scores["untrained"]})
+    assert not worse.beats_every_baseline() and worse.margin() < 0

@@ -36,7 +36,7 @@ def test_asset_graph_snapshot():
     assert {c.name for c in embeddings.check_keys} == {"every_valid_cell_embedded", "no_nan", "unit_norm"}
     model = graph.get(dg.AssetKey(["nlcd_zion", "embedding_model"]))
     assert model.partitions_def is None
-    assert {c.name for c in model.check_keys} == {"beats_untrained_baseline", "enough_data_to_evaluate"}
+    assert {c.name for c in model.check_keys} == {"beats_every_baseline", "enough_data_to_evaluate"}
 
 
 def test_inference_runs_in_the_gpu_pool():

@@ -57,7 +57,7 @@ def test_graphql_backfill_of_all_2562_partitions_completes_in_batches(tmp_path, 
         assert status.assets[0].materialized == status.assets[0].targeted == len(partitions)
         assert f"{len(partitions)}/{len(partitions)} materialized" in cli.stdout.splitlines()[-1]
 
-        # Batched by the backfill policy: ceil(N / 64) runs, each a contiguous range of at most 64 regions,
+        # Batched by the backfill policy: ceil(N / PARTITIONS_PER_RUN) runs, each a contiguous range of regions,
         # together covering every partition exactly once.
         runs = instance.get_runs(filters=dg.RunsFilter(tags={BACKFILL_ID_TAG: backfill_id}))
         assert len(runs) == math.ceil(len(partitions) / PARTITIONS_PER_RUN)

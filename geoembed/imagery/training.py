@@ -17,7 +17,7 @@ import torch
 
 from geoembed.core.evaluation import evaluation_problems
 from geoembed.core.lineage import weights_version
-from geoembed.core.triplet import random_dihedral, train_triplets
+from geoembed.core.self_supervised import random_dihedral, train_triplets
 from geoembed.imagery.encoders.chipnet import ChipNet, ChipNetSpec
 
 

@@ -1,4 +1,5 @@
-"""The self-supervised land-cover encoder: a small CNN trained with a triplet loss (Tile2Vec style).
+"""The self-supervised land-cover encoder: a small CNN trained contrastively on random crops of each
+window (SimCLR's NT-Xent; the default) or with a triplet loss over neighbouring cells (Tile2Vec style).
 
 Input: a window of class indices (B, S, S). Each class index is embedded, the map is average-pooled
 to at most 16 x 16 early (the cost per cell stays flat whatever the window), then three strided
@@ -21,7 +22,7 @@ from torch import nn
 
 from geoembed.core.inference import batched_inference
 from geoembed.core.lineage import weights_version
-from geoembed.core.triplet import random_dihedral, train_triplets
+from geoembed.core.self_supervised import random_crops, random_dihedral, train_contrastive, train_triplets
 
 POOLED_SIZE = 16
 
@@ -163,6 +164,36 @@ def train_triplet(
         return tuple(random_dihedral(data[torch.from_numpy(idx)], generator).to(device) for idx in (a, p, n))
 
     result = train_triplets(model, model, draw, steps, learning_rate, margin, progress)
+    return TrainingResult(model, result.losses, result.seconds, steps)
+
+
+def train_crop_contrastive(
+    model: LandCoverEncoder,
+    windows: np.ndarray,
+    steps: int,
+    batch_size: int,
+    learning_rate: float,
+    temperature: float,
+    min_crop_share: float,
+    seed: int,
+    progress: Callable[[int, float], None] | None = None,
+) -> TrainingResult:
+    """Train in place with NT-Xent: the two views of a window are random crops (at least
+    ``min_crop_share`` of its edge, resized back) under random rotations and flips; the batch's other
+    windows are the negatives. Returns the per-step loss curve."""
+    device = next(model.parameters()).device
+    generator = torch.Generator().manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    data = torch.from_numpy(windows)
+
+    def view(batch: torch.Tensor) -> torch.Tensor:
+        return random_dihedral(random_crops(batch, generator, min_crop_share), generator).to(device)
+
+    def draw() -> tuple[torch.Tensor, torch.Tensor]:
+        batch = data[torch.from_numpy(rng.integers(0, len(data), batch_size))]
+        return view(batch), view(batch)
+
+    result = train_contrastive(model, model, draw, steps, learning_rate, temperature, progress)
     return TrainingResult(model, result.losses, result.seconds, steps)
 
 

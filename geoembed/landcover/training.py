@@ -1,7 +1,7 @@
 """Training the land-cover encoder on a product's samples, and measuring it on held-out regions.
 
 Regions are split into training and held-out groups (whole coarse H3 groups, see ``split_regions``);
-the model is trained with the triplet loss on training regions and scored on held-out ones on every
+the model is trained self-supervised (crop-contrastive by default, or triplet) on training regions and scored on held-out ones on every
 task of ``evaluate_features``, beside the same network untrained and PCA of the class fractions.
 """
 
@@ -29,12 +29,15 @@ class NoSamplesError(LookupError):
     """No region of the product has materialized samples to train on."""
 
 
-class TripletHyperParameters(Protocol):
+class TrainingHyperParameters(Protocol):
     """What training reads from its configuration (the model asset's run config)."""
 
+    objective: str  # "contrastive" or "triplet"
     steps: int
     batch_size: int
     learning_rate: float
+    temperature: float
+    min_crop_share: float
     margin: float
     positive_rings: int
     max_train_cells: int
@@ -58,7 +61,7 @@ class TrainingSamples:
 
 def load_training_samples(
     open_samples: Callable[[str], xr.Dataset | None], product: str, state: StencilState, split: RegionSplit,
-    config: TripletHyperParameters,
+    config: TrainingHyperParameters,
 ) -> TrainingSamples:
     """Embeddable cells of every materialized region (``open_samples`` returns None for a region not
     materialized yet), with row subsets for training and evaluation."""
@@ -144,7 +147,7 @@ def train_encoder(
     settings: ProductSettings,
     state: StencilState,
     open_samples: Callable[[str], xr.Dataset | None],
-    config: TripletHyperParameters,
+    config: TrainingHyperParameters,
     log: Callable[[str], None] = lambda _: None,
     warn: Callable[[str], None] | None = None,
 ) -> TrainedEncoder:
@@ -161,13 +164,16 @@ def train_encoder(
                                embedding_dim=settings.embedding_dim)
     untrained = encoder.build_encoder(spec, config.seed)
     model = encoder.build_encoder(spec, config.seed)
-    sampler = encoder.TripletSampler(data.cells[data.train_rows], data.regions[data.train_rows],
-                                     config.positive_rings, config.seed)
-    result = encoder.train_triplet(
-        model, data.windows[data.train_rows], sampler, config.steps, config.batch_size, config.learning_rate,
-        config.margin, config.seed,
-        progress=lambda step, loss: log(f"training: step {step}/{config.steps}, loss {loss:.4f}"),
-    )
+    progress = lambda step, loss: log(f"training ({config.objective}): step {step}/{config.steps}, loss {loss:.4f}")  # noqa: E731
+    windows = data.windows[data.train_rows]
+    if config.objective == "triplet":
+        sampler = encoder.TripletSampler(data.cells[data.train_rows], data.regions[data.train_rows],
+                                         config.positive_rings, config.seed)
+        result = encoder.train_triplet(model, windows, sampler, config.steps, config.batch_size,
+                                       config.learning_rate, config.margin, config.seed, progress)
+    else:
+        result = encoder.train_crop_contrastive(model, windows, config.steps, config.batch_size, config.learning_rate,
+                                                config.temperature, config.min_crop_share, config.seed, progress)
     version = encoder.model_version(model)
     evaluation = held_out_evaluation(data, model, untrained, settings.embedding_dim)
     quality = evaluation.headline_scores()
@@ -186,6 +192,6 @@ def train_encoder(
                           int(len(data.train_rows)), problems)
 
 
-def _config_values(config: TripletHyperParameters) -> dict:
+def _config_values(config: TrainingHyperParameters) -> dict:
     dump = getattr(config, "model_dump", None)
-    return dump() if dump else {k: getattr(config, k) for k in TripletHyperParameters.__annotations__}
+    return dump() if dump else {k: getattr(config, k) for k in TrainingHyperParameters.__annotations__}

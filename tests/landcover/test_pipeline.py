@@ -98,6 +98,17 @@ def test_lineage_model_and_source_versions(zion_run):
     assert partitions == set(instance.get_dynamic_partitions(f"{name}_regions")) and len(partitions) == 4
     quality = model_meta["quality_knn5_balanced_accuracy"].value
     assert "trained" in quality and "untrained" in quality and "pca_of_class_fractions" in quality
+    table = model_meta["held_out_evaluation"].value
+    for task in ("knn5_balanced_accuracy", "class_fractions_linear_r2", "retrieval_precision_at_10"):
+        assert task in table
+    # The check compares the trained model with every baseline on the headline task, whatever it concludes.
+    check_key = dg.AssetCheckKey(dg.AssetKey([name, "embedding_model"]), "beats_every_baseline")
+    check = instance.event_log_storage.get_latest_asset_check_execution_by_key([check_key])[check_key]
+    evaluation = check.event.dagster_event.event_specific_data
+    headline = {k: v.value for k, v in evaluation.metadata.items()}
+    assert evaluation.passed == (headline["trained"] > max(headline["untrained"], headline["pca_of_class_fractions"]))
+    assert headline["margin_over_best_baseline"] == round(
+        headline["trained"] - max(headline["untrained"], headline["pca_of_class_fractions"]), 4)
     assert "data:image/png;base64," in model_meta["loss_curve"].value
     map_event = instance.get_latest_materialization_event(dg.AssetKey([name, "embedding_map"]))
     assert "data:image/png;base64," in map_event.asset_materialization.metadata["map"].value

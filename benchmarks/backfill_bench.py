@@ -42,6 +42,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--partitions", type=int, default=1024)
     parser.add_argument("--concurrency", type=int, default=1, help="max concurrent runs (default 1: serial)")
+    parser.add_argument("--executor", choices=["in_process", "multiprocess"], default="in_process",
+                        help="GEOEMBED_EXECUTOR of the runs (default in_process: steps in the run worker)")
     parser.add_argument("--keep", help="keep the instance and data in this folder (default: a temporary one)")
     args = parser.parse_args(argv)
 
@@ -54,7 +56,8 @@ def main(argv: list[str] | None = None) -> None:
         config = yaml.safe_load((REPO / "dagster.yaml").read_text())
         config["concurrency"]["runs"]["max_concurrent_runs"] = args.concurrency
         (home / "dagster.yaml").write_text(yaml.safe_dump(config))
-        env = {"DAGSTER_HOME": str(home), "GEOEMBED_PRODUCT": str(PRODUCT), "GEOEMBED_DATA_DIR": str(data)}
+        env = {"DAGSTER_HOME": str(home), "GEOEMBED_PRODUCT": str(PRODUCT), "GEOEMBED_DATA_DIR": str(data),
+               "GEOEMBED_EXECUTOR": args.executor}
         os.environ.update(env)
         os.environ.pop("GEOEMBED_PG_DSN", None)
         resources = local_resources(data, inference_device=InferenceDevice(device="cpu"))
@@ -83,7 +86,7 @@ def main(argv: list[str] | None = None) -> None:
     overhead = wall - compute
     n = sum(k for _, _, k in runs)
     print(f"\nbackfill of {name}/landcover_samples: {n:,} partitions in {len(runs)} runs "
-          f"(max {args.concurrency} at once; 2 cores; dagster dev, SQLite)")
+          f"(max {args.concurrency} at once; {args.executor} executor; 2 cores; dagster dev, SQLite)")
     print(f"{'':<36}{'seconds':>10}{'per partition':>16}")
     rows = [("wall (backfill created -> finished)", wall), ("compute (our asset code)", compute),
             ("overhead = wall - compute", overhead)]

@@ -1,8 +1,9 @@
 """Training the land-cover encoder on a product's samples, and measuring it on held-out regions.
 
 Regions are split into training and held-out groups (whole coarse H3 groups, see ``split_regions``);
-the model is trained self-supervised (crop-contrastive by default, or triplet) on training regions and scored on held-out ones on every
-task of ``evaluate_features``, beside the same network untrained and PCA of the class fractions.
+the model is trained self-supervised (crop-contrastive by default, or triplet) on training regions and
+scored on held-out ones on every task of ``evaluate_features``, beside the same network untrained and
+PCA of the class fractions.
 """
 
 from __future__ import annotations
@@ -164,7 +165,10 @@ def train_encoder(
                                embedding_dim=settings.embedding_dim)
     untrained = encoder.build_encoder(spec, config.seed)
     model = encoder.build_encoder(spec, config.seed)
-    progress = lambda step, loss: log(f"training ({config.objective}): step {step}/{config.steps}, loss {loss:.4f}")  # noqa: E731
+
+    def progress(step: int, loss: float) -> None:
+        log(f"training ({config.objective}): step {step}/{config.steps}, loss {loss:.4f}")
+
     windows = data.windows[data.train_rows]
     if config.objective == "triplet":
         sampler = encoder.TripletSampler(data.cells[data.train_rows], data.regions[data.train_rows],

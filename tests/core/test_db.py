@@ -112,6 +112,36 @@ def test_concurrent_loads_of_different_regions(database):
         assert db.count_rows(conn, table) == 343 * len(REGIONS)
 
 
+def test_writers_creating_the_same_table_at_once_all_succeed(database):
+    """Runs that start together create the same model table at once: CREATE ... IF NOT EXISTS alone races
+    in PostgreSQL's catalog (a duplicate-key error on pg_type), the DDL advisory lock serialises it."""
+    writers = 6
+    connections = [database.connect() for _ in range(writers)]
+    opened = [c.__enter__() for c in connections]
+    barrier = threading.Barrier(writers)
+    names, errors = [], []
+
+    def create(conn):
+        try:
+            barrier.wait()
+            names.append(db.ensure_embedding_table(conn, "dbtest", "racing", DIM, RES))
+        except Exception as exc:  # noqa: BLE001 - collected and asserted below
+            errors.append(exc)
+
+    try:
+        threads = [threading.Thread(target=create, args=(c,)) for c in opened]
+        [t.start() for t in threads]
+        [t.join() for t in threads]
+    finally:
+        for c in connections:
+            c.__exit__(None, None, None)
+    assert not errors, errors
+    assert names == [db.table_name("dbtest", "racing")] * writers
+    with database.connect() as conn:
+        assert conn.execute("SELECT count(*) FROM geoembed.model_tables WHERE product = 'dbtest' "
+                            "AND model_version = 'racing'").fetchone()[0] == 1
+
+
 def test_binary_copy_round_trips_every_value(database):
     rows = region_rows(REGIONS[3], version="0123456789abcdef")
     rows.source_version = ""

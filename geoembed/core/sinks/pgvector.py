@@ -11,8 +11,9 @@ from __future__ import annotations
 import hashlib
 import struct
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import h3.api.basic_int as h3i
 
@@ -29,6 +30,19 @@ class DimensionMismatchError(ValueError):
     """The model's embedding dimension differs from the existing table's."""
 
 
+# Runs writing at once may create the same objects. CREATE ... IF NOT EXISTS is not safe against itself in
+# PostgreSQL (two creators race in the catalog: "duplicate key value violates unique constraint
+# pg_type_typname_nsp_index"), so every creation happens in a transaction holding this advisory lock.
+DDL_LOCK_KEY = 0x67656F656D626564  # b"geoembed"
+
+
+@contextmanager
+def _ddl_transaction(conn: psycopg.Connection) -> Iterator[None]:
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (DDL_LOCK_KEY,))
+        yield
+
+
 def table_name(product: str, model_version: str) -> str:
     return f"{product}_{model_version}"
 
@@ -36,26 +50,27 @@ def table_name(product: str, model_version: str) -> str:
 def ensure_schema(conn: psycopg.Connection) -> bool:
     """The vector extension (and PostGIS where the server has it), the schema and the registry of
     model tables (idempotent). Returns True if PostGIS is available."""
-    conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
-    postgis = _ensure_postgis(conn)
-    conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(SCHEMA)))
-    conn.execute(sql.SQL(
-        """CREATE TABLE IF NOT EXISTS {}.model_tables (
-               product text NOT NULL,
-               model_version text NOT NULL,
-               dim integer NOT NULL,
-               resolution integer NOT NULL,
-               has_geometry boolean NOT NULL,
-               table_name text NOT NULL,
-               created_at timestamptz NOT NULL DEFAULT now(),
-               PRIMARY KEY (product, model_version))"""
-    ).format(sql.Identifier(SCHEMA)))
-    # The kind of rows (H3 cells or chips); registries made before chips existed hold cells only.
-    conn.execute(sql.SQL("ALTER TABLE {}.model_tables ADD COLUMN IF NOT EXISTS kind text NOT NULL DEFAULT 'h3_cells'")
-                 .format(sql.Identifier(SCHEMA)))
-    # What a kind needs to know besides (e.g. a chip table's chip size, to find the chip at a point).
-    conn.execute(sql.SQL("ALTER TABLE {}.model_tables ADD COLUMN IF NOT EXISTS meta jsonb NOT NULL DEFAULT '{{}}'")
-                 .format(sql.Identifier(SCHEMA)))
+    with _ddl_transaction(conn):
+        conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
+        postgis = _ensure_postgis(conn)
+        conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(SCHEMA)))
+        conn.execute(sql.SQL(
+            """CREATE TABLE IF NOT EXISTS {}.model_tables (
+                   product text NOT NULL,
+                   model_version text NOT NULL,
+                   dim integer NOT NULL,
+                   resolution integer NOT NULL,
+                   has_geometry boolean NOT NULL,
+                   table_name text NOT NULL,
+                   created_at timestamptz NOT NULL DEFAULT now(),
+                   PRIMARY KEY (product, model_version))"""
+        ).format(sql.Identifier(SCHEMA)))
+        # The kind of rows (H3 cells or chips); registries made before chips existed hold cells only.
+        conn.execute(sql.SQL("ALTER TABLE {}.model_tables ADD COLUMN IF NOT EXISTS kind text NOT NULL DEFAULT 'h3_cells'")
+                     .format(sql.Identifier(SCHEMA)))
+        # What a kind needs to know besides (e.g. a chip table's chip size, to find the chip at a point).
+        conn.execute(sql.SQL("ALTER TABLE {}.model_tables ADD COLUMN IF NOT EXISTS meta jsonb NOT NULL DEFAULT '{{}}'")
+                     .format(sql.Identifier(SCHEMA)))
     register_vector(conn)
     return postgis
 
@@ -66,7 +81,8 @@ def _ensure_postgis(conn: psycopg.Connection) -> bool:
     if not conn.execute("SELECT 1 FROM pg_available_extensions WHERE name = 'postgis'").fetchone():
         return False
     try:
-        conn.execute("CREATE EXTENSION IF NOT EXISTS postgis")
+        with conn.transaction():  # a savepoint: a refusal leaves the enclosing transaction usable
+            conn.execute("CREATE EXTENSION IF NOT EXISTS postgis")
     except psycopg.errors.InsufficientPrivilege:
         return False  # available but not ours to create: ask the DBA, work without geometry meanwhile
     return True
@@ -115,6 +131,14 @@ def ensure_embedding_table(
 ) -> str:
     """Create the table of one model version (with a GiST-indexed geometry where PostGIS is available),
     or check the existing one's dimension first. ``resolution``: the H3 resolution of its ``h3`` column."""
+    with _ddl_transaction(conn):
+        return _ensure_embedding_table(conn, product, model_version, dim, resolution, layout, meta)
+
+
+def _ensure_embedding_table(
+    conn: psycopg.Connection, product: str, model_version: str, dim: int, resolution: int, layout: TableLayout,
+    meta: dict | None,
+) -> str:
     name = table_name(product, model_version)
     row = conn.execute(
         "SELECT dim FROM geoembed.model_tables WHERE product = %s AND model_version = %s", (product, model_version)

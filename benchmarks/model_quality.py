@@ -5,7 +5,8 @@
 Reads the product's materialized samples under $GEOEMBED_DATA_DIR (materialize the product first, e.g.
 `geoembed run`), trains the model as the `embedding_model` asset does (``train_encoder``, the asset's
 default hyper-parameters) once per seed and objective, and prints every task of the held-out evaluation
-for the trained model and its baselines (untrained network, PCA of the class fractions), then the mean
+for the trained model and its baselines (untrained network, PCA of the class fractions, and for stacked
+products the raw inputs' summary statistics), then the mean
 and standard deviation over the seeds, the headline margin over the best baseline, training seconds and
 inference cells/s. A seed changes both the held-out regions and the initialisation, so the spread is
 that of a whole training run. Writes the figures as JSON to bench-results/model_quality_<product>.json.
@@ -24,6 +25,7 @@ import torch
 
 from geoembed.landcover import encoder
 from geoembed.landcover.settings import load_settings
+from geoembed.landcover.stores import model_inputs
 from geoembed.landcover.training import train_encoder
 from geoembed_assets.landcover.assets import TrainingConfig
 from geoembed_resources import ProductStorage
@@ -57,7 +59,8 @@ def main() -> None:
 
     # Inference speed is timed on 20,000 windows of the first materialized region (repeated if it has fewer).
     first = next(ds for ds in map(open_samples, state.regions) if ds is not None)
-    windows = np.resize(first["windows"].values, (20_000, settings.window_size, settings.window_size))
+    inputs = model_inputs(first)
+    windows = np.resize(inputs, (20_000, *inputs.shape[1:]))
     results: dict[str, list[dict]] = {}
     for objective in args.objective:
         for seed in args.seeds:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from contextlib import contextmanager
+from dataclasses import replace
 from typing import Iterator
 
 import dagster as dg
@@ -15,6 +16,7 @@ from geoembed.core import sources
 from geoembed.core.lineage import content_version
 from geoembed.core.rasters import RasterInfo, RasterInputError, open_raster
 from geoembed.landcover.categorical import describe_raster
+from geoembed.landcover.stencil import STACK_PREFIX
 from geoembed.landcover.settings import ProductSettings
 
 
@@ -30,9 +32,9 @@ class RasterReader(dg.ConfigurableResource):
         with rasterio.Env(**self.gdal_options), open_raster(location) as src:
             yield src
 
-    def describe(self, location: str, nodata_override: int | None = None) -> RasterInfo:
+    def describe(self, location: str, nodata_override: float | None = None, kind: str = "categorical") -> RasterInfo:
         with rasterio.Env(**self.gdal_options):
-            return describe_raster(location, nodata_override)
+            return describe_raster(location, nodata_override, kind)
 
     def version(self, location: str) -> str:
         return content_version(location)
@@ -72,6 +74,38 @@ class RasterReader(dg.ConfigurableResource):
                 return handle.read()
         with open(location, encoding="utf-8") as handle:
             return handle.read()
+
+    def watched_files(self, settings: ProductSettings) -> list[sources.SourceFile]:
+        """The product's source files and its stacked sources (named 'stack/<name>'), unversioned: what the
+        landing sensor compares with the stencil's (a change to a stacked source refreshes every region)."""
+        listed = self.list_files(settings)
+        files = sources.Listing(listed, rejected=getattr(listed, "rejected", {}))
+        for source in settings.stack:
+            files += [replace(f, name=f"{STACK_PREFIX}{source.name}")
+                      for f in self.list_location(source.raster_location)]
+        return files
+
+    def fingerprints(self, settings: ProductSettings) -> dict[str, str]:
+        """{file name: fingerprint} of the product's source files as they are now, stacked sources included
+        (a cheap listing; readers compare it with the stencil's to refuse files changed since)."""
+        return {f.name: f.fingerprint for f in self.watched_files(settings)}
+
+    def stacked_files(self, settings: ProductSettings, known: dict[str, tuple[str, str]] | None = None
+                      ) -> list[sources.SourceFile]:
+        """The product's stacked sources in product order, each as one versioned file named
+        'stack/<source name>' (a missing or unreadable file is an error naming the source)."""
+        files = []
+        for source in settings.stack:
+            listing = self.list_location(source.raster_location)
+            if len(listing) != 1:
+                raise RasterInputError(f"stacked source {source.name!r}: {source.raster!r} must be one raster file")
+            entry = replace(listing[0], name=f"{STACK_PREFIX}{source.name}")
+            versioned = sources.with_versions([entry], known or {})
+            if not versioned:
+                raise RasterInputError(f"stacked source {source.name!r}: {source.raster!r} cannot be read: "
+                                       f"{versioned.rejected.get(entry.name, '')}")
+            files.append(versioned[0])
+        return files
 
     def source_files(self, settings: ProductSettings, known: dict[str, tuple[str, str]] | None = None) -> list[sources.SourceFile]:
         """The product's source files with content versions (only files whose fingerprint is not in

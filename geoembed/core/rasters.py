@@ -34,7 +34,7 @@ class RasterInfo:
     height: int
     transform: Affine
     crs: CRS
-    nodata: int | None
+    nodata: int | float | None  # float only for continuous sources
     dtype: str
 
     @property

@@ -17,12 +17,21 @@ from geoembed.landcover.settings import ProductSettings
 BUILTIN_LEGENDS = ("igbp", "nlcd")
 
 
-def describe_raster(location: str, nodata_override: int | None = None) -> RasterInfo:
-    """Validate that the raster is a single-band integer raster with a CRS, and describe it."""
+def describe_raster(location: str, nodata_override: float | None = None, kind: str = "categorical") -> RasterInfo:
+    """Validate that the raster is a single-band raster with a CRS (integer for a categorical source),
+    and describe it."""
     with open_raster(location) as src:
         if src.count != 1:
-            raise RasterInputError(f"raster {location!r} has {src.count} bands; a categorical source needs exactly 1")
+            raise RasterInputError(f"raster {location!r} has {src.count} bands; a {kind} source needs exactly 1")
         dtype = src.dtypes[0]
+        if kind == "continuous":
+            if src.crs is None:
+                raise RasterInputError(f"raster {location!r} has no CRS; assign one (e.g. gdal_edit.py -a_srs)")
+            if src.transform.b != 0 or src.transform.d != 0:
+                raise RasterInputError(f"raster {location!r} is rotated; warp it to a north-up grid first")
+            nodata = nodata_override if nodata_override is not None else src.nodata
+            return RasterInfo(location=location, width=src.width, height=src.height, transform=src.transform,
+                              crs=src.crs, nodata=None if nodata is None else float(nodata), dtype=dtype)
         if not np.issubdtype(np.dtype(dtype), np.integer):
             raise RasterInputError(
                 f"raster {location!r} has data type {dtype}; a categorical source needs an integer type"

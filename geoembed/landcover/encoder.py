@@ -1,7 +1,9 @@
 """The self-supervised land-cover encoder: a small CNN trained contrastively on random crops of each
 window (SimCLR's NT-Xent; the default) or with a triplet loss over neighbouring cells (Tile2Vec style).
 
-Input: a window of class indices (B, S, S). Each class index is embedded, the map is average-pooled
+Input: a window of class indices (B, S, S), or with stacked sources (B, C, S, S) channels: class indices
+of every categorical source (one shared token vocabulary, embeddings summed) and continuous
+measurements (robustly normalised, a 1x1 convolution into the token space). The map is average-pooled
 to at most 16 x 16 early (the cost per cell stays flat whatever the window), then three strided
 convolutions and a linear head give an L2-normalised vector.
 """
@@ -29,24 +31,50 @@ POOLED_SIZE = 16
 
 @dataclass(frozen=True)
 class EncoderSpec:
-    """Architecture hyper-parameters: enough to rebuild the network."""
+    """Architecture hyper-parameters: enough to rebuild the network (normalisation of continuous
+    sources included: the model owns what it was trained with)."""
 
     n_tokens: int  # classes + 1 (no data)
     window_size: int
     embedding_dim: int
     token_dim: int = 16
     width: int = 64
+    stacked_tokens: tuple[int, ...] = ()  # per stacked categorical source: classes + 1
+    continuous_centre: tuple[float, ...] = ()  # per continuous source: the training windows' median
+    continuous_scale: tuple[float, ...] = ()  # and robust spread (interquartile range / 1.349)
+
+    def __post_init__(self) -> None:
+        for name in ("stacked_tokens", "continuous_centre", "continuous_scale"):
+            object.__setattr__(self, name, tuple(getattr(self, name)))
+
+    @property
+    def channels(self) -> int:
+        """Input channels: 1 (primary class ids) + stacked categorical + continuous sources."""
+        return 1 + len(self.stacked_tokens) + len(self.continuous_centre)
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
+        # Fields of stacked products only appear when used: a single-source spec hashes as before.
+        return json.dumps({k: v for k, v in asdict(self).items() if v != ()}, sort_keys=True)
 
 
 class LandCoverEncoder(nn.Module):
+    """Input: (B, S, S) primary class ids, or (B, C, S, S) float channels (see ``stores.model_inputs``)."""
+
     def __init__(self, spec: EncoderSpec):
         super().__init__()
         self.spec = spec
         w = spec.width
-        self.tokens = nn.Embedding(spec.n_tokens, spec.token_dim)
+        sizes = (spec.n_tokens, *spec.stacked_tokens)
+        # One vocabulary for every categorical source: source i's class k is token offsets[i] + k.
+        self.tokens = nn.Embedding(sum(sizes), spec.token_dim)
+        self.register_buffer("offsets", torch.tensor([0, *np.cumsum(sizes)[:-1].tolist()], dtype=torch.long),
+                             persistent=False)
+        self.n_categorical = len(sizes)
+        self.continuous: nn.Module | None = None
+        if spec.continuous_centre:
+            self.continuous = nn.Conv2d(len(spec.continuous_centre), spec.token_dim, 1)
+            self.register_buffer("centre", torch.tensor(spec.continuous_centre).view(1, -1, 1, 1), persistent=False)
+            self.register_buffer("scale", torch.tensor(spec.continuous_scale).view(1, -1, 1, 1), persistent=False)
         self.pool = max(1, spec.window_size // POOLED_SIZE)
         self.features = nn.Sequential(
             nn.Conv2d(spec.token_dim, w, 3, stride=2, padding=1, bias=False),
@@ -63,28 +91,64 @@ class LandCoverEncoder(nn.Module):
         self.head = nn.Linear(2 * w, spec.embedding_dim)
 
     def forward(self, windows: torch.Tensor) -> torch.Tensor:
-        x = self.embed_tokens(windows.long())
+        if windows.dim() == 3:
+            x = self.embed_tokens(windows.long()[:, None])
+        else:
+            x = self.embed_tokens(windows[:, : self.n_categorical].long())
+            if self.continuous is not None:
+                x = x + self.embed_continuous(windows[:, self.n_categorical :].float())
         x = self.features(x).flatten(1)
         return F.normalize(self.head(x).float(), dim=1)
 
     def embed_tokens(self, windows: torch.Tensor) -> torch.Tensor:
-        """Token embeddings average-pooled to at most POOLED_SIZE^2: (B, token_dim, H, W).
+        """Token embeddings of (B, K, S, S) class ids of K categorical sources, summed over the sources and
+        average-pooled to at most POOLED_SIZE^2: (B, token_dim, H, W).
 
         Embedding then averaging is linear, so for pooled windows we average one-hot class counts per
         block (a scatter-add over integer ids) and apply the embedding once per block: the same result
         as embedding every pixel, without a (B, S, S, token_dim) tensor."""
+        ids = windows + self.offsets.view(1, -1, 1, 1)
         if self.pool == 1:
-            return self.tokens(windows).permute(0, 3, 1, 2)
-        b, s, _ = windows.shape
-        p, n = self.pool, self.spec.n_tokens
+            return self.tokens(ids).sum(1).permute(0, 3, 1, 2)
+        b, k, s, _ = ids.shape
+        p, n = self.pool, self.tokens.num_embeddings
         h = s // p
-        rows = torch.arange(s, device=windows.device) // p
-        block = (rows[:, None] * h + rows[None, :]).reshape(1, -1)
-        index = block * n + windows.reshape(b, -1)
-        counts = torch.zeros(b, h * h * n, device=windows.device, dtype=self.tokens.weight.dtype)
+        rows = torch.arange(s, device=ids.device) // p
+        block = (rows[:, None] * h + rows[None, :]).reshape(1, 1, -1)
+        index = (block * n + ids.reshape(b, k, -1)).reshape(b, -1)
+        counts = torch.zeros(b, h * h * n, device=ids.device, dtype=self.tokens.weight.dtype)
         counts.scatter_add_(1, index, torch.ones_like(index, dtype=counts.dtype))
         fractions = counts.reshape(b, h, h, n) / float(p * p)
         return (fractions @ self.tokens.weight).permute(0, 3, 1, 2)
+
+    def embed_continuous(self, values: torch.Tensor) -> torch.Tensor:
+        """Continuous sources normalised robustly (invalid pixels at the median), pooled like the tokens,
+        mapped to the token space by a 1x1 convolution: (B, token_dim, H, W)."""
+        z = torch.nan_to_num((values - self.centre) / self.scale, nan=0.0).clamp(-10.0, 10.0)
+        if self.pool > 1:
+            z = F.avg_pool2d(z, self.pool)
+        return self.continuous(z.to(self.tokens.weight.dtype))
+
+
+def robust_normalisation(values: np.ndarray, max_values: int = 2_000_000, seed: int = 0) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per channel of (n, C, S, S) measurements (NaN = invalid): the median and the interquartile range
+    / 1.349 (the standard deviation of a normal with that IQR; robust to outliers and heavy tails).
+    A channel without spread gets scale 1."""
+    rng = np.random.default_rng(seed)
+    centre, scale = [], []
+    for c in range(values.shape[1]):
+        flat = values[:, c].reshape(-1)
+        flat = flat[np.isfinite(flat)]
+        if len(flat) > max_values:
+            flat = rng.choice(flat, max_values, replace=False)
+        if len(flat) == 0:
+            centre.append(0.0), scale.append(1.0)
+            continue
+        q25, q50, q75 = np.percentile(flat, [25, 50, 75])
+        spread = (q75 - q25) / 1.349
+        centre.append(float(q50))
+        scale.append(float(spread) if spread > 0 else 1.0)
+    return tuple(centre), tuple(scale)
 
 
 def build_encoder(spec: EncoderSpec, seed: int) -> LandCoverEncoder:
@@ -161,7 +225,8 @@ def train_triplet(
 
     def draw() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         a, p, n = sampler.sample(batch_size)
-        return tuple(random_dihedral(data[torch.from_numpy(idx)], generator).to(device) for idx in (a, p, n))
+        return tuple(random_dihedral(data[torch.from_numpy(idx)], generator, dims=(-2, -1)).to(device)
+                     for idx in (a, p, n))
 
     result = train_triplets(model, model, draw, steps, learning_rate, margin, progress)
     return TrainingResult(model, result.losses, result.seconds, steps)
@@ -187,7 +252,7 @@ def train_crop_contrastive(
     data = torch.from_numpy(windows)
 
     def view(batch: torch.Tensor) -> torch.Tensor:
-        return random_dihedral(random_crops(batch, generator, min_crop_share), generator).to(device)
+        return random_dihedral(random_crops(batch, generator, min_crop_share), generator, dims=(-2, -1)).to(device)
 
     def draw() -> tuple[torch.Tensor, torch.Tensor]:
         batch = data[torch.from_numpy(rng.integers(0, len(data), batch_size))]
@@ -231,7 +296,8 @@ def load_checkpoint(data: bytes, device: torch.device | str = "cpu") -> tuple[La
 
 def export_torchscript(model: LandCoverEncoder) -> bytes:
     """A portable TorchScript module (loads with torch.jit.load, no geoembed import needed)."""
-    example = torch.zeros((2, model.spec.window_size, model.spec.window_size), dtype=torch.long)
+    s, c = model.spec.window_size, model.spec.channels
+    example = torch.zeros((2, s, s), dtype=torch.long) if c == 1 else torch.zeros((2, c, s, s))
     traced = torch.jit.trace(model.cpu().eval(), example)
     buffer = io.BytesIO()
     torch.jit.save(traced, buffer)
@@ -246,4 +312,6 @@ def flops_per_cell(spec: EncoderSpec) -> float:
         s = math.ceil(s / 2)
         macs += s * s * c_out * c_in * 9
         c_in = c_out
-    return float(macs + 2 * spec.width * spec.embedding_dim)
+    pooled = spec.window_size // max(1, spec.window_size // POOLED_SIZE)
+    continuous = len(spec.continuous_centre) * spec.token_dim * pooled * pooled
+    return float(macs + continuous + 2 * spec.width * spec.embedding_dim)

@@ -17,9 +17,11 @@ from geoembed.core.lineage import combined_version, decode_version, encode_versi
 from geoembed.core.rasters import RasterInfo, RasterInputError
 from geoembed.core.sinks.pgvector import RegionRows
 from geoembed.landcover.settings import ProductSettings
-from geoembed.landcover.stencil import StencilState
-from geoembed.landcover.stores import NOT_COMPUTED, samples_dataset
-from geoembed.landcover.windows import EMBEDDED, RasterBlocks, sample_mosaic
+from geoembed.landcover.stencil import STACK_PREFIX, StackedSourceState, StencilState
+from geoembed.landcover.stores import NOT_COMPUTED, StackedSamples, model_inputs, samples_dataset
+from geoembed.landcover.windows import (
+    EMBEDDED, RasterBlocks, StackedWindows, apply_missing_sources, merge_rows, sample_mosaic, sample_stacked,
+)
 
 
 class SourceChangedError(LookupError):
@@ -34,10 +36,12 @@ class MosaicRasters(contextlib.ExitStack):
     """The product's source files, opened on first use and closed together; a file whose fingerprint
     differs from the stencil's (changed or removed since) is refused."""
 
-    def __init__(self, state: StencilState, landed: dict[str, str], describe: Callable[[str], RasterInfo],
-                 open_source: Callable[[str], ContextManager[rasterio.DatasetReader]]):
+    def __init__(self, state: StencilState, landed: dict[str, str], describe: Callable[..., RasterInfo],
+                 open_source: Callable[[str], ContextManager[rasterio.DatasetReader]],
+                 stacked_nodata: dict[str, float | None] | None = None):
         super().__init__()
         self.state, self.landed, self.describe, self.open_source = state, landed, describe, open_source
+        self.stacked_nodata = stacked_nodata or {}
         self._opened: dict[str, tuple[RasterBlocks, RasterInfo]] = {}
 
     def __call__(self, file_name: str) -> tuple[RasterBlocks, RasterInfo]:
@@ -50,6 +54,19 @@ class MosaicRasters(contextlib.ExitStack):
             info = self.describe(entry.location)
             self._opened[file_name] = (RasterBlocks(self.enter_context(self.open_source(entry.location))), info)
         return self._opened[file_name]
+
+    def stacked(self, entry: StackedSourceState) -> tuple[RasterBlocks, RasterInfo]:
+        """A stacked source, refused when it changed after the stencil was made."""
+        key = STACK_PREFIX + entry.name
+        if key not in self._opened:
+            if self.landed.get(key) != entry.fingerprint:
+                raise SourceChangedError(
+                    f"stacked source {entry.name!r} ({entry.location!r}) changed after the stencil was made; "
+                    "re-materialize h3_regions first")
+            info = self.describe(entry.location, nodata_override=self.stacked_nodata.get(entry.name),
+                                 kind=entry.kind)
+            self._opened[key] = (RasterBlocks(self.enter_context(self.open_source(entry.location))), info)
+        return self._opened[key]
 
 
 def region_samples(key: str, state: StencilState, settings: ProductSettings, rasters: MosaicRasters) -> xr.Dataset:
@@ -69,12 +86,39 @@ def region_samples(key: str, state: StencilState, settings: ProductSettings, ras
             f"raster {state.sources[names[0]].location!r}: region {key} holds values "
             f"{samples.unknown_values.tolist()} that are not in the legend; nothing was written for this region"
         )
+    stacked = stacked_windows(state, settings, rasters, names, source_index, lat, lon)
+    for entry, windows in zip(state.stacked, stacked):
+        if windows.unknown_values is not None and len(windows.unknown_values) and settings.unknown_classes == "error":
+            raise RasterInputError(
+                f"stacked source {entry.name!r} ({entry.location!r}): region {key} holds values "
+                f"{windows.unknown_values.tolist()} that are not in its legend; nothing was written for this region")
+    if stacked:
+        samples.status = apply_missing_sources(samples.status, stacked, [e.min_valid_fraction for e in state.stacked])
     versions = [state.sources[n].version for n in names]
     return samples_dataset(samples, state.class_legend, settings.resolution, {
-        "product": settings.name, "region": key, "source_version": combined_version(versions),
+        "product": settings.name, "region": key,
+        "source_version": combined_version(versions + [e.version for e in state.stacked]),
         "source_files": json.dumps(names), "raster": settings.source_description,
         "window_size": settings.window_size,
-    }, source_versions=[versions[j] for j in source_index])
+    }, source_versions=[versions[j] for j in source_index], statuses=settings.statuses,
+        stacked=[StackedSamples(w, e.version, e.class_legend) for w, e in zip(stacked, state.stacked)])
+
+
+def stacked_windows(state: StencilState, settings: ProductSettings, rasters: MosaicRasters, names: list[str],
+                    source_index: np.ndarray, lat: np.ndarray, lon: np.ndarray) -> list[StackedWindows]:
+    """Every stacked source's windows on the footprint of each cell's primary window (the primary file a
+    cell was read from gives its footprint)."""
+    out = []
+    for entry in state.stacked:
+        blocks, info = rasters.stacked(entry)
+        parts = []
+        for i in np.unique(source_index):
+            rows = np.nonzero(source_index == i)[0]
+            primary = rasters(names[int(i)])[1]
+            parts.append((rows, sample_stacked(entry.name, entry.kind, blocks, info, primary, lat[rows], lon[rows],
+                                               settings.window_size, entry.class_legend)))
+        out.append(merge_rows(parts, len(lat)))
+    return out
 
 
 @dataclass
@@ -88,6 +132,7 @@ class RegionEmbeddings:
     missing: int  # embedded cells whose vector is all NaN
     with_nan: int
     off_unit_norm: int
+    stacked_source_versions: np.ndarray | None = None  # (cells, stacked sources), encoded; None without a stack
 
 
 def region_embeddings(samples: xr.Dataset, dim: int, infer: Callable[[np.ndarray], np.ndarray]) -> RegionEmbeddings:
@@ -96,13 +141,15 @@ def region_embeddings(samples: xr.Dataset, dim: int, infer: Callable[[np.ndarray
     embedded = np.isin(status, EMBEDDED)
     vectors = np.full((len(status), dim), np.nan, dtype=np.float32)
     if embedded.any():
-        vectors[embedded] = infer(samples["windows"].values[embedded])
+        vectors[embedded] = infer(model_inputs(samples, embedded))
     norms = np.linalg.norm(vectors[embedded], axis=1)
     return RegionEmbeddings(
         vectors, status, row_source_versions(samples), int(embedded.sum()),
         missing=int(np.isnan(vectors[embedded]).all(axis=1).sum()),
         with_nan=int(np.isnan(vectors[embedded]).any(axis=1).sum()),
         off_unit_norm=int((np.abs(norms - 1) > 1e-3).sum()),
+        stacked_source_versions=samples["stacked_source_version"].values if "stacked_source_version" in samples
+        else None,
     )
 
 
@@ -133,4 +180,9 @@ def region_rows(product: xr.Dataset, layout: ProductLayout, key: str, region_res
         raise RegionNotEmbeddedError(f"region {key} mixes model versions {sorted(versions)}; re-run cell_embeddings")
     lat, lon = cell_centres(cells)
     sources = [decode_version(v) for v in part["source_version"].values[keep]]
+    if "stacked_source_version" in part:  # every source's version: "<primary>;<name>=<version>;..."
+        names = [str(n) for n in part["stacked_source"].values]
+        stacked = part["stacked_source_version"].values[keep]
+        sources = [";".join([primary, *(f"{n}={decode_version(v)}" for n, v in zip(names, row))])
+                   for primary, row in zip(sources, stacked)]
     return RegionRows(region, cells, lon, lat, part["embedding"].values[keep], versions.pop(), sources)

@@ -1,7 +1,7 @@
 """Product settings: which raster, which legend, which H3 grid, which model size.
 
-A *product* is one embedding data product (one raster source, one H3 resolution). Its settings are
-read from a YAML file so that a user can point the pipeline at another raster, resolution, window
+A *product* is one embedding data product (one primary categorical source, one H3 resolution, and any
+number of rasters stacked on the same footprint). Its settings are read from a YAML file so that a user can point the pipeline at another raster, resolution, window
 size or embedding dimension without editing code. Settings are validated up front and every error
 names the file and the field.
 """
@@ -9,14 +9,52 @@ names the file and the field.
 from __future__ import annotations
 
 import os
-from typing import Literal
+from pathlib import Path
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from geoembed.core.settings import (  # noqa: F401 - re-exported for the landcover modules
-    DEFAULT_PRODUCT_FILE, PRODUCT_ENV_VAR, ProductConfigError, ProductName, product_files_from_env, read_settings_file,
-    resolve_package_path, validated,
+    DEFAULT_PRODUCT_FILE, PRODUCT_ENV_VAR, ProductConfigError, ProductName, product_files_from_env, read_settings_file, relative_to,
+    product_name, resolve_package_path, validated,
 )
+from geoembed.landcover.windows import cell_statuses
+
+
+SourceName = Annotated[str, AfterValidator(product_name),
+                       Field(description="Short identifier of a stacked source; names its variables and status.")]
+
+
+class StackedSource(BaseModel):
+    """A raster stacked on the primary source's windows: read in its own CRS and resolution at the ground
+    points of each window, so every source covers the same footprint."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: SourceName
+    raster: str = Field(description="Single-band raster: a local path, a URI rasterio can open, or 'package:...'.")
+    kind: Literal["categorical", "continuous"] = Field(description=(
+        "categorical: class ids with a legend (one-hot into the model, class fractions per cell); continuous: "
+        "a measurement (elevation, temperature) normalised robustly by the model (median and interquartile range "
+        "of the training windows)."))
+    legend: dict[int, str] | str | None = Field(default=None, description="Categorical only: as the product's legend.")
+    nodata: float | None = Field(default=None, description="Override the raster's nodata value.")
+    units: str = Field(default="", description="Continuous only: the measurement's units, for the record.")
+    min_valid_fraction: float | None = Field(default=None, gt=0.0, le=1.0, description=(
+        "A cell whose window has less than this share of valid pixels in this source gets status "
+        "'missing_<name>' and is not embedded (default: the product's min_valid_fraction)."))
+
+    @model_validator(mode="after")
+    def _kind(self) -> StackedSource:
+        if self.kind == "continuous" and self.legend is not None:
+            raise ValueError("a continuous source has no legend")
+        if self.kind == "categorical" and self.nodata is not None and not float(self.nodata).is_integer():
+            raise ValueError("a categorical source's nodata must be an integer")
+        return self
+
+    @property
+    def raster_location(self) -> str:
+        return resolve_raster_location(self.raster)
 
 
 class ProductSettings(BaseModel):
@@ -66,6 +104,9 @@ class ProductSettings(BaseModel):
     bbox: tuple[float, float, float, float] | None = Field(
         default=None, description="Optional area limit [west, south, east, north] in degrees (EPSG:4326)."
     )
+    stack: list[StackedSource] = Field(default_factory=list, description=(
+        "More rasters read on the same ground footprint as the primary source's window (each in its own CRS "
+        "and resolution). The primary source decides which regions become partitions."))
 
     @field_validator("window_size")
     @classmethod
@@ -93,6 +134,9 @@ class ProductSettings(BaseModel):
             raise ValueError(
                 f"region_resolution ({region_res}) must be coarser (smaller) than resolution ({self.resolution})"
             )
+        names = [source.name for source in self.stack]
+        if len(set(names)) != len(names):
+            raise ValueError(f"stacked source names must be distinct: {names}")
         if self.resolution - region_res > 6:
             raise ValueError(
                 f"resolution - region_resolution = {self.resolution - region_res} gives regions of "
@@ -116,7 +160,13 @@ class ProductSettings(BaseModel):
 
     @property
     def source_description(self) -> str:
-        return self.raster if self.raster is not None else f"{self.landing}/{self.landing_pattern}"
+        primary = self.raster if self.raster is not None else f"{self.landing}/{self.landing_pattern}"
+        return " + ".join([primary, *(f"{s.name}={s.raster}" for s in self.stack)])
+
+    @property
+    def statuses(self) -> tuple[str, ...]:
+        """Status names by code: the base statuses, then 'missing_<name>' per stacked source."""
+        return cell_statuses([s.name for s in self.stack])
 
 
 def resolve_raster_location(raster: str) -> str:
@@ -127,6 +177,10 @@ def resolve_raster_location(raster: str) -> str:
 def load_settings(path: str | os.PathLike[str]) -> ProductSettings:
     """Read and validate a land-cover product settings YAML file; errors name the file and the field."""
     raw = read_settings_file(path, relative_keys=("raster", "landing"))
+    folder = Path(path).parent
+    for source in raw.get("stack") or []:
+        if isinstance(source, dict) and isinstance(source.get("raster"), str):
+            source["raster"] = relative_to(source["raster"], folder)
     if raw.get("pipeline") == "landcover":  # the default pipeline may be named; it is not a setting
         del raw["pipeline"]
     return settings_from_mapping(raw, source=str(path))

@@ -219,6 +219,25 @@ def merge_stencils(files: list[FileStencil], previous: StencilState | None) -> M
     return MosaicStencil(files, regions, region_sources, cells, changed_regions, orphaned, added, changed, removed)
 
 
+STACK_PREFIX = "stack/"  # names stacked sources among a product's source files
+
+
+class StackedSourceState(BaseModel):
+    """A stacked source as the stencil saw it: where it is, its content version, and (categorical) its legend."""
+
+    name: str
+    kind: str
+    location: str
+    version: str
+    fingerprint: str
+    legend: dict[str, str] = {}
+    min_valid_fraction: float
+
+    @property
+    def class_legend(self) -> Legend | None:
+        return Legend.from_mapping({int(k): v for k, v in self.legend.items()}) if self.legend else None
+
+
 class StencilNotCurrentError(LookupError):
     """A region partition is not part of the product's current stencil."""
 
@@ -237,6 +256,7 @@ class StencilState(BaseModel):
     cells_per_region: dict[str, int]
     region_sources: dict[str, list[str]]
     sources: dict[str, FileStencil] = {}
+    stacked: list[StackedSourceState] = []  # in product order
 
     @property
     def class_legend(self) -> Legend:
@@ -259,8 +279,9 @@ class StencilState(BaseModel):
         return list(keys)
 
     def known_versions(self) -> dict[str, tuple[str, str]]:
-        """{source file: (fingerprint, content version)} as this stencil saw them."""
-        return {name: (f.fingerprint, f.version) for name, f in self.sources.items()}
+        """{source file: (fingerprint, content version)} as this stencil saw them (stacked sources included)."""
+        return {**{name: (f.fingerprint, f.version) for name, f in self.sources.items()},
+                **{STACK_PREFIX + s.name: (s.fingerprint, s.version) for s in self.stacked}}
 
     def to_json(self) -> dict:
         return self.model_dump(mode="json")
@@ -284,12 +305,15 @@ def update_stencil(
     open_source: Callable[[str], ContextManager[rasterio.DatasetReader]],
     warn: Callable[[str], None] = lambda _: None,
     progress: Callable[[str, int, int, int], None] | None = None,
+    stacked_files: list[SourceFile] = (),
 ) -> StencilUpdate:
     """Scan the product's source files (newest first, with content versions) into a new stencil.
 
     Files whose content version is unchanged since ``previous`` keep their scan. In a landing location
     an unreadable file is rejected (listed, warned about) and the others are used; a single raster
-    source must be readable."""
+    source must be readable. ``stacked_files``: the stacked sources (product order, from
+    ``RasterReader.stacked_files``); each must be readable, and a change in one refreshes every region."""
+    stacked = _stacked_states(settings, list(stacked_files), describe)
     current_settings = settings.model_dump(mode="json")
     comparable = previous if previous and previous.settings == current_settings and previous.sources else None
     old_files = comparable.sources if comparable else {}
@@ -316,18 +340,21 @@ def update_stencil(
                                    [region_key(int(r)) for r in stencil.regions], stencil.covered,
                                    stencil.cells_per_region, stencil.status_counts))
     mosaic = merge_stencils(scanned, comparable)
+    if comparable is not None and [(x.name, x.version) for x in comparable.stacked] != [(x.name, x.version) for x in stacked]:
+        mosaic.changed_regions = [k for k in mosaic.regions if mosaic.region_sources[k]]
     rejected = {**getattr(files, "rejected", {}), **{f.name: f.error for f in scanned if f.error}}
     if not any(mosaic.region_sources.values()):
         raise RasterInputError(f"no source file of {settings.name!r} covers an H3 cell with data; "
                                f"rejected files: {rejected}")
     state = StencilState(
         settings=current_settings,
-        source_version=manifest_version(files),
+        source_version=manifest_version([*files, *stacked_files]),
         legend={str(v): n for v, n in zip(legend.values.tolist(), legend.names)},
         regions=mosaic.regions,
         cells_per_region=mosaic.cells_per_region,
         region_sources=mosaic.region_sources,
         sources={f.name: f for f in scanned},
+        stacked=stacked,
     )
     return StencilUpdate(state, mosaic, rejected, comparable is not None)
 
@@ -345,3 +372,21 @@ def _first_legend(settings: ProductSettings, files: list[SourceFile], describe: 
                 raise
             problems.append(f"{f.name}: {exc}")
     raise RasterInputError(f"no source file of {settings.name!r} can be read: {problems[:5]}")
+
+
+def _stacked_states(settings: ProductSettings, files: list[SourceFile],
+                    describe: Callable[..., RasterInfo]) -> list[StackedSourceState]:
+    """Each stacked source checked readable (and its legend resolved) before anything is written."""
+    if len(files) != len(settings.stack):
+        raise ValueError(f"{len(settings.stack)} stacked sources configured, {len(files)} files given")
+    states = []
+    for source, f in zip(settings.stack, files):
+        info = describe(f.location, nodata_override=source.nodata, kind=source.kind)
+        legend = {}
+        if source.kind == "categorical":
+            values = None if source.legend is not None else distinct_values(f.location, info.nodata)
+            legend = {str(k): v for k, v in resolve_legend(source, values, f.location).items()}
+        states.append(StackedSourceState(
+            name=source.name, kind=source.kind, location=f.location, version=f.version, fingerprint=f.fingerprint,
+            legend=legend, min_valid_fraction=source.min_valid_fraction or settings.min_valid_fraction))
+    return states

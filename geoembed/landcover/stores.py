@@ -26,7 +26,7 @@ from geoembed.core.sinks.zarr import (
     StorePath, h3_coordinate, is_remote, open_store, plain_store_exists, replace_directory, sibling, store_name,
     write_dataset, zarr_target,
 )
-from geoembed.landcover.windows import EMBEDDED, STATUSES, Legend, WindowSamples
+from geoembed.landcover.windows import EMBEDDED, STATUSES, Legend, StackedWindows, WindowSamples, cell_statuses
 
 NOT_COMPUTED = 255
 
@@ -36,14 +36,26 @@ NOT_COMPUTED = 255
 # ---------------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class StackedSamples:
+    """A stacked source's windows for a region, with its content version and (categorical) legend."""
+
+    windows: StackedWindows
+    version: str
+    legend: Legend | None = None
+
+
 def samples_dataset(
-    samples: WindowSamples, legend: Legend, resolution: int, attrs: dict, source_versions: list[str] | None = None
+    samples: WindowSamples, legend: Legend, resolution: int, attrs: dict, source_versions: list[str] | None = None,
+    statuses: tuple[str, ...] = STATUSES, stacked: list[StackedSamples] = (),
 ) -> xr.Dataset:
     """A region's samples. ``source_versions``: per cell, the content version of the file it was sampled
-    from (default: ``attrs["source_version"]`` for every cell)."""
+    from (default: ``attrs["source_version"]`` for every cell). Each stacked source adds its windows
+    (``windows_<name>`` class indices, or ``values_<name>`` measurements with NaN where invalid), its valid
+    share, class fractions when categorical, and its version per cell in ``stacked_source_version``."""
     n = len(samples.cells)
     per_cell = source_versions if source_versions is not None else [attrs["source_version"]] * n
-    return xr.Dataset(
+    ds = xr.Dataset(
         {
             "windows": (("cells", "y", "x"), samples.windows),
             "source_version": (("cells",), np.array([encode_version(v) for v in per_cell], dtype=VERSION_DTYPE),
@@ -60,11 +72,52 @@ def samples_dataset(
         },
         attrs={
             **attrs,
-            "statuses": list(STATUSES),
+            "statuses": list(statuses),
             "embedded_statuses": [STATUSES[i] for i in EMBEDDED],
             "nodata_class_index": legend.nodata_index,
         },
     )
+    if not stacked:
+        return ds
+    described = []
+    for source in stacked:
+        w, name = source.windows, source.windows.name
+        if w.kind == "categorical":
+            ds[f"windows_{name}"] = (("cells", "y", "x"), w.values)
+            ds[f"fractions_{name}"] = ((("cells", f"class_{name}")), w.fractions)
+            ds.coords[f"class_{name}"] = (f"class_{name}", source.legend.values)
+            described.append({"name": name, "kind": w.kind, "version": source.version,
+                              "tokens": source.legend.n_classes + 1})
+        else:
+            ds[f"values_{name}"] = (("cells", "y", "x"), w.values)
+            described.append({"name": name, "kind": w.kind, "version": source.version})
+        ds[f"valid_fraction_{name}"] = (("cells",), w.valid_fraction)
+    ds["stacked_source_version"] = (
+        ("cells", "stacked_source"),
+        np.repeat(np.array([[encode_version(s.version) for s in stacked]], dtype=VERSION_DTYPE), n, axis=0),
+        {"encoding": VERSION_ENCODING})
+    ds.coords["stacked_source"] = ("stacked_source", np.array([s.windows.name for s in stacked], dtype=object))
+    ds.attrs["stacked_sources"] = json.dumps(described)
+    return ds
+
+
+def stacked_sources(ds: xr.Dataset) -> list[dict]:
+    """The stacked sources a samples store holds, in product order ([] for a single-source product)."""
+    return json.loads(ds.attrs.get("stacked_sources", "[]"))
+
+
+def model_inputs(ds: xr.Dataset, rows: np.ndarray | slice = slice(None)) -> np.ndarray:
+    """What the encoder reads for the given cells: the primary class-index windows (n, S, S) uint8, or with
+    stacked sources (n, C, S, S) float32 channels: primary class indices, each categorical stacked source's
+    class indices, then each continuous source's raw values (NaN where invalid) in product order."""
+    primary = ds["windows"].values[rows]
+    sources = stacked_sources(ds)
+    if not sources:
+        return primary
+    channels = [primary]
+    channels += [ds[f"windows_{s['name']}"].values[rows] for s in sources if s["kind"] == "categorical"]
+    channels += [ds[f"values_{s['name']}"].values[rows] for s in sources if s["kind"] == "continuous"]
+    return np.stack([c.astype(np.float32) for c in channels], axis=1)
 
 
 def write_samples(path: StorePath, ds: xr.Dataset) -> None:
@@ -114,7 +167,9 @@ def cell_sample(ds: xr.Dataset, cell: int) -> CellSample | None:
 
 def _template(layout: ProductLayout, dim: int, attrs: dict) -> xr.Dataset:
     n, slot = layout.n_rows, layout.slot
-    return xr.Dataset(
+    stacked = list(attrs.get("stacked_sources", []))
+    statuses = cell_statuses(stacked)
+    ds = xr.Dataset(
         {
             "embedding": (("cells", "embedding_dim"), da.full((n, dim), np.nan, dtype="f4", chunks=(slot, dim))),
             "status": (("cells",), da.full((n,), NOT_COMPUTED, dtype="u1", chunks=(slot,))),
@@ -129,7 +184,7 @@ def _template(layout: ProductLayout, dim: int, attrs: dict) -> xr.Dataset:
             "resolution": layout.resolution,
             "region_resolution": layout.region_res,
             "regions": [f"{int(r):x}" for r in layout.regions],
-            "statuses": {**{str(i): s for i, s in enumerate(STATUSES)}, str(NOT_COMPUTED): "not_computed"},
+            "statuses": {**{str(i): s for i, s in enumerate(statuses)}, str(NOT_COMPUTED): "not_computed"},
             "embedded_statuses": [STATUSES[i] for i in EMBEDDED],
             "embedding": json.dumps(
                 {"dim": dim, "dtype": "float32", "normalisation": "L2 (unit norm)", "quantisation": "none"}
@@ -138,6 +193,12 @@ def _template(layout: ProductLayout, dim: int, attrs: dict) -> xr.Dataset:
             "source_versions": [],
         },
     )
+    if stacked:  # every stacked source's content version per row, beside the primary's source_version
+        ds["stacked_source_version"] = (("cells", "stacked_source"),
+                                        da.zeros((n, len(stacked)), dtype=VERSION_DTYPE, chunks=(slot, len(stacked))),
+                                        {"encoding_of_versions": VERSION_ENCODING})
+        ds.coords["stacked_source"] = ("stacked_source", np.array(stacked, dtype=object))
+    return ds
 
 
 _ENCODING = {
@@ -170,7 +231,8 @@ def ensure_product_store(path: StorePath, layout: ProductLayout, dim: int, attrs
 
     def write(store) -> bool:
         previous = _open_if_any(store)
-        if previous is not None and _same_layout(previous.attrs, previous.sizes, layout, dim):
+        if (previous is not None and _same_layout(previous.attrs, previous.sizes, layout, dim)
+                and list(previous.attrs.get("stacked_sources", [])) == list(attrs.get("stacked_sources", []))):
             return False
         kept = _rows_to_carry(previous, layout, dim) if previous is not None else None
         _write_template(store, layout, dim, attrs, kept)
@@ -190,8 +252,10 @@ def _open_if_any(store) -> xr.Dataset | None:
 
 
 def _write_template(store, layout: ProductLayout, dim: int, attrs: dict, kept: "_CarriedRows | None") -> None:
-    _template(layout, dim, attrs).to_zarr(store, compute=False, mode="w", zarr_format=3, consolidated=False,
-                                          encoding=_ENCODING)
+    template = _template(layout, dim, attrs)
+    encoding = {**_ENCODING, **({"stacked_source_version": {"fill_value": 0}} if "stacked_source_version" in template
+                                else {})}
+    template.to_zarr(store, compute=False, mode="w", zarr_format=3, consolidated=False, encoding=encoding)
     if kept is None:
         return
     for rows, part in kept.regions:
@@ -215,7 +279,7 @@ def _rows_to_carry(previous: xr.Dataset, layout: ProductLayout, dim: int) -> _Ca
     regions = []
     for region in sorted(set(old_regions) & {int(r) for r in layout.regions}):
         part = previous[["embedding", "status", "model_version", "source_version"]].isel(
-            cells=old_layout.rows_of(region)).load()
+            cells=old_layout.rows_of(region)).load()  # stacked lineage is not carried: a new stack re-embeds
         regions.append((layout.rows_of(region), part.drop_vars("cell_ids")))
     return _CarriedRows(regions, {k: list(previous.attrs.get(k, [])) for k in ("model_versions", "source_versions")})
 
@@ -239,11 +303,13 @@ def write_product_region(
     status: np.ndarray,
     model_version: str,
     source_version: str | np.ndarray,
+    stacked_source_version: np.ndarray | None = None,
 ) -> str:
     """Replace one region's rows (embeddings, statuses, lineage) in the product store, as one commit
     that readers see whole; returns the snapshot id that holds them.
 
-    ``source_version``: one version for every row, or per row the encoded (uint64) version."""
+    ``source_version``: one version for every row, or per row the encoded (uint64) version.
+    ``stacked_source_version``: (rows, stacked sources) encoded versions, for products with a stack."""
     rows = layout.rows_of(region)
     n = rows.stop - rows.start
     if embedding.shape[0] != n or status.shape[0] != n:
@@ -261,6 +327,10 @@ def write_product_region(
             "source_version": (("cells",), source_rows),
         }
     )
+    if stacked_source_version is not None:
+        part["stacked_source_version"] = (("cells", "stacked_source"),
+                                          np.asarray(stacked_source_version, dtype=VERSION_DTYPE))
+        sources += sorted({decode_version(v) for v in np.unique(stacked_source_version) if v} - set(sources))
 
     def write(store) -> None:
         group = zarr.open_group(store, mode="r+")

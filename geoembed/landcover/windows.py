@@ -3,6 +3,10 @@
 For each cell, an S x S window of pixels centred on the cell's centre is gathered with numpy from
 one decoded block per region (no per-cell raster reads). Global geographic rasters wrap across the
 antimeridian and reflect across the poles. Every cell gets a status; none is dropped.
+
+Stacked sources are read on the same ground footprint: the centre of each of the primary window's
+pixels is carried into the stacked raster's CRS and the pixel holding it is read (nearest neighbour),
+so an S x S window of every source covers the same ground whatever its CRS and resolution.
 """
 
 from __future__ import annotations
@@ -28,6 +32,17 @@ STATUSES = (
 )
 STATUS_CODE = {name: code for code, name in enumerate(STATUSES)}
 EMBEDDED = np.array([STATUS_CODE["ok"], STATUS_CODE["edge"], STATUS_CODE["partial_nodata"]], dtype=np.uint8)
+
+
+def cell_statuses(stacked_sources: list[str] | tuple[str, ...] = ()) -> tuple[str, ...]:
+    """Status names by code for a product: the base statuses, then 'missing_<name>' for each stacked
+    source (the primary source has enough valid pixels, that source has not: the cell is not embedded)."""
+    return STATUSES + tuple(f"missing_{name}" for name in stacked_sources)
+
+
+def missing_source_code(index: int) -> int:
+    """The status code of a cell that stacked source ``index`` (in product order) leaves without data."""
+    return len(STATUSES) + index
 
 
 @dataclass(frozen=True)
@@ -127,8 +142,9 @@ class RasterBlocks:
             with failing_reads(f"raster {src.name!r}"):
                 self._full = src.read(1)
 
-    def gather(self, rows: np.ndarray, cols: np.ndarray, inside: np.ndarray, fill: int) -> np.ndarray:
-        out = np.full(rows.shape, fill, dtype=np.int64)
+    def gather(self, rows: np.ndarray, cols: np.ndarray, inside: np.ndarray, fill: int | float,
+               dtype: type = np.int64) -> np.ndarray:
+        out = np.full(rows.shape, fill, dtype=dtype)
         if not inside.any():
             return out
         r, c = rows[inside], cols[inside]
@@ -246,3 +262,126 @@ def sample_mosaic(
         valid_fraction[rows], status[rows] = part.valid_fraction, part.status
         unknown.append(part.unknown_values)
     return WindowSamples(cells, windows, fractions, valid_fraction, status, np.unique(np.concatenate(unknown))), source
+
+
+# ---------------------------------------------------------------------------------------------
+# Stacked sources on the same footprint
+# ---------------------------------------------------------------------------------------------
+
+
+def window_ground_points(info: RasterInfo, lat: np.ndarray, lon: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """(x, y) in ``info``'s CRS of the centre of every pixel of every cell's window: (n, S, S) each.
+    Pixels beyond the raster's edge get the coordinates its grid would give them."""
+    row, col = pixel_positions(info, lat, lon)
+    rows, cols, _ = window_indices(info, row, col, size)
+    t = info.transform
+    x = t.a * (cols + 0.5) + t.b * (rows + 0.5) + t.c
+    y = t.d * (cols + 0.5) + t.e * (rows + 0.5) + t.f
+    if info.is_global_geographic:  # wrapped columns: bring longitudes back into [-180, 180)
+        x = (x + 180.0) % 360.0 - 180.0
+    return x, y
+
+
+@dataclass
+class StackedWindows:
+    """One stacked source's windows on the primary footprint."""
+
+    name: str
+    kind: str  # "categorical" or "continuous"
+    values: np.ndarray  # (n, S, S): class index (uint8, nodata_index where invalid) or float32 (NaN where invalid)
+    valid_fraction: np.ndarray  # (n,) float32
+    fractions: np.ndarray | None = None  # (n, C) float32, categorical only
+    unknown_values: np.ndarray | None = None  # categorical only: raw values missing from the legend
+
+
+def source_pixels(source: RasterInfo, points_crs, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Pixel (row, col) of ``source`` holding each point (given in ``points_crs``), and which lie inside."""
+    if source.crs == points_crs:
+        sx, sy = x, y
+    else:
+        from pyproj import Transformer
+
+        transformer = Transformer.from_crs(points_crs, source.crs, always_xy=True)
+        sx, sy = transformer.transform(x, y)
+        sx, sy = np.asarray(sx), np.asarray(sy)
+    inverse = ~source.transform
+    col = np.floor(inverse.a * sx + inverse.b * sy + inverse.c).astype(np.int64)
+    row = np.floor(inverse.d * sx + inverse.e * sy + inverse.f).astype(np.int64)
+    if source.is_global_geographic:
+        col %= source.width
+    finite = np.isfinite(sx) & np.isfinite(sy)
+    inside = finite & (row >= 0) & (row < source.height) & (col >= 0) & (col < source.width)
+    return np.where(inside, row, 0), np.where(inside, col, 0), inside
+
+
+def sample_stacked(
+    name: str,
+    kind: str,
+    blocks: RasterBlocks,
+    source: RasterInfo,
+    primary: RasterInfo,
+    lat: np.ndarray,
+    lon: np.ndarray,
+    size: int,
+    legend: Legend | None = None,
+) -> StackedWindows:
+    """A stacked source's S x S windows on the footprint of the primary source's windows."""
+    x, y = window_ground_points(primary, lat, lon, size)
+    rows, cols, inside = source_pixels(source, primary.crs, x, y)
+    n = len(lat)
+    pixels = size * size
+    if kind == "continuous":
+        raw = blocks.gather(rows, cols, inside, np.nan, dtype=np.float64)
+        valid = inside & np.isfinite(raw)
+        if source.nodata is not None:
+            valid &= ~np.isclose(raw, source.nodata)
+        values = np.where(valid, raw, np.nan).astype(np.float32)
+        return StackedWindows(name, kind, values, (valid.reshape(n, -1).sum(1) / pixels).astype(np.float32))
+    if legend is None:
+        raise ValueError(f"categorical stacked source {name!r} needs a legend")
+    raw = blocks.gather(rows, cols, inside, np.iinfo(np.int64).min)
+    is_nodata = inside & (raw == source.nodata) if source.nodata is not None else np.zeros_like(inside)
+    class_index, known = legend.indices(raw)
+    valid = inside & ~is_nodata & known
+    unknown = inside & ~is_nodata & ~known
+    n_valid = valid.reshape(n, -1).sum(axis=1)
+    cell_of_pixel = np.broadcast_to(np.arange(n)[:, None, None], valid.shape)
+    counts = np.bincount(cell_of_pixel[valid] * legend.n_classes + class_index[valid],
+                         minlength=n * legend.n_classes).reshape(n, legend.n_classes)
+    fractions = (counts / np.maximum(n_valid, 1)[:, None]).astype(np.float32)
+    return StackedWindows(
+        name, kind, np.where(valid, class_index, legend.nodata_index).astype(np.uint8),
+        (n_valid / pixels).astype(np.float32), fractions,
+        np.unique(raw[unknown]) if unknown.any() else np.zeros(0, dtype=np.int64))
+
+
+def merge_rows(parts: list[tuple[np.ndarray, StackedWindows]], n: int) -> StackedWindows:
+    """One source's windows for n cells from parts computed on subsets of rows."""
+    if len(parts) == 1 and len(parts[0][0]) == n:
+        return parts[0][1]
+    first = parts[0][1]
+
+    def merged(field: str) -> np.ndarray | None:
+        if getattr(first, field) is None:
+            return None
+        values = getattr(first, field)
+        out = np.empty((n, *values.shape[1:]), dtype=values.dtype)
+        for rows, part in parts:
+            out[rows] = getattr(part, field)
+        return out
+
+    unknown = None if first.unknown_values is None else np.unique(np.concatenate([p.unknown_values for _, p in parts]))
+    return StackedWindows(first.name, first.kind, merged("values"), merged("valid_fraction"), merged("fractions"),
+                          unknown)
+
+
+def apply_missing_sources(status: np.ndarray, stacked: list[StackedWindows], min_valid: list[float]) -> np.ndarray:
+    """Statuses with embeddable cells that a stacked source leaves short of valid pixels marked
+    'missing_<source>' (the first such source in product order)."""
+    out = status.copy()
+    embeddable = np.isin(out, EMBEDDED)
+    for index, (windows, floor) in enumerate(zip(stacked, min_valid)):
+        short = embeddable & (windows.valid_fraction < floor)
+        out[short] = missing_source_code(index)
+        embeddable &= ~short
+    return out

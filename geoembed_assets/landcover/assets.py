@@ -31,7 +31,7 @@ from geoembed.landcover.regions import MosaicRasters, region_embeddings, region_
 from geoembed.landcover.settings import ProductSettings
 from geoembed.landcover.stencil import update_stencil
 from geoembed.landcover.training import quality_table, train_encoder
-from geoembed.landcover.windows import EMBEDDED, STATUSES
+from geoembed.landcover.windows import EMBEDDED
 from geoembed_assets.core.failures import TRANSIENT_RETRY, fails_clearly
 from geoembed_assets.core.policies import (
     GPU_STEP, PARTITIONS_PER_RUN, REFRESH_WHEN_UPSTREAM_CHANGES, batched_backfills, evaluation_check_result,
@@ -123,8 +123,9 @@ def source_asset(settings: ProductSettings, keys: LandcoverKeys) -> dg.SourceAss
                 rejected[newest.name] = str(exc)
         else:
             raise RasterInputError(f"no file of landing location {settings.landing!r} can be read: {rejected}")
+        stacked = raster_reader.stacked_files(settings, storage.known_source_versions(settings.name))
         return dg.ObserveResult(
-            data_version=dg.DataVersion(manifest_version(files)),
+            data_version=dg.DataVersion(manifest_version([*files, *stacked])),
             metadata={
                 "location": settings.landing or newest.location,
                 "files": len(files),
@@ -134,6 +135,7 @@ def source_asset(settings: ProductSettings, keys: LandcoverKeys) -> dg.SourceAss
                 "size": f"{info.width} x {info.height}",
                 "nodata": str(info.nodata),
                 "lonlat_bounds": str([round(v, 5) for v in info.lonlat_bounds()]),
+                "stacked_sources": dg.MetadataValue.json({f.name: f.version for f in stacked}),
             },
         )
 
@@ -159,6 +161,7 @@ def stencil_asset(settings: ProductSettings, keys: LandcoverKeys, regions: dg.Dy
         update = update_stencil(
             settings, files, previous, describe=partial(raster_reader.describe, nodata_override=settings.nodata),
             open_source=raster_reader.open, warn=context.log.warning,
+            stacked_files=raster_reader.stacked_files(settings, storage.known_source_versions(name)),
             progress=lambda f, i, n, k: context.log.info(f"stencil {f}: {i}/{n} candidate regions, {k} with data"))
         state, mosaic = update.state, update.mosaic
         existing = set(context.instance.get_dynamic_partitions(regions.name))
@@ -169,6 +172,7 @@ def stencil_asset(settings: ProductSettings, keys: LandcoverKeys, regions: dg.Dy
             "product": name, "raster": settings.source_description,
             "description": f"H3 land-cover embeddings of {settings.source_description}",
             "window_size": settings.window_size, "legend": json.dumps(state.legend),
+            "stacked_sources": [source.name for source in settings.stack],
         })
         path = storage.write_stencil(name, state)
         for label, names in (("added", mosaic.added), ("changed", mosaic.changed), ("removed", mosaic.removed)):
@@ -207,23 +211,26 @@ def samples_asset(settings: ProductSettings, keys: LandcoverKeys, regional) -> d
     def landcover_samples(context: dg.AssetExecutionContext, raster_reader: RasterReader, storage: ProductStorage):
         """Per region: a window of class ids centred on every fine cell (raster CRS and pixels; where
         source files overlap, the newest), per-class fractions, a status per cell (edge, nodata, unknown
-        class cells kept with a reason) and the content version of the file each cell was read from. Zarr."""
+        class cells kept with a reason) and the content version of the file each cell was read from; each
+        stacked source's window on the same ground footprint (cells it leaves without data: status
+        'missing_<source>'). Zarr."""
         state = storage.read_stencil(name)
         keys_done = state.checked_keys(list(context.partition_keys), settings)
-        landed = {f.name: f.fingerprint for f in raster_reader.list_files(settings)}
+        landed = raster_reader.fingerprints(settings)
         progress = Progress("samples", len(keys_done), context.log.info)
-        status_total = np.zeros(len(STATUSES), dtype=np.int64)
+        statuses = settings.statuses
+        status_total = np.zeros(len(statuses), dtype=np.int64)
         with MosaicRasters(state, landed, partial(raster_reader.describe, nodata_override=settings.nodata),
-                           raster_reader.open) as rasters:
+                           raster_reader.open, {s.name: s.nodata for s in settings.stack}) as rasters:
             for key in keys_done:
                 ds = region_samples(key, state, settings, rasters)
                 storage.write_samples(name, key, ds)
-                status_total += np.bincount(ds["status"].values, minlength=len(STATUSES))
+                status_total += np.bincount(ds["status"].values, minlength=len(statuses))
                 progress.done(key, ds.sizes["cells"])
         return dg.MaterializeResult(metadata={
             "regions": len(keys_done),
             "cells": progress.items,
-            "cell_status": dg.MetadataValue.json({s: int(n) for s, n in zip(STATUSES, status_total)}),
+            "cell_status": dg.MetadataValue.json({s: int(n) for s, n in zip(statuses, status_total)}),
             "cells_per_second": round(progress.rate(), 1),
             "compute_seconds": round(progress.seconds, 3),  # time in our code (benchmarks subtract it from run time)
             "source_version": state.source_version,
@@ -324,7 +331,8 @@ def embeddings_asset(settings: ProductSettings, keys: LandcoverKeys, regional) -
                                     partial(inference_device.infer, model, finish=encoder.renormalise))
             snapshot = storage.write_product_region(name, layout, int(key, 16), embedding=out.vectors,
                                                     status=out.status, model_version=version,
-                                                    source_version=out.source_versions)
+                                                    source_version=out.source_versions,
+                                                    stacked_source_version=out.stacked_source_versions)
             sources_seen.update(decode_version(v) for v in np.unique(out.source_versions))
             missing, nan, off_norm = missing + out.missing, nan + out.with_nan, off_norm + out.off_unit_norm
             embedded_total += out.embedded

@@ -1,5 +1,5 @@
 """The land-cover product's landing sensor: a new or changed raster in the landing location refreshes
-the H3 stencil, then exactly the region partitions the file covers (samples, embeddings, table), in
+the H3 stencil, then exactly the region partitions the file covers (a changed stacked source: every region) (samples, embeddings, table), in
 partition ranges (see ``geoembed_assets.core.landing``)."""
 
 import dagster as dg
@@ -50,7 +50,7 @@ def build_landcover_landing_sensor(
         scan_key=keys.regions,
         changed_metadata_key="changed_regions",
         targets=tuple(refresh_keys),
-        list_files=lambda raster_reader: raster_reader.list_files(settings),
+        list_files=lambda raster_reader: raster_reader.watched_files(settings),
         known_files=lambda storage: storage.known_source_versions(settings.name),
         refresh=refresh,
         description=f"Watches {settings.landing}/{settings.landing_pattern}: a new or changed file refreshes the "

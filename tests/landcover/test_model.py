@@ -84,7 +84,7 @@ def test_pooled_token_embedding_equals_embedding_every_pixel():
     model = build_encoder(EncoderSpec(n_tokens=7, window_size=64, embedding_dim=8), seed=0)
     windows = torch.randint(0, 7, (3, 64, 64))
     direct = torch.nn.functional.avg_pool2d(model.tokens(windows).permute(0, 3, 1, 2), 4)
-    torch.testing.assert_close(model.embed_tokens(windows), direct, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(model.embed_tokens(windows[:, None]), direct, atol=1e-5, rtol=1e-5)
 
 
 def test_random_crops_are_resized_squares_of_the_sample():

@@ -330,3 +330,57 @@ def test_cli_similar_rejects_bad_input_with_exit_2(zion_run, arguments, message)
                              "--data-dir", data_dir, *arguments], capture_output=True, text=True)
     assert result.returncode == 2, result.stderr[-2000:]
     assert message in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.fixture(scope="module")
+def stacked_zion_run(tmp_path_factory):
+    """NLCD land cover with SRTM elevation stacked on the same footprints, materialized once."""
+    for path in (REPO.parent / "shared" / "data" / "landcover" / "nlcd2011_zion.tif",
+                 REPO.parent / "shared" / "data" / "elevation" / "srtm_zion.tif"):
+        if not path.exists():
+            pytest.skip(f"real data {path} is absent")
+    root = tmp_path_factory.mktemp("stacked_zion")
+    settings = load_settings(REPO / "products" / "nlcd_srtm_zion.yaml")
+    with dg.instance_for_test() as instance:
+        resources = _resources(root / "data")
+        summary = materialize_product(settings, instance, resources, run_config=_steps(settings.name, 40),
+                                      say=lambda _: None)
+        yield settings, instance, resources, summary
+
+
+def test_stacked_product_embeds_land_cover_and_elevation_with_every_source_version(stacked_zion_run):
+    from geoembed.core.lineage import content_version
+    from geoembed.landcover.encoder import load_checkpoint
+
+    settings, instance, resources, summary = stacked_zion_run
+    storage = resources["storage"]
+    srtm_version = content_version(settings.stack[0].raster_location)
+    nlcd_version = content_version(settings.raster_location)
+    # Samples: the elevation window of every cell, in metres, beside its land-cover window.
+    state = storage.read_stencil(settings.name)
+    samples = storage.open_samples(settings.name, state.regions[0])
+    assert samples["values_elevation"].shape == samples["windows"].shape
+    assert "missing_elevation" in samples.attrs["statuses"]
+    embedded = np.isin(samples["status"].values, [0, 1, 2])
+    assert 1000 < np.nanmean(samples["values_elevation"].values[embedded]) < 2700
+    # The product store: both sources' content versions on every embedded row.
+    ds = storage.open_product(settings.name)
+    rows = np.isin(ds["status"].values, [0, 1, 2])
+    assert rows.sum() == summary.embedded_cells > 100
+    assert [str(n) for n in ds["stacked_source"].values] == ["elevation"]
+    assert {decode_version(v) for v in ds["stacked_source_version"].values[rows, 0]} == {srtm_version}
+    assert {decode_version(v) for v in ds["source_version"].values[rows]} == {nlcd_version}
+    assert set(ds.attrs["source_versions"]) == {nlcd_version, srtm_version}
+    # PostgreSQL: each row names every source's version.
+    with resources["database"].connect() as conn:
+        found = conn.execute(f'SELECT DISTINCT source_version FROM geoembed."{settings.name}_{summary.model_version}"'
+                             ).fetchall()
+    assert found == [(f"{nlcd_version};elevation={srtm_version}",)]
+    # The model: elevation normalised by its training windows' median; probed for elevation and roughness
+    # beside the raw inputs' summary statistics.
+    model, _ = load_checkpoint((storage.model_dir(settings.name, summary.model_version) / "checkpoint.pt").read_bytes())
+    assert model.spec.channels == 2 and 1000 < model.spec.continuous_centre[0] < 2700
+    table = instance.get_latest_materialization_event(dg.AssetKey([settings.name, "embedding_model"])
+                                                      ).asset_materialization.metadata["held_out_evaluation"].value
+    for column in ("elevation_mean_linear_r2", "elevation_roughness_linear_r2", "input_summary_statistics"):
+        assert column in table

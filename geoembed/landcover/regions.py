@@ -18,7 +18,7 @@ from geoembed.core.rasters import RasterInfo, RasterInputError
 from geoembed.core.sinks.pgvector import RegionRows
 from geoembed.landcover.settings import ProductSettings
 from geoembed.landcover.stencil import STACK_PREFIX, StackedSourceState, StencilState
-from geoembed.landcover.stores import NOT_COMPUTED, StackedSamples, model_inputs, samples_dataset
+from geoembed.landcover.stores import NOT_COMPUTED, StackedSamples, embedding_array, model_inputs, samples_dataset
 from geoembed.landcover.windows import (
     EMBEDDED, RasterBlocks, StackedWindows, apply_missing_sources, merge_rows, sample_mosaic, sample_stacked,
 )
@@ -185,4 +185,4 @@ def region_rows(product: xr.Dataset, layout: ProductLayout, key: str, region_res
         stacked = part["stacked_source_version"].values[keep]
         sources = [";".join([primary, *(f"{n}={decode_version(v)}" for n, v in zip(names, row))])
                    for primary, row in zip(sources, stacked)]
-    return RegionRows(region, cells, lon, lat, part["embedding"].values[keep], versions.pop(), sources)
+    return RegionRows(region, cells, lon, lat, embedding_array(part).values[keep], versions.pop(), sources)

@@ -104,6 +104,9 @@ class ProductSettings(BaseModel):
     bbox: tuple[float, float, float, float] | None = Field(
         default=None, description="Optional area limit [west, south, east, north] in degrees (EPSG:4326)."
     )
+    embedding_storage: Literal["float32", "int8", "float32+int8"] = Field(default="float32", description=(
+        "How the Zarr product stores vectors: float32 ('embedding'), int8 with one float32 scale per vector "
+        "('embedding_int8', 'embedding_scale': 4x smaller; readers dequantise), or both."))
     stack: list[StackedSource] = Field(default_factory=list, description=(
         "More rasters read on the same ground footprint as the primary source's window (each in its own CRS "
         "and resolution). The primary source decides which regions become partitions."))

@@ -20,6 +20,7 @@ import xarray as xr
 import zarr
 
 from geoembed.core.grids.h3 import ProductLayout
+from geoembed.core.quantise import DEQUANTISATION, quantise_int8
 from geoembed.core.lineage import VERSION_DTYPE, VERSION_ENCODING, decode_version, encode_version
 from geoembed.core.sinks.repository import is_repository, snapshot_store, transact
 from geoembed.core.sinks.zarr import (
@@ -169,9 +170,17 @@ def _template(layout: ProductLayout, dim: int, attrs: dict) -> xr.Dataset:
     n, slot = layout.n_rows, layout.slot
     stacked = list(attrs.get("stacked_sources", []))
     statuses = cell_statuses(stacked)
+    storage = attrs.get("embedding_storage", "float32")
+    vectors = {}
+    if "float32" in storage:
+        vectors["embedding"] = (("cells", "embedding_dim"), da.full((n, dim), np.nan, dtype="f4", chunks=(slot, dim)))
+    if "int8" in storage:
+        vectors["embedding_int8"] = (("cells", "embedding_dim"), da.zeros((n, dim), dtype="i1", chunks=(slot, dim)),
+                                     {"dequantisation": DEQUANTISATION})
+        vectors["embedding_scale"] = (("cells",), da.full((n,), np.nan, dtype="f4", chunks=(slot,)))
     ds = xr.Dataset(
         {
-            "embedding": (("cells", "embedding_dim"), da.full((n, dim), np.nan, dtype="f4", chunks=(slot, dim))),
+            **vectors,
             "status": (("cells",), da.full((n,), NOT_COMPUTED, dtype="u1", chunks=(slot,))),
             "model_version": (("cells",), da.zeros((n,), dtype=VERSION_DTYPE, chunks=(slot,)),
                               {"encoding_of_versions": VERSION_ENCODING}),
@@ -186,8 +195,13 @@ def _template(layout: ProductLayout, dim: int, attrs: dict) -> xr.Dataset:
             "regions": [f"{int(r):x}" for r in layout.regions],
             "statuses": {**{str(i): s for i, s in enumerate(statuses)}, str(NOT_COMPUTED): "not_computed"},
             "embedded_statuses": [STATUSES[i] for i in EMBEDDED],
+            "embedding_storage": storage,
             "embedding": json.dumps(
                 {"dim": dim, "dtype": "float32", "normalisation": "L2 (unit norm)", "quantisation": "none"}
+                if storage == "float32" else
+                {"dim": dim, "dtype": storage, "normalisation": "L2 (unit norm) before quantisation",
+                 "quantisation": "int8, symmetric, one float32 scale per vector (max |component| / 127)",
+                 "dequantisation": DEQUANTISATION}
             ),
             "model_versions": [],
             "source_versions": [],
@@ -203,10 +217,17 @@ def _template(layout: ProductLayout, dim: int, attrs: dict) -> xr.Dataset:
 
 _ENCODING = {
     "embedding": {"fill_value": np.nan},
+    "embedding_int8": {"fill_value": 0},
+    "embedding_scale": {"fill_value": np.nan},
     "status": {"fill_value": NOT_COMPUTED},
     "model_version": {"fill_value": 0},
     "source_version": {"fill_value": 0},
 }
+
+
+def _encoding(template: xr.Dataset) -> dict:
+    """Fill values of the variables a product store has (they depend on its vector storage and stack)."""
+    return {k: v for k, v in {**_ENCODING, "stacked_source_version": {"fill_value": 0}}.items() if k in template}
 
 
 class StoreLayoutError(RuntimeError):
@@ -232,9 +253,10 @@ def ensure_product_store(path: StorePath, layout: ProductLayout, dim: int, attrs
     def write(store) -> bool:
         previous = _open_if_any(store)
         if (previous is not None and _same_layout(previous.attrs, previous.sizes, layout, dim)
-                and list(previous.attrs.get("stacked_sources", [])) == list(attrs.get("stacked_sources", []))):
+                and list(previous.attrs.get("stacked_sources", [])) == list(attrs.get("stacked_sources", []))
+                and previous.attrs.get("embedding_storage", "float32") == attrs.get("embedding_storage", "float32")):
             return False
-        kept = _rows_to_carry(previous, layout, dim) if previous is not None else None
+        kept = _rows_to_carry(previous, layout, dim, attrs) if previous is not None else None
         _write_template(store, layout, dim, attrs, kept)
         return True
 
@@ -253,9 +275,7 @@ def _open_if_any(store) -> xr.Dataset | None:
 
 def _write_template(store, layout: ProductLayout, dim: int, attrs: dict, kept: "_CarriedRows | None") -> None:
     template = _template(layout, dim, attrs)
-    encoding = {**_ENCODING, **({"stacked_source_version": {"fill_value": 0}} if "stacked_source_version" in template
-                                else {})}
-    template.to_zarr(store, compute=False, mode="w", zarr_format=3, consolidated=False, encoding=encoding)
+    template.to_zarr(store, compute=False, mode="w", zarr_format=3, consolidated=False, encoding=_encoding(template))
     if kept is None:
         return
     for rows, part in kept.regions:
@@ -269,16 +289,19 @@ class _CarriedRows:
     lineage: dict
 
 
-def _rows_to_carry(previous: xr.Dataset, layout: ProductLayout, dim: int) -> _CarriedRows | None:
-    """The rows of regions in both layouts, read before the new layout is written over them."""
-    if previous.sizes.get("embedding_dim") != dim or previous.attrs.get("resolution") != layout.resolution:
+def _rows_to_carry(previous: xr.Dataset, layout: ProductLayout, dim: int, attrs: dict) -> _CarriedRows | None:
+    """The rows of regions in both layouts, read before the new layout is written over them (not when the
+    vectors' storage changes: float32 <-> int8 re-embeds)."""
+    if (previous.sizes.get("embedding_dim") != dim or previous.attrs.get("resolution") != layout.resolution
+            or previous.attrs.get("embedding_storage", "float32") != attrs.get("embedding_storage", "float32")):
         return None
+    carried = [v for v in ("embedding", "embedding_int8", "embedding_scale") if v in previous]
     old_regions = [int(r, 16) for r in previous.attrs.get("regions", [])]
     old_layout = ProductLayout.build(np.array(old_regions, dtype=np.uint64), int(previous.attrs["resolution"]),
                                      int(previous.attrs["region_resolution"]))
     regions = []
     for region in sorted(set(old_regions) & {int(r) for r in layout.regions}):
-        part = previous[["embedding", "status", "model_version", "source_version"]].isel(
+        part = previous[[*carried, "status", "model_version", "source_version"]].isel(
             cells=old_layout.rows_of(region)).load()  # stacked lineage is not carried: a new stack re-embeds
         regions.append((layout.rows_of(region), part.drop_vars("cell_ids")))
     return _CarriedRows(regions, {k: list(previous.attrs.get(k, [])) for k in ("model_versions", "source_versions")})
@@ -287,7 +310,7 @@ def _rows_to_carry(previous: xr.Dataset, layout: ProductLayout, dim: int) -> _Ca
 def _convert_plain_store(final: StorePath, layout: ProductLayout, dim: int, attrs: dict) -> bool:
     """A plain Zarr product store (before transactions) becomes a repository holding the same rows."""
     previous = xr.open_zarr(zarr_target(final), consolidated=False, chunks=None)
-    kept = _rows_to_carry(previous, layout, dim)
+    kept = _rows_to_carry(previous, layout, dim, {**previous.attrs, **attrs})
     tmp = sibling(final, f".{store_name(final)}.tmp-{uuid.uuid4().hex[:8]}")
     transact(tmp, lambda store: _write_template(store, layout, dim, {**previous.attrs, **attrs}, kept),
              "converted from a plain Zarr store", create=True)
@@ -321,7 +344,6 @@ def write_product_region(
     sources = sorted({decode_version(v) for v in np.unique(source_rows) if v})
     part = xr.Dataset(
         {
-            "embedding": (("cells", "embedding_dim"), embedding.astype(np.float32)),
             "status": (("cells",), status.astype(np.uint8)),
             "model_version": (("cells",), np.full(n, encode_version(model_version), dtype=VERSION_DTYPE)),
             "source_version": (("cells",), source_rows),
@@ -334,7 +356,14 @@ def write_product_region(
 
     def write(store) -> None:
         group = zarr.open_group(store, mode="r+")
-        if not _same_layout(dict(group.attrs), {"embedding_dim": group["embedding"].shape[1]}, layout,
+        stored = {name for name in ("embedding", "embedding_int8") if name in group}
+        if "embedding" in stored:
+            part["embedding"] = (("cells", "embedding_dim"), embedding.astype(np.float32))
+        if "embedding_int8" in stored:
+            quantised = quantise_int8(embedding, "vector")
+            part["embedding_int8"] = (("cells", "embedding_dim"), quantised.codes)
+            part["embedding_scale"] = (("cells",), quantised.scale)
+        if not _same_layout(dict(group.attrs), {"embedding_dim": group[sorted(stored)[0]].shape[1]}, layout,
                             embedding.shape[1]):
             raise StoreLayoutError(f"product store {str(path)!r} is laid out for other regions than region "
                                    f"{region:x}'s writer expects (the stencil changed meanwhile): run the region again")
@@ -352,6 +381,16 @@ def write_product_region(
                                    "stores: materialize the product's h3_regions asset once to convert it")
         raise FileNotFoundError(f"embedding store {str(path)!r} does not exist; materialize h3_regions first")
     return transact(path, write, f"region {region:x}: {n} rows, model {model_version}").snapshot
+
+
+def embedding_array(product: xr.Dataset) -> xr.DataArray:
+    """The product's vectors as float32 (cells, embedding_dim), lazily where the dataset is: the float32
+    variable, or the int8 codes dequantised (codes x per-vector scale, renormalised to unit length)."""
+    if "embedding" in product:
+        return product["embedding"]
+    vectors = product["embedding_int8"].astype(np.float32) * product["embedding_scale"]
+    norm = np.sqrt((vectors * vectors).sum("embedding_dim"))
+    return (vectors / norm).rename("embedding")
 
 
 def open_product(path: StorePath, chunks: dict | str | None = None, snapshot: str | None = None) -> xr.Dataset:

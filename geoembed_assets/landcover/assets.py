@@ -30,6 +30,7 @@ from geoembed.core.rasters import RasterInputError
 from geoembed.landcover.regions import MosaicRasters, region_embeddings, region_rows, region_samples
 from geoembed.landcover.settings import ProductSettings
 from geoembed.landcover.stencil import update_stencil
+from geoembed.landcover.stores import embedding_array
 from geoembed.landcover.training import quality_table, train_encoder
 from geoembed.landcover.windows import EMBEDDED
 from geoembed_assets.core.failures import TRANSIENT_RETRY, fails_clearly
@@ -173,6 +174,7 @@ def stencil_asset(settings: ProductSettings, keys: LandcoverKeys, regions: dg.Dy
             "description": f"H3 land-cover embeddings of {settings.source_description}",
             "window_size": settings.window_size, "legend": json.dumps(state.legend),
             "stacked_sources": [source.name for source in settings.stack],
+            "embedding_storage": settings.embedding_storage,
         })
         path = storage.write_stencil(name, state)
         for label, names in (("added", mosaic.added), ("changed", mosaic.changed), ("removed", mosaic.removed)):
@@ -378,7 +380,7 @@ def map_asset(settings: ProductSettings, keys: LandcoverKeys, single) -> dg.Asse
         with dask_cluster.client() as client:
             workers = len(client.scheduler_info()["workers"])
             start = time.perf_counter()
-            colours = principal_rgb(ds["embedding"].data[rows])
+            colours = principal_rgb(embedding_array(ds).data[rows])
             pca_seconds = time.perf_counter() - start
         png = embedding_map_png(cells, colours, f"{name}: {len(cells):,} cells, PCA of embeddings as RGB "
                                                 f"(model {', '.join(versions)})")

@@ -340,7 +340,9 @@ def stacked_zion_run(tmp_path_factory):
         if not path.exists():
             pytest.skip(f"real data {path} is absent")
     root = tmp_path_factory.mktemp("stacked_zion")
-    settings = load_settings(REPO / "products" / "nlcd_srtm_zion.yaml")
+    # Stored as int8 (the compact product): every later step reads the dequantised vectors.
+    settings = load_settings(REPO / "products" / "nlcd_srtm_zion.yaml").model_copy(
+        update={"embedding_storage": "int8"})
     with dg.instance_for_test() as instance:
         resources = _resources(root / "data")
         summary = materialize_product(settings, instance, resources, run_config=_steps(settings.name, 40),
@@ -350,6 +352,7 @@ def stacked_zion_run(tmp_path_factory):
 
 def test_stacked_product_embeds_land_cover_and_elevation_with_every_source_version(stacked_zion_run):
     from geoembed.core.lineage import content_version
+    from geoembed.core.sinks import pgvector as db
     from geoembed.landcover.encoder import load_checkpoint
 
     settings, instance, resources, summary = stacked_zion_run
@@ -376,6 +379,16 @@ def test_stacked_product_embeds_land_cover_and_elevation_with_every_source_versi
         found = conn.execute(f'SELECT DISTINCT source_version FROM geoembed."{settings.name}_{summary.model_version}"'
                              ).fetchall()
     assert found == [(f"{nlcd_version};elevation={srtm_version}",)]
+    # int8 storage: codes and per-vector scales in Zarr, the dequantised unit vectors in PostgreSQL.
+    assert "embedding" not in ds and ds["embedding_int8"].dtype == np.int8
+    dequantised = ds["embedding_int8"].values[rows] * ds["embedding_scale"].values[rows][:, None]
+    dequantised /= np.linalg.norm(dequantised, axis=1, keepdims=True)
+    with resources["database"].connect() as conn:
+        table = db.latest_model_table(conn, settings.name).table
+        loaded = np.array([v.to_numpy() for (v,) in conn.execute(
+            f"SELECT embedding FROM geoembed.{table} ORDER BY h3").fetchall()])
+    order = np.argsort(ds["cell_ids"].values[rows].astype(np.int64))
+    np.testing.assert_allclose(loaded, dequantised[order], atol=1e-6)
     # The model: elevation normalised by its training windows' median; probed for elevation and roughness
     # beside the raw inputs' summary statistics.
     model, _ = load_checkpoint((storage.model_dir(settings.name, summary.model_version) / "checkpoint.pt").read_bytes())

@@ -17,7 +17,7 @@ import xdggs  # noqa: F401  (registers the .dggs accessor)
 from geoembed.core.grids.h3 import ProductLayout, cells_at
 from geoembed.core.lineage import decode_version
 from geoembed.landcover.stores import (
-    _ENCODING, NOT_COMPUTED, StoreLayoutError, _template, ensure_product_store, open_product, write_product_region,
+    NOT_COMPUTED, _encoding, StoreLayoutError, _template, ensure_product_store, open_product, write_product_region,
 )
 
 DIM = 4
@@ -160,8 +160,8 @@ def test_a_plain_zarr_store_from_before_is_converted_with_its_rows(tmp_path):
     """Stores written before transactions (plain Zarr v3) keep every row when their layout is next ensured."""
     path = tmp_path / "e.zarr"
     layout = _layout(HEXAGONS)
-    _template(layout, DIM, {"product": "t"}).to_zarr(path, compute=False, mode="w", zarr_format=3,
-                                                     consolidated=False, encoding=_ENCODING)
+    template = _template(layout, DIM, {"product": "t"})
+    template.to_zarr(path, compute=False, mode="w", zarr_format=3, consolidated=False, encoding=_encoding(template))
     zarr.open_group(path, mode="r+").attrs["model_versions"] = [V1]
     rows = layout.rows_of(HEXAGONS[2])
     vectors = _vectors(HEXAGONS[2], rows.stop - rows.start)
@@ -177,3 +177,47 @@ def test_a_plain_zarr_store_from_before_is_converted_with_its_rows(tmp_path):
     np.testing.assert_allclose(ds["embedding"].values[rows], vectors)
     _write((path, HEXAGONS, HEXAGONS[0], 0.0))
     assert not list(tmp_path.glob(".e.zarr.*"))  # nothing left beside it
+
+
+@pytest.mark.parametrize("storage", ["int8", "float32+int8"])
+def test_an_int8_store_holds_codes_and_scales_that_readers_dequantise(tmp_path, storage):
+    from geoembed.core.quantise import dequantise
+    from geoembed.landcover.stores import embedding_array
+
+    path = tmp_path / "e.zarr"
+    layout = _layout(HEXAGONS)
+    ensure_product_store(path, layout, DIM, {"product": "t", "embedding_storage": storage})
+    _write((path, HEXAGONS, HEXAGONS[0], 0.0))
+    ds = open_product(path)
+    rows = layout.rows_of(HEXAGONS[0])
+    n = rows.stop - rows.start
+    assert ds["embedding_int8"].dtype == np.int8 and ds["embedding_scale"].dtype == np.float32
+    assert ("embedding" in ds) == (storage == "float32+int8")
+    assert "embedding_scale" in ds["embedding_int8"].attrs["dequantisation"]
+    assert ds.attrs["embedding_storage"] == storage and "int8" in ds.attrs["embedding"]
+    original = _vectors(HEXAGONS[0], n)
+    # The documented dequantisation, by hand, and our reader agree, within int8's step.
+    by_hand = ds["embedding_int8"].values[rows].astype(np.float32) * ds["embedding_scale"].values[rows][:, None]
+    np.testing.assert_allclose(by_hand, original, atol=1 / 127)
+    # Readers take the float32 vectors where the store keeps them, else dequantise.
+    expected = original if storage == "float32+int8" else dequantise(ds["embedding_int8"].values[rows],
+                                                                     ds["embedding_scale"].values[rows])
+    np.testing.assert_allclose(embedding_array(ds).values[rows], expected, atol=1e-6)
+    assert (np.abs(np.asarray(embedding_array(ds).values[rows]) - original) < 0.01).all()
+    # Rows never written: no vector (NaN scale), whichever way they are read.
+    assert np.isnan(ds["embedding_scale"].values[rows.stop:]).all()
+    assert np.isnan(embedding_array(ds).values[rows.stop:]).all()
+    # A lazy (dask) read dequantises the same way.
+    lazy = embedding_array(open_product(path, chunks={}))
+    np.testing.assert_allclose(lazy.data[rows].compute(), embedding_array(ds).values[rows])
+
+
+def test_changing_the_vector_storage_rewrites_the_store(tmp_path):
+    path = tmp_path / "e.zarr"
+    layout = _layout(HEXAGONS)
+    ensure_product_store(path, layout, DIM, {})
+    _write((path, HEXAGONS, HEXAGONS[0], 0.0))
+    assert not ensure_product_store(path, layout, DIM, {"embedding_storage": "float32"})
+    assert ensure_product_store(path, layout, DIM, {"embedding_storage": "int8"})
+    ds = open_product(path)
+    assert "embedding" not in ds and (ds["status"].values == NOT_COMPUTED).all()  # re-embedded, never mixed

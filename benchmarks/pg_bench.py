@@ -55,6 +55,14 @@ def product_rows(product: str) -> list[db.RegionRows]:
     return out
 
 
+def vectorgeo_table(conn: psycopg.Connection, name: str, dim: int) -> str:
+    """VectorGeo's table (its setup-aurora.py) on our column names: id, region, position, versions, vector."""
+    conn.execute(f"CREATE TABLE {db.SCHEMA}.{name} (h3 bigint PRIMARY KEY, region bigint, lon double precision, "
+                 f"lat double precision, model_version text, source_version text, embedding vector({dim}))")
+    conn.commit()
+    return name
+
+
 def vectorgeo_insert(dsn: str, table: str, parts: list[db.RegionRows]) -> int:
     """VectorGeo's 04-upload-aurora.py, step `upload`, on our columns: per file, ten pieces; per piece a
     pandas iterrows loop, psycopg2 mogrify of each row (the vector as a Python list), one multi-row
@@ -97,7 +105,7 @@ def bench_load(args: argparse.Namespace) -> None:
         dsn = os.environ.get("GEOEMBED_PG_DSN") or stack.enter_context(embedded_server(Path(tmp) / "postgres"))
         database = PostgresDatabase(dsn=dsn)  # the throw-away server stops before its folder is deleted
         with database.connect() as conn:
-            old = db.ensure_embedding_table(conn, "bench_insert", "v", dim, 0)
+            old = vectorgeo_table(conn, "bench_insert", dim)
             new = db.ensure_embedding_table(conn, "bench_copy", "v", dim, 0)
             dsn = database.resolved_dsn()
             start = time.perf_counter()

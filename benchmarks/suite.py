@@ -1,0 +1,373 @@
+"""The benchmark suite: every stage of the land-cover pipeline beside its baselines, in one run, on one input.
+
+    python -m benchmarks.suite [--regions 120] [--stages windows inference zarr database]
+
+Input: the default product's real raster (global MODIS, H3 res 4, windows of 16 px) over the first
+``--regions`` coarse regions (343 cells each). For each stage it prints our throughput, each baseline's
+throughput measured in the same run on the same input, their ratio, and the peak memory our code
+allocated (tracemalloc), then writes bench-results/suite.json. Baselines:
+
+* windows: VectorGeo's way (one rasterio windowed read per cell; timed on a subset) and the plain
+  operation (decode the raster once, compute every window's pixel indices, numpy gather, class
+  fractions by bincount and statuses, vectorised over all cells at once);
+* inference (CPU): VectorGeo's ``ResnetTripletEmbedding`` (vectorgeo/models.py: 3x3 conv + K=2 residual
+  blocks + 2x2 max-pool per halving down to 4 px, dense 64 + two dense residual blocks, 16-d output;
+  the training flow's defaults, 32 filters) rebuilt in torch, its way: float32 one-hot input, batch 256;
+  FLOPs per cell counted by torch for both networks;
+* Zarr: the samples stores as the samples asset writes them, against the same bytes written raw to the
+  same disk and synced;
+* database load: our DELETE + binary COPY per region, against plain binary COPY of prepared arrays
+  (id, vector) and VectorGeo's multi-row INSERT (on a subset), in a throw-away embedded server.
+
+Timings are medians of ``--repeat`` runs; the machines are shared and noisy, so read the ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import tempfile
+import time
+import tracemalloc
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import rasterio
+import torch
+from rasterio.windows import Window
+from torch import nn
+
+from geoembed.core.grids.h3 import cell_centres, cells_at, region_cells
+from geoembed.landcover import encoder
+from geoembed.landcover.categorical import describe_raster, resolve_legend
+from geoembed.landcover.settings import load_settings
+from geoembed.landcover.stores import samples_dataset, write_samples
+from geoembed.landcover.windows import (
+    STATUS_CODE, Legend, RasterBlocks, pixel_positions, sample_windows, window_indices,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@contextmanager
+def peak_memory(out: dict):
+    """Peak bytes allocated inside the block (numpy and torch CPU tensors report to tracemalloc)."""
+    tracemalloc.start()
+    try:
+        yield
+    finally:
+        out["peak_mb"] = round(tracemalloc.get_traced_memory()[1] / 1e6, 1)
+        tracemalloc.stop()
+
+
+def timed(fn: Callable[[], object], repeat: int) -> tuple[float, object]:
+    """Median seconds of ``repeat`` calls, and the last result."""
+    times, result = [], None
+    for _ in range(repeat):
+        start = time.perf_counter()
+        result = fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), result
+
+
+# --------------------------------------------------------------------------------------------- windows
+
+
+def our_windows(src, info, legend, regions, settings):
+    """What the samples asset does per region, without Dagster or Zarr."""
+    blocks = RasterBlocks(src)
+    out = []
+    for region in regions:
+        cells = region_cells(int(region), settings.resolution)
+        lat, lon = cell_centres(cells)
+        out.append(sample_windows(blocks, info, legend, cells, lat, lon, settings.window_size,
+                                  settings.min_valid_fraction, settings.unknown_classes == "flag"))
+    return out
+
+
+def plain_windows(location, info, legend, lat, lon, size, min_valid):
+    """The plain operation: decode once, gather every window with numpy, fractions and statuses vectorised."""
+    with rasterio.open(location) as src:
+        pixels = src.read(1)
+    row, col = pixel_positions(info, lat, lon)
+    rows, cols, inside = window_indices(info, row, col, size)
+    raw = pixels[np.where(inside, rows, 0), np.where(inside, cols, 0)]
+    index, known = legend.indices(raw)
+    valid = inside & known & (raw != info.nodata)
+    n = len(lat)
+    counts = np.bincount((np.arange(n)[:, None, None] * legend.n_classes + index)[valid],
+                         minlength=n * legend.n_classes).reshape(n, -1)
+    n_valid = counts.sum(1)
+    fractions = counts / np.maximum(n_valid, 1)[:, None]
+    status = np.where(n_valid / size ** 2 >= min_valid, STATUS_CODE["ok"], STATUS_CODE["insufficient_data"])
+    return np.where(valid, index, legend.nodata_index).astype(np.uint8), fractions, status
+
+
+def vectorgeo_windows(src, info, lat, lon, size):
+    """VectorGeo's way: one windowed read per cell (rowcol of the centre, then the window; like VectorGeo,
+    a window over the raster's edge comes back cut short)."""
+    half = size // 2
+    out = []
+    for la, lo in zip(lat, lon):
+        r, c = src.index(lo, la)
+        out.append(src.read(1, window=Window(c - half, r - half, size, size)))
+    return out
+
+
+def bench_windows(ctx: dict, repeat: int) -> dict:
+    settings, info, legend, regions = ctx["settings"], ctx["info"], ctx["legend"], ctx["regions"]
+    lat, lon = ctx["lat"], ctx["lon"]
+    n = len(lat)
+    result: dict = {"cells": n}
+    with rasterio.open(info.location) as src:
+        with peak_memory(result):
+            ours, samples = timed(lambda: our_windows(src, info, legend, regions, settings), repeat)
+        plain, (windows, _, _) = timed(lambda: plain_windows(info.location, info, legend, lat, lon,
+                                                             settings.window_size, settings.min_valid_fraction), repeat)
+        subset = min(2_000, n)
+        vg, _ = timed(lambda: vectorgeo_windows(src, info, lat[:subset], lon[:subset], settings.window_size), 1)
+    ours_windows = np.concatenate([s.windows for s in samples])
+    result["same_windows_as_plain"] = bool(np.array_equal(ours_windows, windows))
+    ctx["windows"] = ours_windows
+    result.update(ours_per_s=n / ours, baselines={"plain: decode once + numpy gather": n / plain,
+                                                  f"VectorGeo: windowed read per cell ({subset:,} cells)": subset / vg})
+    return result
+
+
+# --------------------------------------------------------------------------------------------- inference
+
+
+class VectorGeoResnetTriplet(nn.Module):
+    """VectorGeo's ResnetTripletEmbedding (Keras) in torch: the same layers, in the same order."""
+
+    def __init__(self, size: int, classes: int, filters: int = 32, k: int = 2, n_linear: int = 64, z_dim: int = 16):
+        super().__init__()
+        layers: list[nn.Module] = []
+        c_in, s = classes, size
+        while s > 4:
+            layers += [nn.Conv2d(c_in, filters, 3, padding=1), nn.ReLU()]
+            layers += [_ResBlock(filters) for _ in range(k)]
+            layers.append(nn.MaxPool2d(2, ceil_mode=True))
+            c_in, s = filters, (s + 1) // 2
+        self.features = nn.Sequential(*layers)
+        self.dense = nn.Sequential(nn.Flatten(), nn.Linear(filters * s * s, n_linear), nn.ReLU(),
+                                   _DenseResBlock(n_linear), _DenseResBlock(n_linear), nn.Linear(n_linear, z_dim))
+
+    def forward(self, one_hot: torch.Tensor) -> torch.Tensor:
+        return self.dense(self.features(one_hot))
+
+
+class _ResBlock(nn.Module):
+    def __init__(self, c: int):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(c, c, 3, padding=1), nn.ReLU(), nn.BatchNorm2d(c),
+                                  nn.Conv2d(c, c, 3, padding=1), nn.BatchNorm2d(c))
+
+    def forward(self, x):
+        return x + self.body(x)
+
+
+class _DenseResBlock(nn.Module):
+    def __init__(self, units: int):
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(units, units), nn.ReLU(), nn.BatchNorm1d(units), nn.Linear(units, units),
+                                  nn.BatchNorm1d(units))
+
+    def forward(self, x):
+        return torch.relu(x + self.body(x))
+
+
+def flops(model: nn.Module, example: torch.Tensor) -> float:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter, torch.inference_mode():
+        model(example)
+    return counter.get_total_flops() / len(example)
+
+
+def bench_inference(ctx: dict, repeat: int) -> dict:
+    settings, legend = ctx["settings"], ctx["legend"]
+    windows = ctx["windows"]
+    ours_model = encoder.build_encoder(encoder.EncoderSpec(legend.n_classes + 1, settings.window_size,
+                                                           settings.embedding_dim), 0).eval()
+    vg = VectorGeoResnetTriplet(settings.window_size, legend.n_classes + 1).eval()
+    cpu = torch.device("cpu")
+    result: dict = {"cells": len(windows), "threads": torch.get_num_threads()}
+    with peak_memory(result):
+        ours, _ = timed(lambda: encoder.embed(ours_model, windows, cpu, 1024, False), repeat)
+    subset = windows[:4096]
+
+    def vectorgeo_way():
+        with torch.inference_mode():
+            for start in range(0, len(subset), 256):
+                batch = torch.from_numpy(subset[start:start + 256].astype(np.int64))
+                one_hot = nn.functional.one_hot(batch, legend.n_classes + 1).permute(0, 3, 1, 2).float()
+                vg(one_hot)
+
+    vg_seconds, _ = timed(vectorgeo_way, 1)
+    example = torch.from_numpy(windows[:8].astype(np.int64))
+    result.update(
+        ours_per_s=len(windows) / ours,
+        flops_per_cell={"ours": flops(ours_model, example),
+                        "VectorGeo": flops(vg, nn.functional.one_hot(example, legend.n_classes + 1)
+                                           .permute(0, 3, 1, 2).float())},
+        baselines={f"VectorGeo ResnetTripletEmbedding, one-hot float32, batch 256 ({len(subset):,} cells)":
+                   len(subset) / vg_seconds})
+    return result
+
+
+# --------------------------------------------------------------------------------------------- Zarr
+
+
+def bench_zarr(ctx: dict, repeat: int) -> dict:
+    samples, settings, legend = ctx["samples"], ctx["settings"], ctx["legend"]
+    datasets = [samples_dataset(s, legend, settings.resolution, {"source_version": "0" * 16}) for s in samples]
+    nbytes = sum(int(sum(v.nbytes for v in ds.data_vars.values())) for ds in datasets)
+    result: dict = {"regions": len(datasets), "mb": round(nbytes / 1e6, 1)}
+    with tempfile.TemporaryDirectory(dir=ctx["scratch"]) as tmp:
+        def ours():
+            for i, ds in enumerate(datasets):
+                write_samples(Path(tmp) / f"{i}.zarr", ds)
+            os.sync()
+
+        def raw():
+            for i, ds in enumerate(datasets):
+                with open(Path(tmp) / f"{i}.raw", "wb") as handle:
+                    for v in ds.data_vars.values():
+                        handle.write(np.ascontiguousarray(v.values).tobytes())
+            os.sync()  # both ways end with the same sync
+
+        with peak_memory(result):
+            ours_seconds, _ = timed(ours, repeat)
+        raw_seconds, _ = timed(raw, repeat)
+    result.update(ours_per_s=nbytes / 1e6 / ours_seconds, unit="MB/s",
+                  baselines={"the same bytes written raw, one file per region, then sync": nbytes / 1e6 / raw_seconds})
+    return result
+
+
+# --------------------------------------------------------------------------------------------- database
+
+
+def bench_database(ctx: dict, repeat: int) -> dict:
+    import psycopg
+
+    from benchmarks.pg_bench import vectorgeo_insert, vectorgeo_table
+    from geoembed.core.sinks import pgvector as db
+    from geoembed_resources.postgres import PostgresDatabase, embedded_server
+
+    settings = ctx["settings"]
+    rng = np.random.default_rng(0)
+    parts = []
+    for region, s in zip(ctx["regions"], ctx["samples"]):
+        keep = s.embedded
+        if keep.any():
+            v = rng.normal(size=(int(keep.sum()), settings.embedding_dim)).astype(np.float32)
+            lat, lon = cell_centres(s.cells[keep])
+            parts.append(db.RegionRows(int(region), s.cells[keep], lon, lat, v / np.linalg.norm(v, axis=1)[:, None],
+                                       "0000000000000001", "0000000000000002"))
+    n = sum(len(p.cells) for p in parts)
+    result: dict = {"rows": n, "dim": settings.embedding_dim}
+    with tempfile.TemporaryDirectory(dir=ctx["scratch"]) as tmp, embedded_server(Path(tmp) / "pg") as dsn:
+        database = PostgresDatabase(dsn=dsn)
+        with database.connect() as conn:
+            table = db.ensure_embedding_table(conn, "bench", "0000000000000001", settings.embedding_dim,
+                                              settings.resolution)
+            insert_table = vectorgeo_table(conn, "bench_insert", settings.embedding_dim)
+            conn.execute(f"CREATE TABLE {db.SCHEMA}.plain (id bigint, embedding vector({settings.embedding_dim}))")
+            conn.commit()
+
+            def ours():
+                with peak_memory(result):
+                    for part in parts:
+                        db.replace_region(conn, table, part)
+
+            ours_seconds, _ = timed(ours, repeat)
+            ids = np.concatenate([p.cells for p in parts]).astype(np.int64)
+            vectors = np.concatenate([p.embedding for p in parts])
+            payload = plain_copy_payload(ids, vectors)
+
+            def plain():
+                with conn.transaction():
+                    conn.execute(f"TRUNCATE {db.SCHEMA}.plain")
+                    with conn.cursor().copy(f"COPY {db.SCHEMA}.plain (id, embedding) FROM STDIN WITH (FORMAT BINARY)") as copy:
+                        copy.write(payload)
+
+            plain_seconds, _ = timed(plain, repeat)
+        subset, count = [], 0
+        for part in parts:
+            if count >= 10_000:
+                break
+            subset.append(part)
+            count += len(part.cells)
+        start = time.perf_counter()
+        vectorgeo_insert(dsn, insert_table, subset)
+        vg_seconds = time.perf_counter() - start
+    result.update(ours_per_s=n / ours_seconds, unit="rows/s",
+                  baselines={"plain binary COPY of prepared (id, vector) arrays": n / plain_seconds,
+                             f"VectorGeo multi-row INSERT ({count:,} rows)": count / vg_seconds})
+    return result
+
+
+def plain_copy_payload(ids: np.ndarray, vectors: np.ndarray) -> bytes:
+    """PostgreSQL binary COPY of (bigint, vector) rows, built with numpy (pgvector's binary format:
+    int16 dim, int16 unused, float32 values, big-endian)."""
+    n, d = vectors.shape
+    record = np.dtype([("fields", ">i2"), ("id_len", ">i4"), ("id", ">i8"), ("v_len", ">i4"), ("dim", ">i2"),
+                       ("unused", ">i2"), ("v", ">f4", (d,))])
+    rows = np.empty(n, dtype=record)
+    rows["fields"], rows["id_len"], rows["id"] = 2, 8, ids
+    rows["v_len"], rows["dim"], rows["unused"], rows["v"] = 4 + 4 * d, d, 0, vectors
+    header = b"PGCOPY\n\xff\r\n\x00" + (0).to_bytes(4, "big") * 2
+    return header + rows.tobytes() + (-1).to_bytes(2, "big", signed=True)
+
+
+STAGES = {"windows": bench_windows, "inference": bench_inference, "zarr": bench_zarr, "database": bench_database}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--regions", type=int, default=120)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--stages", nargs="+", default=list(STAGES), choices=list(STAGES))
+    args = parser.parse_args()
+    settings = load_settings(REPO / "products" / "modis_global.yaml")
+    info = describe_raster(settings.raster_location, settings.nodata)
+    legend = Legend.from_mapping(resolve_legend(settings))
+    regions = cells_at(settings.region_res)[: args.regions]
+    cells = np.concatenate([region_cells(int(r), settings.resolution) for r in regions])
+    lat, lon = cell_centres(cells)
+    scratch = Path(os.environ.get("GEOEMBED_DATA_DIR", str(REPO / "data")))
+    scratch.mkdir(parents=True, exist_ok=True)
+    ctx = {"settings": settings, "info": info, "legend": legend, "regions": regions, "lat": lat, "lon": lon,
+           "scratch": scratch}
+    with rasterio.open(info.location) as src:  # every later stage starts from our windows
+        ctx["samples"] = our_windows(src, info, legend, regions, settings)
+        ctx["windows"] = np.concatenate([s.windows for s in ctx["samples"]])
+    print(f"{settings.name}: {len(regions)} regions, {len(cells):,} cells, window {settings.window_size} px; "
+          f"median of {args.repeat}; torch threads {torch.get_num_threads()}")
+    print(f"{'stage':10s} {'ours':>14s} {'baseline':>14s} {'ratio':>8s} {'peak MB':>8s}  baseline")
+    results = {}
+    for name in args.stages:
+        result = STAGES[name](ctx, args.repeat)
+        results[name] = result
+        unit = result.get("unit", "cells/s")
+        for label, rate in result["baselines"].items():
+            print(f"{name:10s} {result['ours_per_s']:>14,.1f} {rate:>14,.1f} {result['ours_per_s'] / rate:>8.3f} "
+                  f"{result.get('peak_mb', 0):>8.1f}  {label} ({unit})")
+        if "flops_per_cell" in result:
+            f = result["flops_per_cell"]
+            print(f"{'':10s} FLOPs per cell: ours {f['ours'] / 1e6:.2f} M, VectorGeo {f['VectorGeo'] / 1e6:.1f} M")
+        if "same_windows_as_plain" in result:
+            print(f"{'':10s} our windows equal the plain operation's: {result['same_windows_as_plain']}")
+    out = REPO / "bench-results" / "suite.json"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps(results, indent=2, default=float))
+    print(f"written {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from benchmarks import write_results
 from geoembed.landcover import encoder
 from geoembed.landcover.settings import load_settings
 from geoembed.landcover.stores import model_inputs
@@ -85,10 +86,7 @@ def main() -> None:
         margins = [r["margin"] for r in rows]
         print(f"headline margin over the best baseline: {np.mean(margins):+.3f} ± {np.std(margins):.3f} "
               f"(per seed {margins})\n")
-    out = REPO / "bench-results" / f"model_quality_{args.product}.json"
-    out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps(results, indent=1))
-    print(f"written {out}")
+    write_results(f"model_quality_{args.product}", results)
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
+from benchmarks import write_results
 from geoembed.core.evaluation import HeldOutTargets, evaluate_features
 from geoembed.core.quantise import dequantise, quantise_int8
 from geoembed.core.sinks.pgvector import recall
@@ -141,7 +142,7 @@ def postgres_compact_search(vectors: np.ndarray, queries: np.ndarray) -> dict[st
                 start = time.perf_counter()
                 conn.execute(f"CREATE INDEX ON {table} USING hnsw (embedding {ops})")
                 build = time.perf_counter() - start
-                conn.execute(f"SET hnsw.ef_search = 100")
+                conn.execute("SET hnsw.ef_search = 100")
                 size = conn.execute(f"SELECT pg_total_relation_size('{table}')").fetchone()[0]
                 scores, latencies = [], []
                 for i, q in enumerate(queries[:500]):
@@ -195,10 +196,7 @@ def main() -> None:
             print(f"  PostgreSQL {kind:8s}: table + HNSW {row['table_and_index_bytes'] / 1e6:.1f} MB, build "
                   f"{row['hnsw_build_seconds']} s, recall@10 {row['recall_at_10']:.4f} vs exact float32, p50 "
                   f"{row['p50_ms']} ms (ef_search 100)")
-    out = REPO / "bench-results" / f"quantisation_{args.product}.json"
-    out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps(results, indent=2))
-    print(f"written {out}")
+    write_results(f"quantisation_{args.product}", results)
 
 
 if __name__ == "__main__":

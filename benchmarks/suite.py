@@ -25,7 +25,6 @@ Timings are medians of ``--repeat`` runs; the machines are shared and noisy, so 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import tempfile
@@ -41,6 +40,7 @@ import torch
 from rasterio.windows import Window
 from torch import nn
 
+from benchmarks import write_results
 from geoembed.core.grids.h3 import cell_centres, cells_at, region_cells
 from geoembed.landcover import encoder
 from geoembed.landcover.categorical import describe_raster, resolve_legend
@@ -253,8 +253,6 @@ def bench_zarr(ctx: dict, repeat: int) -> dict:
 
 
 def bench_database(ctx: dict, repeat: int) -> dict:
-    import psycopg
-
     from benchmarks.pg_bench import vectorgeo_insert, vectorgeo_table
     from geoembed.core.sinks import pgvector as db
     from geoembed_resources.postgres import PostgresDatabase, embedded_server
@@ -363,10 +361,7 @@ def main() -> None:
             print(f"{'':10s} FLOPs per cell: ours {f['ours'] / 1e6:.2f} M, VectorGeo {f['VectorGeo'] / 1e6:.1f} M")
         if "same_windows_as_plain" in result:
             print(f"{'':10s} our windows equal the plain operation's: {result['same_windows_as_plain']}")
-    out = REPO / "bench-results" / "suite.json"
-    out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps(results, indent=2, default=float))
-    print(f"written {out}")
+    write_results("suite", results)
 
 
 if __name__ == "__main__":

@@ -35,19 +35,25 @@ def _steps(name: str, steps: int) -> dict:
     return {"ops": {f"{name}__embedding_model": {"config": {"steps": steps, "batch_size": 64}}}}
 
 
-@pytest.fixture(scope="module")
-def zion_run(tmp_path_factory):
-    """The NLCD Zion product (UTM raster, res 7, 4 regions) materialized once for the module."""
-    shared = REPO.parent / "shared" / "data" / "landcover" / "nlcd2011_zion.tif"
-    if not shared.exists():
-        pytest.skip(f"real data {shared} is absent")
-    root = tmp_path_factory.mktemp("zion")
-    settings = load_settings(REPO / "products" / "nlcd_zion.yaml")
+def _materialized(tmp_path_factory, product: str, data: list[str], **changes):
+    """A product materialized once (40 training steps) in a fresh instance: (settings, instance, resources,
+    summary). Skips when its real data is absent."""
+    for name in data:
+        if not (REPO.parent / "shared" / "data" / name).exists():
+            pytest.skip(f"real data {name} is absent")
+    root = tmp_path_factory.mktemp(product)
+    settings = load_settings(REPO / "products" / f"{product}.yaml").model_copy(update=changes)
     with dg.instance_for_test() as instance:
         resources = _resources(root / "data")
         summary = materialize_product(settings, instance, resources, run_config=_steps(settings.name, 40),
                                       say=lambda _: None)
         yield settings, instance, resources, summary
+
+
+@pytest.fixture(scope="module")
+def zion_run(tmp_path_factory):
+    """The NLCD Zion product (UTM raster, res 7, 4 regions) materialized once for the module."""
+    yield from _materialized(tmp_path_factory, "nlcd_zion", ["landcover/nlcd2011_zion.tif"])
 
 
 def test_product_zarr_opens_with_xarray_and_decodes_with_xdggs(zion_run):
@@ -334,20 +340,10 @@ def test_cli_similar_rejects_bad_input_with_exit_2(zion_run, arguments, message)
 
 @pytest.fixture(scope="module")
 def stacked_zion_run(tmp_path_factory):
-    """NLCD land cover with SRTM elevation stacked on the same footprints, materialized once."""
-    for path in (REPO.parent / "shared" / "data" / "landcover" / "nlcd2011_zion.tif",
-                 REPO.parent / "shared" / "data" / "elevation" / "srtm_zion.tif"):
-        if not path.exists():
-            pytest.skip(f"real data {path} is absent")
-    root = tmp_path_factory.mktemp("stacked_zion")
-    # Stored as int8 (the compact product): every later step reads the dequantised vectors.
-    settings = load_settings(REPO / "products" / "nlcd_srtm_zion.yaml").model_copy(
-        update={"embedding_storage": "int8"})
-    with dg.instance_for_test() as instance:
-        resources = _resources(root / "data")
-        summary = materialize_product(settings, instance, resources, run_config=_steps(settings.name, 40),
-                                      say=lambda _: None)
-        yield settings, instance, resources, summary
+    """NLCD land cover with SRTM elevation stacked on the same footprints, materialized once, stored as
+    int8 (the compact product): every later step reads the dequantised vectors."""
+    yield from _materialized(tmp_path_factory, "nlcd_srtm_zion",
+                             ["landcover/nlcd2011_zion.tif", "elevation/srtm_zion.tif"], embedding_storage="int8")
 
 
 def test_stacked_product_embeds_land_cover_and_elevation_with_every_source_version(stacked_zion_run):

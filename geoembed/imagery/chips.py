@@ -19,10 +19,11 @@ import numpy as np
 import rasterio
 import rasterio.errors
 from affine import Affine
-from rasterio.warp import Resampling, reproject
+from rasterio.warp import Resampling, reproject, transform_bounds
 from rasterio.windows import Window, from_bounds
 
 from geoembed.core.grids.mgrs import MgrsTile
+from geoembed.core.grids.quadkey import MercatorTileGrid
 from geoembed.core.rasters import RasterInputError, failing_reads
 from geoembed.imagery.scenes import MASK_BAND, RGB_BANDS, S2_BANDS, SCL_CLOUD_CLASSES, Scene, SceneInputError
 
@@ -38,6 +39,18 @@ class ChipGrid:
 
     tile: MgrsTile
     chip_size: int
+
+    @property
+    def crs(self) -> str:
+        return self.tile.crs
+
+    @property
+    def bounds(self) -> tuple[float, float, float, float]:
+        return self.tile.bounds
+
+    @property
+    def resolution(self) -> float:
+        return RESOLUTION
 
     @property
     def tile_pixels(self) -> int:
@@ -118,16 +131,22 @@ def describe_band(band: str, location: str, src: rasterio.DatasetReader) -> Band
     return BandFile(band, location, src.crs.to_string(), (b.left, b.bottom, b.right, b.top), abs(src.transform.a))
 
 
-def scene_extent(scene: Scene, tile: MgrsTile, bands: list[BandFile]) -> tuple[float, float, float, float]:
-    """Where every band has pixels: the intersection of the bands' footprints, in the tile CRS.
+def scene_extent(scene: Scene, grid: ChipGrid | MercatorTileGrid, bands: list[BandFile]
+                 ) -> tuple[float, float, float, float]:
+    """Where every band has pixels: the intersection of the bands' footprints, in the grid's CRS.
 
-    Bands must be in the tile's CRS, and their footprints may differ by less than one of their own
-    pixels at each edge (real subsets cut the 10, 20 and 60 m grids a pixel apart); beyond that the
-    scene's bands do not line up and the scene is refused."""
+    Bands must share one CRS (on an MGRS grid: the tile's), and their footprints may differ by less than
+    one of their own pixels at each edge (real subsets cut the 10, 20 and 60 m grids a pixel apart);
+    beyond that the scene's bands do not line up and the scene is refused. On another grid (web-mercator
+    tiles) the extent is the bands' box carried into the grid's CRS."""
+    tile = getattr(grid, "tile", None)
     for b in bands:
-        if b.crs != tile.crs:
+        if tile is not None and b.crs != tile.crs:
             raise SceneInputError(f"scene {scene.scene_id}: band {b.band} ({b.location}) is in {b.crs}, but tile "
                                   f"{tile.tile_id} is in {tile.crs}")
+        if b.crs != bands[0].crs:
+            raise SceneInputError(f"scene {scene.scene_id}: band {b.band} ({b.location}) is in {b.crs}, band "
+                                  f"{bands[0].band} in {bands[0].crs}")
     finest = min(bands, key=lambda b: b.resolution)
     for b in bands:
         gaps = np.abs(np.subtract(b.bounds, finest.bounds))
@@ -141,6 +160,8 @@ def scene_extent(scene: Scene, tile: MgrsTile, bands: list[BandFile]) -> tuple[f
     ymax = min(b.bounds[3] for b in bands)
     if xmax <= xmin or ymax <= ymin:
         raise SceneInputError(f"scene {scene.scene_id}: its bands do not overlap")
+    if bands[0].crs != grid.crs:
+        return transform_bounds(bands[0].crs, grid.crs, xmin, ymin, xmax, ymax, densify_pts=21)
     return (xmin, ymin, xmax, ymax)
 
 
@@ -181,10 +202,10 @@ class ChipBlock:
 
 
 class SceneChipper:
-    """Reads a scene's bands chip row by chip row onto the tile's 10 m grid (one reprojection per band and
-    chip row, so memory stays at one row of chips whatever the tile)."""
+    """Reads a scene's bands chip row by chip row onto a chip grid: an MGRS tile's 10 m grid, or web-mercator
+    tiles (one reprojection per band and chip row, so memory stays at one row of chips whatever the tile)."""
 
-    def __init__(self, scene: Scene, grid: ChipGrid, bands: list[str],
+    def __init__(self, scene: Scene, grid: ChipGrid | MercatorTileGrid, bands: list[str],
                  open_band: Callable[[str], ContextManager[rasterio.DatasetReader]]):
         scene.check_bands(bands)
         self.scene, self.grid, self.bands = scene, grid, list(bands)
@@ -199,7 +220,7 @@ class SceneChipper:
                 self.sources[band] = src
                 described.append(describe_band(band, location, src))
             self.band_files = {b.band: b for b in described}
-            self.extent = scene_extent(scene, grid.tile, described)
+            self.extent = scene_extent(scene, grid, described)
         except BaseException:
             self._stack.close()
             raise
@@ -224,7 +245,8 @@ class SceneChipper:
         c0 = int(cols.min())
         width = (int(cols.max()) - c0 + 1) * s
         origin = self.grid.transform * (c0 * s, row * s)
-        transform = Affine(RESOLUTION, 0.0, origin[0], 0.0, -RESOLUTION, origin[1])
+        res = self.grid.resolution
+        transform = Affine(res, 0.0, origin[0], 0.0, -res, origin[1])
         strip = np.zeros((len(self.bands), s, width), dtype=np.uint16)
         for i, band in enumerate(self.bands):
             self._reproject(band, strip[i], transform, Resampling.bilinear)
@@ -244,7 +266,10 @@ class SceneChipper:
         src = self.sources[band]
         height, width = out.shape
         left, top = transform.c, transform.f
-        right, bottom = left + width * RESOLUTION, top - height * RESOLUTION
+        right, bottom = left + width * self.grid.resolution, top - height * self.grid.resolution
+        if self.grid.crs != src.crs:  # the strip's box in the band's CRS (densified edges)
+            left, bottom, right, top = transform_bounds(self.grid.crs, src.crs, left, bottom, right, top,
+                                                        densify_pts=21)
         margin = 2 * abs(src.transform.a)  # bilinear needs the neighbours of edge pixels
         wanted = from_bounds(left - margin, bottom - margin, right + margin, top + margin, src.transform)
         col0, row0 = math.floor(wanted.col_off), math.floor(wanted.row_off)
@@ -259,16 +284,17 @@ class SceneChipper:
         except rasterio.errors.WindowError:
             return  # the strip lies outside this band: no data
         reproject(source=pixels, destination=out, src_transform=src.window_transform(window), src_crs=src.crs,
-                  src_nodata=NODATA_DN, dst_transform=transform, dst_crs=self.grid.tile.crs, dst_nodata=NODATA_DN,
+                  src_nodata=NODATA_DN, dst_transform=transform, dst_crs=self.grid.crs, dst_nodata=NODATA_DN,
                   resampling=resampling)
 
     def _inside(self, transform: Affine, shape: tuple[int, int]) -> np.ndarray:
-        """Pixels inside both the scene's common extent and the tile."""
+        """Pixels inside both the scene's common extent and the grid (on a reprojected grid the box is a
+        bound: pixels the bands do not reach are no data after the reprojection anyway)."""
         xmin, ymin, xmax, ymax = self.extent
-        t = self.grid.tile.bounds
+        t = self.grid.bounds
         xmin, ymin, xmax, ymax = max(xmin, t[0]), max(ymin, t[1]), min(xmax, t[2]), min(ymax, t[3])
-        x = transform.c + (np.arange(shape[1]) + 0.5) * RESOLUTION
-        y = transform.f - (np.arange(shape[0]) + 0.5) * RESOLUTION
+        x = transform.c + (np.arange(shape[1]) + 0.5) * self.grid.resolution
+        y = transform.f - (np.arange(shape[0]) + 0.5) * self.grid.resolution
         return ((y > ymin) & (y < ymax))[:, None] & ((x > xmin) & (x < xmax))[None, :]
 
 

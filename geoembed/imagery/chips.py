@@ -53,6 +53,18 @@ class ChipGrid:
         return RESOLUTION
 
     @property
+    def name(self) -> str:
+        return self.tile.tile_id
+
+    def describe(self) -> str:
+        s = self.chip_size
+        return (f"tile pixels [row*{s}, (row+1)*{s}) x [col*{s}, (col+1)*{s}) of the tile's 10 m grid "
+                f"from its upper-left corner {list(self.tile.bounds[0::3])}")
+
+    def chip_ids(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        return chip_ids(rows, cols)
+
+    @property
     def tile_pixels(self) -> int:
         return int(round((self.tile.bounds[2] - self.tile.bounds[0]) / RESOLUTION))
 

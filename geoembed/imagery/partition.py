@@ -17,6 +17,7 @@ from torch import nn
 
 from geoembed.core.sinks.zarr import StorePath, open_store, staged_store, zarr_target
 from geoembed.imagery.encoders import ChipInputs, LoadedEncoder, chip_metadata
+from geoembed.core.grids.quadkey import MercatorTileGrid
 from geoembed.imagery.chips import ALL_DATA, NO_DATA, NODATA_CLASSES, PARTIAL, ChipGrid, SceneChipper, rgb_thumbnail
 from geoembed.imagery.scenes import Scene
 from geoembed.imagery.stores import (
@@ -39,38 +40,47 @@ class ChippedScene:
 
 def chip_scene(
     scene: Scene,
-    grid: ChipGrid,
+    grid: ChipGrid | MercatorTileGrid,
     bands: list[str],
     open_band: Callable[[str], ContextManager[rasterio.DatasetReader]],
     datacube_path: StorePath,
     save_thumbnail: Callable[[str, bytes], str],
     attrs: dict,
     progress: Callable[[int, int, int], None] = lambda done, total, with_data: None,
+    within: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> ChippedScene:
-    """Cut a scene into the tile's chips: write the datacube of the chips it overlaps (whole or not at
+    """Cut a scene into the grid's chips: write the datacube of the chips it overlaps (whole or not at
     all), a thumbnail of every chip with data (``save_thumbnail(chip_id, png)`` returns where it went),
-    and record every chip of the tile, those without data included."""
+    and record every chip, those without data included. ``within``: the (rows, cols) of the chips that
+    make the partition (default: every chip of the MGRS tile)."""
     start = time.perf_counter()
     records = ChipRecords(grid, scene)
+    universe = within if within is not None else grid.all_chips()
     with SceneChipper(scene, grid, bands, open_band) as chipper, staged_store(datacube_path) as target:
         rows, cols = chipper.chips()
+        if within is not None:  # the scene's chips that belong to the partition
+            keep = np.isin(rows.astype(np.int64) * grid.chips_per_side + cols,
+                           within[0].astype(np.int64) * grid.chips_per_side + within[1])
+            rows, cols = rows[keep], cols[keep]
         template, encoding = datacube_template(scene, grid, bands, rows, cols, attrs)
         create_datacube(target, template, encoding)
         index = 0
-        for block in chipper.blocks():
+        for row in np.unique(rows):
+            block = chipper.read_block(int(row), cols[rows == row])
             write_datacube_block(target, index, block)
             classes = block.nodata_class
+            names = grid.chip_ids(np.full(len(block.cols), block.row), block.cols)
             thumbnails = [None if classes[i] == NO_DATA else save_thumbnail(
-                f"{block.row}_{int(c)}", rgb_thumbnail(block.dn[i], block.valid[i], bands, scene.dn_offset))
-                for i, c in enumerate(block.cols)]
+                str(names[i]), rgb_thumbnail(block.dn[i], block.valid[i], bands, scene.dn_offset))
+                for i in range(len(block.cols))]
             records.add(np.full(len(block.cols), block.row, np.int32), block.cols, block.nodata_fraction, classes,
                         block.cloud_fraction, np.arange(index, index + len(block.cols)), thumbnails)
             index += len(block.cols)
             progress(index, len(rows), sum(1 for t in thumbnails if t))
-    # Chips of the tile the scene does not reach: no data, recorded all the same.
-    all_rows, all_cols = grid.all_chips()
-    outside = np.ones(len(all_rows), dtype=bool)
-    outside[rows * grid.chips_per_side + cols] = False
+    # Chips of the tile (partition) the scene does not reach: no data, recorded all the same.
+    all_rows, all_cols = universe
+    outside = ~np.isin(all_rows.astype(np.int64) * grid.chips_per_side + all_cols,
+                       rows.astype(np.int64) * grid.chips_per_side + cols)
     n_out = int(outside.sum())
     records.add(all_rows[outside], all_cols[outside], np.ones(n_out, np.float32), np.full(n_out, NO_DATA),
                 np.full(n_out, np.nan, np.float32), np.full(n_out, -1), [None] * n_out)

@@ -23,7 +23,8 @@ from geoembed.core.geometry import boxes_lonlat
 from geoembed.core.lineage import VERSION_DTYPE, VERSION_ENCODING, encode_version
 from geoembed.core.sinks.geoparquet import total_bounds, wkb_column
 from geoembed.core.sinks.zarr import StorePath, consolidate, zarr_target
-from geoembed.imagery.chips import NODATA_CLASSES, NODATA_DN, RESOLUTION, ChipBlock, ChipGrid, band_wavelengths, chip_ids
+from geoembed.core.grids.quadkey import MercatorTileGrid
+from geoembed.imagery.chips import NODATA_CLASSES, NODATA_DN, ChipBlock, ChipGrid, band_wavelengths
 from geoembed.imagery.scenes import Scene
 
 # ---------------------------------------------------------------------------------------------
@@ -31,12 +32,12 @@ from geoembed.imagery.scenes import Scene
 # ---------------------------------------------------------------------------------------------
 
 
-def datacube_template(scene: Scene, grid: ChipGrid, bands: list[str], rows: np.ndarray, cols: np.ndarray,
+def datacube_template(scene: Scene, grid: ChipGrid | MercatorTileGrid, bands: list[str], rows: np.ndarray, cols: np.ndarray,
                       attrs: dict) -> tuple[xr.Dataset, dict]:
     """The empty datacube of a scene's chips (``rows``, ``cols`` row-major) and its encoding."""
     n, s, nb = len(rows), grid.chip_size, len(bands)
     bounds = grid.chip_bounds(rows, cols)
-    offsets = (np.arange(s) + 0.5) * RESOLUTION
+    offsets = (np.arange(s) + 0.5) * grid.resolution
     variables = {"reflectance": (("chip", "band", "y", "x"),
                                  da.full((n, nb, s, s), np.nan, dtype="f4", chunks=(1, nb, s, s)),
                                  {"long_name": "top-of-atmosphere reflectance" if scene.level == "L1C"
@@ -47,7 +48,7 @@ def datacube_template(scene: Scene, grid: ChipGrid, bands: list[str], rows: np.n
     ds = xr.Dataset(
         variables,
         coords={
-            "chip_id": ("chip", chip_ids(rows, cols)),
+            "chip_id": ("chip", grid.chip_ids(rows, cols)),
             "row": ("chip", rows.astype(np.int32)),
             "col": ("chip", cols.astype(np.int32)),
             "band": ("band", np.array(bands, dtype=object)),
@@ -57,18 +58,17 @@ def datacube_template(scene: Scene, grid: ChipGrid, bands: list[str], rows: np.n
         },
         attrs={
             **attrs,
-            "tile": grid.tile.tile_id,
+            "tile": grid.name,
             "date": scene.date,
             "acquired": scene.acquired.isoformat(),
             "scene_id": scene.scene_id,
             "product_level": scene.level,
             "processing_baseline": scene.processing_baseline or "",
-            "crs": grid.tile.crs,
-            "resolution": RESOLUTION,
+            "crs": grid.crs,
+            "resolution": grid.resolution,
             "chip_size": s,
-            "chip_grid": f"tile pixels [row*{s}, (row+1)*{s}) x [col*{s}, (col+1)*{s}) of the tile's 10 m grid "
-                         f"from its upper-left corner {list(grid.tile.bounds[0::3])}",
-            "resampling": "bilinear to 10 m (reflectance), nearest (scene classification)",
+            "chip_grid": grid.describe(),
+            "resampling": f"bilinear to {grid.resolution:.4g} m (reflectance), nearest (scene classification)",
             "dn_scaling": f"reflectance = (DN + {scene.dn_offset}) / 10000; DN 0 = no data",
             "source_urls": json.dumps(scene.bands),
         },
@@ -103,7 +103,7 @@ def write_datacube_block(target: StorePath, first_chip: int, block: ChipBlock) -
 class ChipRecords:
     """Rows of the chip table, gathered chip row by chip row."""
 
-    grid: ChipGrid
+    grid: ChipGrid | MercatorTileGrid
     scene: Scene
     columns: dict[str, list] = field(default_factory=dict)
 
@@ -111,7 +111,7 @@ class ChipRecords:
             cloud_fraction: np.ndarray, datacube_index: np.ndarray, thumbnails: list[str | None]) -> None:
         s = self.grid.chip_size
         values = {
-            "chip_id": chip_ids(rows, cols).tolist(), "row": rows.tolist(), "col": cols.tolist(),
+            "chip_id": self.grid.chip_ids(rows, cols).tolist(), "row": rows.tolist(), "col": cols.tolist(),
             "x_off": (cols * s).tolist(), "y_off": (rows * s).tolist(), "width": [s] * len(rows),
             "height": [s] * len(rows), "nodata_fraction": np.asarray(nodata_fraction, np.float32).tolist(),
             "nodata_class": [NODATA_CLASSES[int(c)] for c in nodata_class],
@@ -127,17 +127,17 @@ class ChipRecords:
         rows, cols = np.asarray(c.get("row", []), np.int32), np.asarray(c.get("col", []), np.int32)
         order = np.lexsort((cols, rows))
         bounds = self.grid.chip_bounds(rows[order], cols[order])
-        footprints = boxes_lonlat(bounds, self.grid.tile.crs)
+        footprints = boxes_lonlat(bounds, self.grid.crs)
         n = len(order)
         scene = self.scene
         table = pa.table({
-            "tile": pa.array([self.grid.tile.tile_id] * n, pa.string()),
+            "tile": pa.array([self.grid.name] * n, pa.string()),
             "date": pa.array([scene.acquired.date()] * n, pa.date32()),
             **{k: pa.array([c[k][i] for i in order], t) for k, t in (
                 ("chip_id", pa.string()), ("row", pa.int32()), ("col", pa.int32()), ("x_off", pa.int32()),
                 ("y_off", pa.int32()), ("width", pa.int32()), ("height", pa.int32()))},
             "xmin": bounds[:, 0], "ymin": bounds[:, 1], "xmax": bounds[:, 2], "ymax": bounds[:, 3],
-            "crs": pa.array([self.grid.tile.crs] * n, pa.string()),
+            "crs": pa.array([self.grid.crs] * n, pa.string()),
             **{k: pa.array([c[k][i] for i in order], t) for k, t in (
                 ("nodata_fraction", pa.float32()), ("nodata_class", pa.string()), ("cloud_fraction", pa.float32()),
                 ("datacube_index", pa.int32()), ("thumbnail", pa.string()))},

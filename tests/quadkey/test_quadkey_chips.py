@@ -112,3 +112,39 @@ def test_the_scene_in_web_mercator_tiles(scene):
                 # per strip of tiles here, per tile there: sub-pixel shifts): under 1 % of the signal.
                 assert diff.mean() < 0.01 * reference[2][both].mean()
                 assert np.corrcoef(red[both], reference[2][both])[0, 1] > 0.99
+
+
+def test_a_coarse_quadkey_partition_of_the_scene(scene, tmp_path):
+    """The partition under one zoom-11 quadkey: a datacube of its tiles the scene reaches (chip ids are
+    quadkeys, georeferenced in EPSG:3857), and a no-data index of all its 16 tiles, with footprints that are
+    the tiles' own bounds."""
+    import shapely
+    import xarray as xr
+    from geoembed.imagery.partition import chip_scene
+
+    grid = MercatorTileGrid(13)
+    with SceneChipper(scene, grid, ["B04"], rasterio.open) as chipper:
+        rows, cols = chipper.chips()
+    partition = parent_quadkey(str(grid.quadkeys(rows[:1], cols[:1])[0]), 11)
+    within = grid.tiles_under(partition)
+    assert len(within[0]) == 16
+    thumbnails = {}
+    result = chip_scene(scene, grid, ["B02", "B03", "B04"], rasterio.open, tmp_path / "cube.zarr",
+                        lambda name, png: thumbnails.setdefault(name, str(len(png))), {"product": "t"}, within=within)
+    table = result.table.to_pandas()
+    assert len(table) == 16 and set(table["chip_id"]) == set(grid.quadkeys(*within))
+    assert all(q.startswith(partition) for q in table["chip_id"])
+    assert set(thumbnails) == set(table["chip_id"][table["nodata_class"] != "no_data"])
+    cube = xr.open_zarr(tmp_path / "cube.zarr")
+    assert cube.attrs["crs"] == "EPSG:3857" and cube.sizes["chip"] == result.datacube_chips > 0
+    assert set(cube["chip_id"].values) <= set(table["chip_id"])
+    first = str(cube["chip_id"].values[0])
+    tile = tile_of_quadkey(first)
+    xy = mercantile.xy_bounds(tile)
+    # Pixel centres: half a pixel inside the tile's own bounds.
+    assert cube["easting"].values[0, 0] == pytest.approx(xy.left + grid.resolution / 2)
+    assert cube["northing"].values[0, 0] == pytest.approx(xy.top - grid.resolution / 2)
+    row = table[table["chip_id"] == first].iloc[0]
+    lonlat = mercantile.bounds(tile)
+    assert shapely.from_wkb(row["geometry"]).bounds == pytest.approx(
+        (lonlat.west, lonlat.south, lonlat.east, lonlat.north), abs=1e-9)

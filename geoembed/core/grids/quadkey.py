@@ -84,6 +84,28 @@ class MercatorTileGrid:
     def quadkeys(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
         return np.array([mercantile.quadkey(int(c), int(r), self.zoom) for r, c in zip(rows, cols)], dtype=object)
 
+    def chip_ids(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        """A chip is named by its quadkey."""
+        return self.quadkeys(rows, cols)
+
+    @property
+    def name(self) -> str:
+        return f"web-mercator z{self.zoom}"
+
+    def describe(self) -> str:
+        return (f"XYZ tile (x=col, y=row) at zoom {self.zoom} of the web-mercator tiling (EPSG:3857), "
+                f"{self.chip_size} px a tile; chip_id is its quadkey")
+
+    def tiles_under(self, quadkey: str) -> tuple[np.ndarray, np.ndarray]:
+        """(row, col) of this zoom's tiles inside a coarser tile, row-major."""
+        parent = tile_of_quadkey(quadkey)
+        if parent.z > self.zoom:
+            raise QuadkeyError(f"quadkey {quadkey!r} (zoom {parent.z}) is finer than the chips' zoom {self.zoom}")
+        k = 2 ** (self.zoom - parent.z)
+        rows, cols = np.meshgrid(np.arange(parent.y * k, (parent.y + 1) * k), np.arange(parent.x * k, (parent.x + 1) * k),
+                                 indexing="ij")
+        return rows.ravel().astype(np.int32), cols.ravel().astype(np.int32)
+
 
 def tile_of_quadkey(quadkey: str) -> mercantile.Tile:
     """The XYZ tile a quadkey names; an invalid quadkey is a QuadkeyError naming it."""

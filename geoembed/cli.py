@@ -24,6 +24,7 @@ def _run(args: argparse.Namespace) -> int:
     import dagster as dg
 
     from geoembed.imagery.settings import ImageryProductSettings
+    from geoembed.quadkey.settings import QuadkeyProductSettings
     from geoembed_assets.core.runner import ensure_dagster_home
 
     products = [load_product(p) for p in (args.product or [DEFAULT_PRODUCT_FILE])]
@@ -35,6 +36,8 @@ def _run(args: argparse.Namespace) -> int:
         for settings in products:
             if isinstance(settings, ImageryProductSettings):
                 _run_imagery(settings, instance, args.steps, home, args.verbose)
+            elif isinstance(settings, QuadkeyProductSettings):
+                _run_quadkey(settings, instance, home, args.verbose)
             else:
                 _run_landcover(settings, instance, args.steps, home, args.verbose)
     return 0
@@ -80,6 +83,18 @@ def _run_imagery(settings, instance, steps: int | None, home: Path, verbose: boo
     print(f"  chip encoder {summary.model_version}" + (f"; held-out triplet accuracy {summary.quality}"
                                                        if summary.quality else ""))
     print(f"  chip-dates flagged as changed: {summary.changed}")
+    _print_steps(summary)
+
+
+def _run_quadkey(settings, instance, home: Path, verbose: bool) -> None:
+    from geoembed_assets.quadkey.job import materialize_quadkey_product
+
+    summary = materialize_quadkey_product(settings, instance, verbose=verbose)
+    print(f"\n[geoembed] {summary.product} done in {summary.seconds:,.0f} s "
+          f"(peak memory {summary.peak_rss_mb:,.0f} MB); Dagster home {home}")
+    print(f"  chips at zoom {summary.zoom}; {summary.partitions} partitions at zoom {summary.partition_zoom}; "
+          f"chips by class {summary.chips_by_class}"
+          + (f"; {summary.chips_with_a_label} with a label" if settings.labels else ""))
     _print_steps(summary)
 
 

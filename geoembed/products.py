@@ -1,5 +1,6 @@
-"""Product settings files of any pipeline: ``pipeline: imagery`` is an MGRS-tile imagery product; a
-file without ``pipeline`` (or ``pipeline: landcover``) is an H3 land-cover product."""
+"""Product settings files of any pipeline: ``pipeline: imagery`` is an MGRS-tile imagery product,
+``pipeline: quadkey`` a quadkey chip product; a file without ``pipeline`` (or ``pipeline: landcover``) is an
+H3 land-cover product."""
 
 from __future__ import annotations
 
@@ -8,9 +9,10 @@ import os
 from geoembed.core.settings import ProductConfigError, read_settings_file
 from geoembed.imagery.settings import ImageryProductSettings, load_imagery_settings
 from geoembed.landcover.settings import ProductSettings, load_settings
+from geoembed.quadkey.settings import QuadkeyProductSettings, load_quadkey_settings
 
-AnyProduct = ProductSettings | ImageryProductSettings
-PIPELINES = ("landcover", "imagery")
+AnyProduct = ProductSettings | ImageryProductSettings | QuadkeyProductSettings
+PIPELINES = ("landcover", "imagery", "quadkey")
 
 
 def load_product(path: str | os.PathLike[str]) -> AnyProduct:
@@ -18,6 +20,8 @@ def load_product(path: str | os.PathLike[str]) -> AnyProduct:
     pipeline = read_settings_file(path).get("pipeline", "landcover")
     if pipeline == "imagery":
         return load_imagery_settings(path)
+    if pipeline == "quadkey":
+        return load_quadkey_settings(path)
     if pipeline == "landcover":
         return load_settings(path)
     raise ProductConfigError(f"invalid product settings in {path}: pipeline: {pipeline!r} is not one of {PIPELINES}")

@@ -1,4 +1,5 @@
-"""Pictures for the Dagster UI: the embedding map (3 principal components as RGB) and the loss curve."""
+"""Pictures for the Dagster UI: maps of cells or chips (e.g. 3 principal components of the embeddings as
+RGB, or the no-data index) and the loss curve."""
 
 from __future__ import annotations
 
@@ -28,17 +29,28 @@ def hexagons(cells: np.ndarray) -> list[np.ndarray]:
 def embedding_map_png(cells: np.ndarray, colours: np.ndarray, title: str, width_px: int = 900) -> bytes:
     """An RGB map of the cells, one colour (r, g, b in [0, 1]) per cell (e.g. ``principal_rgb`` of their
     embeddings). At most ``width_px`` wide, so it fits the Dagster UI's metadata dialog."""
-    rings = hexagons(cells)
+    return polygons_map_png(hexagons(cells), colours, title, width_px)
+
+
+def polygons_map_png(rings: list[np.ndarray], colours, title: str, width_px: int = 900,
+                     legend: dict[str, object] | None = None, edges: str = "none") -> bytes:
+    """A map of (lon, lat) polygons, one colour each (anything matplotlib takes), with an optional legend
+    {label: colour} and edge colour."""
     lon = np.concatenate([r[:, 0] for r in rings]) if rings else np.array([-180, 180])
     lat = np.concatenate([r[:, 1] for r in rings]) if rings else np.array([-90, 90])
     west, east, south, north = lon.min(), lon.max(), lat.min(), lat.max()
     aspect = max(0.3, min(1.0, (north - south) / max(east - west, 1e-9) / np.cos(np.radians((north + south) / 2))))
     fig, ax = plt.subplots(figsize=(width_px / 100, width_px / 100 * aspect + 0.5), dpi=100)
-    ax.add_collection(PolyCollection(rings, facecolors=colours, edgecolors="none", antialiased=False))
+    ax.add_collection(PolyCollection(rings, facecolors=colours, edgecolors=edges, linewidths=0.8,
+                                     antialiased=edges != "none"))
     ax.set_xlim(west, min(east, west + 360))
     ax.set_ylim(south, north)
     ax.set_aspect(1 / np.cos(np.radians(np.clip((north + south) / 2, -80, 80))))
     ax.set_facecolor("#202020")
+    if legend:
+        from matplotlib.patches import Patch
+
+        ax.legend(handles=[Patch(facecolor=c, label=label) for label, c in legend.items()], loc="best", fontsize=9)
     ax.set_title(title, fontsize=11)
     ax.set_xlabel("longitude")
     ax.set_ylabel("latitude")

@@ -69,12 +69,11 @@ class ClayEncoderSettings(BaseModel):
 EncoderSettings = Annotated[GeoembedEncoderSettings | ClayEncoderSettings, Field(discriminator="kind")]
 
 
-class ImageryProductSettings(BaseModel):
-    """Everything that defines one imagery embedding product."""
+class SceneProductSettings(BaseModel):
+    """What every product made from Sentinel-2 scenes has: where the scenes are, which tiles, which bands."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    pipeline: Literal["imagery"]
     name: ProductName
     scenes: str = Field(description="Where the scenes are: a local folder or an s3:// prefix holding Sentinel-2 "
                         "band files (T<tile>_<datetime>_B<nn>.jp2/.tif) or STAC item JSON files pointing at them, a "
@@ -83,6 +82,35 @@ class ImageryProductSettings(BaseModel):
                                     "area of interest touches, or every tile the scenes cover).")
     aoi: str | None = Field(default=None, description="Area of interest: a GeoJSON file (relative to this file) or "
                             "inline GeoJSON; the tiles it touches are processed.")
+
+    @field_validator("tiles")
+    @classmethod
+    def _tiles(cls, value: list[str] | None) -> list[str] | None:
+        if value is None:
+            return None
+        try:
+            return sorted({canonical_tile_id(t) for t in value})
+        except TileIdError as exc:
+            raise ValueError(str(exc)) from None
+
+    @model_validator(mode="after")
+    def _bands(self) -> SceneProductSettings:
+        from geoembed.imagery.scenes import S2_BANDS  # the band table lives with the scenes
+
+        unknown = [b for b in (getattr(self, "bands", None) or []) if b not in S2_BANDS]
+        if unknown:
+            raise ValueError(f"unknown bands {unknown}; Sentinel-2 bands are {list(S2_BANDS)}")
+        return self
+
+    @property
+    def scenes_location(self) -> str:
+        return resolve_package_path(self.scenes, "scenes")
+
+
+class ImageryProductSettings(SceneProductSettings):
+    """Everything that defines one imagery embedding product."""
+
+    pipeline: Literal["imagery"]
     bands: list[str] | None = Field(default=None, description="Bands of the datacube (default: every band of the "
                                     "product level: 13 for L1C, 12 for L2A).")
     chip_size: int = Field(default=256, ge=16, le=2048, description="Chip edge in 10 m pixels (a multiple of 16).")
@@ -98,30 +126,6 @@ class ImageryProductSettings(BaseModel):
             raise ValueError("must be a multiple of 16 (encoders work on 8 and 16 pixel patches)")
         return value
 
-    @field_validator("tiles")
-    @classmethod
-    def _tiles(cls, value: list[str] | None) -> list[str] | None:
-        if value is None:
-            return None
-        try:
-            return sorted({canonical_tile_id(t) for t in value})
-        except TileIdError as exc:
-            raise ValueError(str(exc)) from None
-
-    @model_validator(mode="after")
-    def _bands(self) -> ImageryProductSettings:
-        from geoembed.imagery.scenes import S2_BANDS  # the band table lives with the scenes
-
-        unknown = [b for b in (self.bands or []) if b not in S2_BANDS]
-        if unknown:
-            raise ValueError(f"unknown bands {unknown}; Sentinel-2 bands are {list(S2_BANDS)}")
-        return self
-
-    @property
-    def scenes_location(self) -> str:
-        return resolve_package_path(self.scenes, "scenes")
-
-
 def load_imagery_settings(path: str | os.PathLike[str]) -> ImageryProductSettings:
     """Read and validate an imagery product settings YAML file; errors name the file and the field."""
     raw = read_settings_file(path, relative_keys=("scenes", "aoi"))
@@ -132,4 +136,4 @@ def load_imagery_settings(path: str | os.PathLike[str]) -> ImageryProductSetting
 
 
 __all__ = ["ClayEncoderSettings", "GeoembedEncoderSettings", "ImageryProductSettings", "ProductConfigError",
-           "load_imagery_settings"]
+           "SceneProductSettings", "load_imagery_settings"]

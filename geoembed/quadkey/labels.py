@@ -84,8 +84,16 @@ def multilabel_targets(shares: np.ndarray, min_share: float) -> np.ndarray:
     return shares >= min_share
 
 
+def coverage_problem(labels: LabelPolygons, chips: int, touched: int) -> str:
+    """Why labels that touch none of ``chips`` chips are a configuration error ("" when they touch some)."""
+    if touched:
+        return ""
+    return (f"label file {labels.location!r}: its {len(labels.geometries)} polygons cover none of the {chips} chips "
+            "(another area, or a wrong CRS?)")
+
+
 def check_labels_cover_chips(labels: LabelPolygons, shares: np.ndarray) -> None:
     """Labels that cover no chip at all are a configuration error (wrong file, wrong area, wrong CRS)."""
-    if not (shares > 0).any():
-        raise LabelInputError(f"label file {labels.location!r}: its {len(labels.geometries)} polygons cover none of "
-                              f"the {len(shares)} chips (another area, or a wrong CRS?)")
+    problem = coverage_problem(labels, len(shares), int((shares > 0).any(axis=1).sum()))
+    if problem:
+        raise LabelInputError(problem)

@@ -155,3 +155,15 @@ class AssetRunner:
             self.say(f"[geoembed] {step}: {first + len(batch)}/{len(partitions)} {part_label}, {done:,} {unit}, "
                      f"{rate:,.0f} {unit}/s")
         return done
+
+
+def product_runner(settings, instance: dg.DagsterInstance, resources: dict | None, say: Callable[[str], None],
+                   verbose: bool) -> tuple[AssetRunner, dict]:
+    """The runner of a product's main job: its Definitions with ``resources`` (default: the environment's)
+    on ``instance``; Dagster's own log on the console when ``verbose``."""
+    from geoembed_assets.definitions import build_definitions, default_resources  # definitions import the jobs' assets
+
+    resources = resources or default_resources()
+    defs = build_definitions([settings], resources)
+    return AssetRunner(defs, instance, resources, say, log_level=VERBOSE if verbose else QUIET), resources
+

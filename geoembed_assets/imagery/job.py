@@ -9,10 +9,9 @@ from typing import Callable
 import dagster as dg
 
 from geoembed.imagery.settings import ImageryProductSettings
-from geoembed_assets.core.runner import QUIET, VERBOSE, AssetRunner, RunSummary
-from geoembed_assets.definitions import build_definitions, default_resources
+from geoembed_assets.core.runner import RunSummary, product_runner
 from geoembed_resources.postgres import describe_database
-from geoembed_assets.imagery.partitions import ImageryKeys, ImageryPartitions, scene_key
+from geoembed_assets.imagery.partitions import ImageryKeys, scene_key
 from geoembed_assets.imagery.state import layout_of, read_catalog
 
 
@@ -36,10 +35,8 @@ def materialize_imagery_product(
     verbose: bool = False,
 ) -> ImageryRunSummary:
     """Materialize every asset of an imagery product (every scene of its tiles) on ``instance``."""
-    resources = resources or default_resources()
-    defs = build_definitions([settings], resources)
-    keys, parts = ImageryKeys(settings.name), ImageryPartitions.of(settings.name)
-    runner = AssetRunner(defs, instance, resources, say, log_level=VERBOSE if verbose else QUIET)
+    runner, resources = product_runner(settings, instance, resources, say, verbose)
+    keys = ImageryKeys(settings.name)
     summary = ImageryRunSummary(settings.name, steps=runner.steps)
     storage = resources["storage"]
 

@@ -7,15 +7,11 @@ from dataclasses import dataclass
 
 import dagster as dg
 
+from geoembed_assets.core.keys import ProductKeys
 
-@dataclass(frozen=True)
-class ImageryKeys:
+
+class ImageryKeys(ProductKeys):
     """Every asset key of one imagery product (key prefix = product name)."""
-
-    product: str
-
-    def _key(self, asset: str) -> dg.AssetKey:
-        return dg.AssetKey([self.product, asset])
 
     @property
     def source(self) -> dg.AssetKey:

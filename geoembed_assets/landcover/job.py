@@ -13,8 +13,7 @@ import numpy as np
 
 from geoembed.landcover.settings import ProductSettings
 from geoembed.landcover.windows import EMBEDDED
-from geoembed_assets.core.runner import QUIET, VERBOSE, AssetRunner, RunSummary
-from geoembed_assets.definitions import build_definitions, default_resources
+from geoembed_assets.core.runner import RunSummary, product_runner
 from geoembed_resources.postgres import describe_database
 from geoembed_assets.landcover.partitions import LandcoverKeys, region_partitions
 
@@ -37,10 +36,8 @@ def materialize_product(
     verbose: bool = False,
 ) -> ProductRunSummary:
     """Materialize every asset of a land-cover product (all region partitions) on ``instance``."""
-    resources = resources or default_resources()
-    defs = build_definitions([settings], resources)
+    runner, resources = product_runner(settings, instance, resources, say, verbose)
     keys = LandcoverKeys(settings.name)
-    runner = AssetRunner(defs, instance, resources, say, log_level=VERBOSE if verbose else QUIET)
     summary = ProductRunSummary(settings.name, steps=runner.steps)
 
     runner.job("observe source", keys.observe_job)

@@ -2,19 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import dagster as dg
 
+from geoembed_assets.core.keys import ProductKeys
 
-@dataclass(frozen=True)
-class LandcoverKeys:
+
+class LandcoverKeys(ProductKeys):
     """Every asset key of one land-cover product (key prefix = product name)."""
-
-    product: str
-
-    def _key(self, asset: str) -> dg.AssetKey:
-        return dg.AssetKey([self.product, asset])
 
     @property
     def source(self) -> dg.AssetKey:

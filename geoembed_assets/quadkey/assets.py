@@ -1,0 +1,210 @@
+"""The asset graph of one quadkey product ([quadkey] = partitioned by coarse quadkey):
+
+    scene_source (observable) -> quadkey_catalog -> quadkey_chips [quadkey] -> chip_labels [quadkey]
+
+Each asset is built by its own small factory; bodies say what they make from what and call
+``geoembed.quadkey`` for the logic; every read or write goes through a resource.
+"""
+
+from dataclasses import dataclass
+from functools import partial
+
+import dagster as dg
+import mercantile
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from geoembed.core.grids.quadkey import ground_resolution, tile_of_quadkey
+from geoembed.core.lineage import content_version
+from geoembed.core.progress import Progress
+from geoembed.core.render import markdown_image
+from geoembed.core.sinks.geoparquet import write_geoparquet
+from geoembed.core.sources import with_versions
+from geoembed.imagery.catalog import SceneCatalog, build_catalog
+from geoembed.quadkey.labels import coverage_problem, read_label_polygons
+from geoembed.quadkey.layout import QuadkeyLayout
+from geoembed.quadkey.partition import ChippedPartition, chip_partition, label_table, nodata_map_png, share_matrix
+from geoembed.quadkey.plan import QuadkeyPlan, plan_partitions, scene_key
+from geoembed.quadkey.settings import QuadkeyProductSettings
+from geoembed_assets.core.failures import TRANSIENT_RETRY, fails_clearly
+from geoembed_assets.core.policies import batched_backfills
+from geoembed_assets.imagery.assets import source_asset
+from geoembed_assets.imagery.state import scene_files
+from geoembed_assets.quadkey.partitions import QuadkeyKeys, quadkey_partitions
+from geoembed_resources import ProductStorage, RasterReader
+
+
+@dataclass(frozen=True)
+class QuadkeyAssets:
+    settings: QuadkeyProductSettings
+    keys: QuadkeyKeys
+    partitions: dg.DynamicPartitionsDefinition
+    definitions: dg.Definitions
+
+
+def build_quadkey_product(settings: QuadkeyProductSettings) -> QuadkeyAssets:
+    """Every asset and job of one quadkey product."""
+    keys = QuadkeyKeys(settings.name)
+    partitions = quadkey_partitions(settings.name)
+    per_quadkey = partial(dg.asset, partitions_def=partitions, group_name=settings.name,
+                          backfill_policy=batched_backfills(), retry_policy=TRANSIENT_RETRY)
+    single = partial(dg.asset, group_name=settings.name, retry_policy=TRANSIENT_RETRY)
+    assets = [source_asset(settings, keys), catalog_asset(settings, keys, partitions, single),
+              chips_asset(settings, keys, per_quadkey)]
+    if settings.labels is not None:
+        assets.append(labels_asset(settings, keys, per_quadkey))
+    definitions = dg.Definitions(
+        assets=assets, jobs=[dg.define_asset_job(keys.observe_job, selection=dg.AssetSelection.assets(keys.source))])
+    return QuadkeyAssets(settings, keys, partitions, definitions)
+
+
+def layout_of(storage: ProductStorage, product: str) -> QuadkeyLayout:
+    return QuadkeyLayout(storage.outputs_dir(product), storage.product_dir(product))
+
+
+def read_plan(storage: ProductStorage, product: str) -> tuple[SceneCatalog, QuadkeyPlan]:
+    layout = layout_of(storage, product)
+    catalog = SceneCatalog.model_validate(storage.read_json(layout.catalog, f"the scene catalog of {product!r}"))
+    return catalog, QuadkeyPlan.model_validate(storage.read_json(layout.plan, f"the quadkey plan of {product!r}"))
+
+
+def _checked(plan: QuadkeyPlan, keys: list[str], product: str) -> list[str]:
+    unknown = [k for k in keys if k not in plan.partitions]
+    if unknown:
+        raise dg.Failure(f"quadkeys {unknown[:5]} are not partitions of {product!r}'s current plan (zoom "
+                         f"{plan.partition_zoom}); re-materialize quadkey_catalog")
+    return keys
+
+
+def catalog_asset(settings: QuadkeyProductSettings, keys: QuadkeyKeys, partitions: dg.DynamicPartitionsDefinition,
+                  single) -> dg.AssetsDefinition:
+    name = settings.name
+
+    @single(key=keys.catalog, deps=[keys.source], code_version="1", kinds={"stac", "python"},
+            pool=f"{name}_catalog")  # one catalog at a time: each compares itself with the previous one
+    @fails_clearly
+    def quadkey_catalog(context: dg.AssetExecutionContext, raster_reader: RasterReader, storage: ProductStorage):
+        """The scenes (band files or STAC items, with content versions), the web-mercator zoom of the chips
+        (configured, or the one whose pixel is nearest the imagery's ground resolution at its latitude) and
+        of the partitions, and which coarse quadkeys each scene covers: those become partitions."""
+        layout = layout_of(storage, name)
+        previous = (SceneCatalog.model_validate(storage.read_json(layout.catalog, "the scene catalog"))
+                    if layout.catalog.exists() else None)
+        files = with_versions(scene_files(raster_reader, settings), previous.files if previous else {})
+        catalog = build_catalog(settings, files, raster_reader.read_text, content_version)
+        plan = plan_partitions(catalog.scenes, settings.bands, settings.chip_size, settings.zoom,
+                               settings.partition_zoom, raster_reader.open)
+        new = sorted(set(plan.partitions) - set(context.instance.get_dynamic_partitions(partitions.name)))
+        if new:
+            context.instance.add_dynamic_partitions(partitions.name, new)
+        changed_scenes = {f"{t}|{d}" for t, d in catalog.changed_since(previous)}
+        changed = [k for k, scenes in plan.partitions.items() if changed_scenes & set(scenes)]
+        storage.write_json(layout.catalog, catalog.to_json())
+        storage.write_json(layout.plan, plan.model_dump(mode="json"))
+        latitude = mercantile.ul(tile_of_quadkey(next(iter(plan.partitions)))).lat if plan.partitions else 0.0
+        return dg.MaterializeResult(metadata={
+            "scenes": len(catalog.scenes), "zoom": plan.zoom, "partition_zoom": plan.partition_zoom,
+            "pixel_metres": round(ground_resolution(plan.zoom, latitude, plan.chip_size), 2),
+            "partitions": len(plan.partitions), "new_partitions": len(new),
+            "chips": sum(plan.chips.values()), "changed_partitions": dg.MetadataValue.json(changed),
+            "rejected": dg.MetadataValue.json(catalog.rejected),
+            "plan": dg.MetadataValue.path(str(layout.plan)),
+        })
+
+    return quadkey_catalog
+
+
+def chips_asset(settings: QuadkeyProductSettings, keys: QuadkeyKeys, per_quadkey) -> dg.AssetsDefinition:
+    name = settings.name
+
+    @per_quadkey(key=keys.chips, deps=[keys.catalog], code_version="1", kinds={"zarr", "parquet"})
+    @fails_clearly
+    def quadkey_chips(context: dg.AssetExecutionContext, raster_reader: RasterReader, storage: ProductStorage):
+        """Per coarse quadkey: every scene covering it resampled into its web-mercator tiles (bilinear), a
+        datacube per scene (Zarr; chip_id = quadkey, georeferenced in EPSG:3857), an RGB thumbnail per chip
+        with data, and the no-data index (GeoParquet): every tile of the partition for every scene, as no
+        data, partial data or all data with its valid share. Later steps skip chips without data."""
+        catalog, plan = read_plan(storage, name)
+        layout = layout_of(storage, name)
+        scenes = {scene_key(s): s for s in catalog.scenes}
+        partitions = _checked(plan, list(context.partition_keys), name)
+        progress = Progress("quadkey chips", len(partitions), context.log.info, unit="chips")
+        tables, footprints, totals = [], [], {"all_data": 0, "partial": 0, "no_data": 0}
+
+        def save_thumbnail(partition: str, scene: str, quadkey: str, png: bytes) -> str:
+            path = layout.partition_thumbnail(partition, scene, quadkey)
+            storage.write_bytes(path, png)
+            return str(path)
+
+        for key in partitions:
+            result = chip_partition(key, plan, scenes, settings.bands, raster_reader.open,
+                                    partial(layout.partition_datacube, key), partial(save_thumbnail, key),
+                                    {"product": name})
+            write_geoparquet(layout.nodata_index(key), result.table, result.footprints, {
+                "geoembed:partition": key, "geoembed:zoom": str(plan.zoom),
+                "geoembed:scene_versions": ",".join(scenes[s].version for s in plan.partitions[key])})
+            storage.write_bytes(layout.nodata_picture(key), nodata_map_png(result, f"{name} {key}: no-data index"))
+            totals = {k: totals[k] + v for k, v in result.classes.items()}
+            tables.append(result.table)
+            footprints.extend(result.footprints)
+            progress.done(key, result.table.num_rows, suffix=f" ({result.classes['no_data']} without data)")
+        whole = ChippedPartition(pa.concat_tables(tables), footprints, 0, 0.0)
+        png = nodata_map_png(whole, f"{name}: no-data index of {len(partitions)} partitions (zoom {plan.zoom})")
+        return dg.MaterializeResult(metadata={
+            "partitions": len(partitions), "chips": progress.items, "chips_by_class": dg.MetadataValue.json(totals),
+            "chips_without_data": totals["no_data"], "chips_per_second": round(progress.rate(), 2),
+            "compute_seconds": round(progress.seconds, 3), "zoom": plan.zoom,
+            "nodata_map": dg.MetadataValue.md(markdown_image(png, "no-data index")),
+            "nodata_index": dg.MetadataValue.path(str(layout.nodata_index(partitions[-1]))),
+        })
+
+    return quadkey_chips
+
+
+def labels_asset(settings: QuadkeyProductSettings, keys: QuadkeyKeys, per_quadkey) -> dg.AssetsDefinition:
+    name = settings.name
+    config = settings.labels
+
+    @per_quadkey(key=keys.labels, deps=[keys.chips], code_version="1", kinds={"parquet"}, check_specs=[
+        dg.AssetCheckSpec("labels_cover_chips", asset=keys.labels, description=(
+            "The labelled polygons cover some chip of these partitions (none: another area or a wrong CRS)."))])
+    @fails_clearly
+    def chip_labels(context: dg.AssetExecutionContext, storage: ProductStorage):
+        """Per coarse quadkey: every chip with data (chips without data are skipped, and counted), the share of
+        it each class of the labelled polygons covers, and its multilabel target: the classes covering at
+        least ``min_share`` of it (Parquet)."""
+        _, plan = read_plan(storage, name)
+        layout = layout_of(storage, name)
+        partitions = _checked(plan, list(context.partition_keys), name)
+        labels = read_label_polygons(config.location, config.class_field, plan.grid.crs, config.classes)
+        counts = {c: 0 for c in labels.classes}
+        chips = skipped = covered = touched = 0
+        for key in partitions:
+            index = pq.read_table(layout.nodata_index(key))
+            table = label_table(index, labels, config.min_share)
+            storage.write_bytes(layout.labels(key), _parquet_bytes(table))
+            for names in table["labels"].to_pylist():
+                for c in names:
+                    counts[c] += 1
+            chips += table.num_rows
+            skipped += index.num_rows - table.num_rows
+            covered += sum(1 for names in table["labels"].to_pylist() if names)
+            touched += int((share_matrix(table) > 0).any(axis=1).sum())
+        if skipped:
+            context.log.info(f"{skipped} chips without data skipped")
+        why = coverage_problem(labels, chips, touched)
+        return dg.MaterializeResult(
+            metadata={"partitions": len(partitions), "chips": chips, "chips_without_data_skipped": skipped,
+                      "chips_with_a_label": covered, "chips_per_class": dg.MetadataValue.json(counts),
+                      "classes": dg.MetadataValue.json(list(labels.classes)), "min_share": config.min_share,
+                      "labels": dg.MetadataValue.path(str(layout.labels(partitions[-1])))},
+            check_results=[dg.AssetCheckResult(check_name="labels_cover_chips", passed=not why,
+                                               metadata={"chips_with_a_label": covered, "problem": why})])
+
+    return chip_labels
+
+
+def _parquet_bytes(table: pa.Table) -> bytes:
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    return sink.getvalue().to_pybytes()

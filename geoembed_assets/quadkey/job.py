@@ -1,0 +1,63 @@
+"""The quadkey main job: materialize a product's asset graph as real runs on a Dagster instance (what the
+UI would launch): observe the scenes, the catalog (registers the quadkey partitions), chips and labels per
+partition. Each run is recorded on the instance, so `dagster dev` afterwards shows history and lineage."""
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import dagster as dg
+
+from geoembed.quadkey.settings import QuadkeyProductSettings
+from geoembed_assets.core.runner import RunSummary, product_runner
+from geoembed_assets.quadkey.assets import layout_of, read_plan
+from geoembed_assets.quadkey.partitions import QuadkeyKeys
+
+
+@dataclass
+class QuadkeyRunSummary(RunSummary):
+    zoom: int = 0
+    partition_zoom: int = 0
+    partitions: int = 0
+    chips_by_class: dict = field(default_factory=dict)
+    chips_with_a_label: int = 0
+
+
+def materialize_quadkey_product(
+    settings: QuadkeyProductSettings,
+    instance: dg.DagsterInstance,
+    resources: dict | None = None,
+    say: Callable[[str], None] = print,
+    verbose: bool = False,
+) -> QuadkeyRunSummary:
+    """Materialize every asset of a quadkey product (every partition) on ``instance``."""
+    runner, resources = product_runner(settings, instance, resources, say, verbose)
+    keys = QuadkeyKeys(settings.name)
+    summary = QuadkeyRunSummary(settings.name, steps=runner.steps)
+    storage = resources["storage"]
+
+    runner.job("observe scenes", keys.observe_job)
+    runner.materialize("catalog", keys.catalog)
+    catalog, plan = read_plan(storage, settings.name)
+    summary.zoom, summary.partition_zoom, summary.partitions = plan.zoom, plan.partition_zoom, len(plan.partitions)
+    say(f"[geoembed] {settings.name}: {len(catalog.scenes)} scenes, chips at zoom {plan.zoom}, "
+        f"{len(plan.partitions)} partitions at zoom {plan.partition_zoom}, {sum(plan.chips.values())} chips")
+    totals: dict[str, int] = {}
+    for i, key in enumerate(plan.partitions):
+        meta = runner.materialize("chips", keys.chips, partition_key=key)
+        for name, n in (meta.get("chips_by_class") or {}).items():
+            totals[name] = totals.get(name, 0) + int(n)
+        say(f"[geoembed] chips: {i + 1}/{len(plan.partitions)} partitions, {totals}")
+        if settings.labels is not None:
+            labels = runner.materialize("labels", keys.labels, partition_key=key)
+            summary.chips_with_a_label += int(labels.get("chips_with_a_label", 0))
+    summary.chips_by_class = totals
+    layout = layout_of(storage, settings.name)
+    summary.outputs = {
+        "datacubes (Zarr per partition x scene)": str(layout.outputs / "datacubes"),
+        "no-data index (GeoParquet + PNG per partition)": str(layout.outputs / "nodata_index"),
+        "thumbnails (PNG)": str(layout.outputs / "thumbnails"),
+        **({"labels (Parquet per partition)": str(layout.outputs / "labels")} if settings.labels else {}),
+        "Dagster instance": str(instance.root_directory),
+    }
+    summary.finish()
+    return summary

@@ -1,0 +1,36 @@
+"""The quadkey product's asset keys and partitions, named in this one place: coarse quadkeys (dynamic,
+registered by ``quadkey_catalog`` as scenes are found)."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from geoembed_assets.core.keys import ProductKeys
+
+
+class QuadkeyKeys(ProductKeys):
+    """Every asset key of one quadkey product (key prefix = product name)."""
+
+    @property
+    def source(self) -> dg.AssetKey:
+        return self._key("scene_source")
+
+    @property
+    def catalog(self) -> dg.AssetKey:
+        return self._key("quadkey_catalog")
+
+    @property
+    def chips(self) -> dg.AssetKey:
+        return self._key("quadkey_chips")
+
+    @property
+    def labels(self) -> dg.AssetKey:
+        return self._key("chip_labels")
+
+    @property
+    def observe_job(self) -> str:
+        return f"{self.product}_observe_scenes"
+
+
+def quadkey_partitions(product: str) -> dg.DynamicPartitionsDefinition:
+    return dg.DynamicPartitionsDefinition(name=f"{product}_quadkeys")

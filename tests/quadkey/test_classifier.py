@@ -1,0 +1,109 @@
+"""The chip classifier on small models we create: frozen backbone, head training with per-epoch metrics
+(checked against hand computations), spatially separate validation, save/load, and ONNX equivalence."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from geoembed.core.errors import InputError
+from geoembed.imagery.encoders.chipnet import ChipNet, ChipNetSpec
+from geoembed.quadkey.classifier import (
+    ChipClassifier, FeatureExtractor, HeadSpec, LabelledSamples, OnnxMismatchError, check_onnx, evaluate,
+    export_onnx, load_classifier, save_classifier, split_by_group, train_classifier,
+)
+
+BANDS = ("B02", "B03", "B04", "B08")
+
+
+def _backbone(seed=0) -> ChipNet:
+    """A small random backbone, normalising the bands as one trained on these samples would."""
+    torch.manual_seed(seed)
+    net = ChipNet(ChipNetSpec(BANDS, embedding_dim=16, patch_dim=8, patch_size=16, width=8)).eval()
+    x = _samples().reflectance
+    net.set_normalisation(torch.from_numpy(x.mean(axis=(0, 2, 3))), torch.from_numpy(x.std(axis=(0, 2, 3))))
+    return net
+
+
+def _samples(n=96, seed=0) -> LabelledSamples:
+    """Chips whose label says what is in them: 'water' chips are dark in NIR, 'bright' chips bright in red."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(0.1, 0.02, size=(n, 4, 32, 32)).astype(np.float32)
+    water = rng.random(n) < 0.5
+    bright = rng.random(n) < 0.5
+    x[water, 3] -= 0.08
+    x[bright, 2] += 0.1
+    return LabelledSamples(x, np.column_stack([water, bright]), np.arange(n) // 8)
+
+
+def test_only_the_head_trains_and_the_backbone_stays_as_it_was():
+    backbone = _backbone()
+    before = {k: v.clone() for k, v in backbone.state_dict().items()}
+    trained = train_classifier(backbone, _samples(), HeadSpec(("water", "bright"), hidden=(32,)), epochs=40,
+                               batch_size=16, learning_rate=3e-3)
+    after = trained.model.backbone.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # weights and batch-norm statistics
+    assert len(trained.epochs) == 40 and trained.best.validation_f2 >= max(e.validation_f2 for e in trained.epochs)
+    assert trained.best.validation_f2 > 0.8 and trained.best.validation_f2 > trained.untrained["f2"]
+    assert trained.epochs[-1].train_loss < trained.epochs[0].train_loss
+
+
+def test_unfreezing_the_last_block_trains_it():
+    backbone = _backbone()
+    model = ChipClassifier(backbone, HeadSpec(("a",), unfreeze_last_block=True))
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert any(n.startswith("backbone.features") for n in trainable)
+    assert not any(n.startswith("backbone.features.0.") for n in trainable)  # the stem stays frozen
+
+
+def test_metrics_match_a_hand_computation():
+    model = ChipClassifier(_backbone(), HeadSpec(("a", "b"), hidden=(8,))).eval()
+    samples = _samples(40)
+    x, y = torch.from_numpy(samples.reflectance), torch.from_numpy(samples.targets.astype(np.float32))
+    loss, accuracy, f2 = evaluate(model, x, y)
+    with torch.no_grad():
+        p = model(x).sigmoid().numpy()
+    pred, truth = p >= 0.5, samples.targets
+    per_class_acc = (pred == truth).mean(axis=0)
+    f2s = []
+    for k in range(2):
+        tp = (pred[:, k] & truth[:, k]).sum()
+        fp = (pred[:, k] & ~truth[:, k]).sum()
+        fn = (~pred[:, k] & truth[:, k]).sum()
+        f2s.append(5 * tp / (5 * tp + 4 * fn + fp) if tp + fn + fp else 0.0)
+    assert accuracy == pytest.approx(per_class_acc.mean(), abs=1e-6)
+    assert f2 == pytest.approx(np.mean(f2s), abs=1e-6)
+    bce = -(truth * np.log(p) + (1 - truth) * np.log(1 - p)).mean()
+    assert loss == pytest.approx(bce, rel=1e-4)
+
+
+def test_validation_holds_out_whole_groups():
+    groups = np.repeat(np.arange(10), 5)
+    held = split_by_group(groups, 0.2, seed=1)
+    assert set(groups[held]).isdisjoint(groups[~held]) and len(set(groups[held])) == 2
+    with pytest.raises(InputError, match="at least two are needed"):
+        split_by_group(np.zeros(5), 0.2, 0)
+
+
+def test_save_and_load_give_the_same_outputs():
+    model = ChipClassifier(_backbone(), HeadSpec(("a", "b"), hidden=(8,))).eval()
+    x = torch.from_numpy(_samples(6).reflectance)
+    loaded, extra = load_classifier(save_classifier(model, {"note": "x"}))
+    torch.testing.assert_close(loaded(x), model(x))
+    assert extra == {"note": "x"} and loaded.head_spec == model.head_spec
+
+
+def test_onnx_exports_match_torch_at_any_batch_size():
+    model = ChipClassifier(_backbone(), HeadSpec(("a", "b", "c"), hidden=(16,))).eval()
+    x = _samples(7).reflectance
+    classifier_onnx = export_onnx(model, len(BANDS), 32)
+    features_onnx = export_onnx(FeatureExtractor(model), len(BANDS), 32)
+    assert check_onnx(classifier_onnx, model, x) < 1e-4
+    assert check_onnx(features_onnx, FeatureExtractor(model), x[:1]) < 1e-4
+    # The file of another model, or of the features, is not the classifier.
+    other = ChipClassifier(_backbone(seed=1), HeadSpec(("a", "b", "c"), hidden=(16,))).eval()
+    with pytest.raises(OnnxMismatchError, match="differs from the model"):
+        check_onnx(export_onnx(other, len(BANDS), 32), model, x)
+    with pytest.raises(OnnxMismatchError, match="outputs of shape"):
+        check_onnx(features_onnx, model, x)

@@ -39,3 +39,10 @@ class QuadkeyLayout(ImageryLayout):
     @property
     def current_classifier(self):
         return self.outputs / "models" / "classifier.json"
+
+    def features(self, model_version: str, partition: str, scene: str):
+        return self.outputs / "features" / model_version / partition / f"{scene.replace('|', '_')}.zarr"
+
+    @property
+    def retrieval(self):
+        return self.outputs / "features" / "retrieval.json"

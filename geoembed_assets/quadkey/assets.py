@@ -2,6 +2,7 @@
 
     scene_source (observable) -> quadkey_catalog -> quadkey_chips [quadkey] -> chip_labels [quadkey]
     quadkey_chips -> chip_backbone;  chip_backbone + chip_labels -> chip_classifier (+ ONNX)
+    quadkey_chips + chip_classifier -> chip_features [quadkey] -> chip_retrieval (precision@k of shared labels)
 
 Each asset is built by its own small factory; bodies say what they make from what and call
 ``geoembed.quadkey`` for the logic; every read or write goes through a resource.
@@ -9,6 +10,8 @@ Each asset is built by its own small factory; bodies say what they make from wha
 
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 
@@ -17,21 +20,25 @@ import mercantile
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import torch
 
 from geoembed.core.grids.quadkey import ground_resolution, tile_of_quadkey
 from geoembed.core.lineage import content_version
 from geoembed.core.progress import Progress
 from geoembed.core.render import loss_curve_png, markdown_image
 from geoembed.core.sinks.geoparquet import write_geoparquet
-from geoembed.core.sinks.zarr import open_store
+from geoembed.core.sinks.zarr import open_store, write_dataset
 from geoembed.core.sources import with_versions
 from geoembed.imagery import encoders
 from geoembed.imagery.catalog import SceneCatalog, build_catalog
-from geoembed.imagery.encoders.chipnet import ChipNetSpec
+from geoembed.imagery.encoders.chipnet import ChipNet, ChipNetSpec
+from geoembed.imagery.stores import embeddings_dataset
 from geoembed.imagery.training import NoChipsError, TrainingChips, train_chip_encoder
 from geoembed.quadkey.classifier import (
-    FeatureExtractor, HeadSpec, LabelledSamples, check_onnx, export_onnx, save_classifier, train_classifier,
+    FeatureExtractor, HeadSpec, LabelledSamples, check_onnx, export_onnx, load_classifier, onnx_session, run_onnx,
+    save_classifier, train_classifier,
 )
+from geoembed.quadkey.retrieval import precision_at_k, random_precision
 from geoembed.quadkey.labels import coverage_problem, read_label_polygons
 from geoembed.quadkey.layout import QuadkeyLayout
 from geoembed.quadkey.partition import ChippedPartition, chip_partition, label_table, nodata_map_png, share_matrix
@@ -39,11 +46,11 @@ from geoembed.quadkey.plan import QuadkeyPlan, plan_partitions, scene_key
 from geoembed.quadkey.samples import chips_with_data, concatenate, datacubes_of, subtile_samples
 from geoembed.quadkey.settings import QuadkeyProductSettings
 from geoembed_assets.core.failures import TRANSIENT_RETRY, fails_clearly
-from geoembed_assets.core.policies import batched_backfills
+from geoembed_assets.core.policies import GPU_STEP, batched_backfills
 from geoembed_assets.imagery.assets import ChipTrainingConfig, source_asset
 from geoembed_assets.imagery.state import scene_files
 from geoembed_assets.quadkey.partitions import QuadkeyKeys, quadkey_partitions
-from geoembed_resources import ProductStorage, RasterReader
+from geoembed_resources import InferenceDevice, ProductStorage, RasterReader
 
 
 @dataclass(frozen=True)
@@ -65,7 +72,8 @@ def build_quadkey_product(settings: QuadkeyProductSettings) -> QuadkeyAssets:
               chips_asset(settings, keys, per_quadkey)]
     if settings.labels is not None:
         assets += [labels_asset(settings, keys, per_quadkey), backbone_asset(settings, keys, single),
-                   classifier_asset(settings, keys, single)]
+                   classifier_asset(settings, keys, single), features_asset(settings, keys, per_quadkey),
+                   retrieval_asset(settings, keys, single)]
     definitions = dg.Definitions(
         assets=assets, jobs=[dg.define_asset_job(keys.observe_job, selection=dg.AssetSelection.assets(keys.source))])
     return QuadkeyAssets(settings, keys, partitions, definitions)
@@ -355,3 +363,116 @@ def classifier_asset(settings: QuadkeyProductSettings, keys: QuadkeyKeys, single
             ])
 
     return chip_classifier
+
+
+class FeaturesConfig(dg.Config):
+    """How chip_features runs the feature extractor (per deployment)."""
+
+    runtime: Literal["torch", "onnxruntime"] = Field(default="torch", description=(
+        "torch (on the inference device: GPU when there is one) or the exported ONNX file with onnxruntime (CPU)."))
+
+
+def _current_classifier(storage: ProductStorage, name: str):
+    current = storage.read_json(layout_of(storage, name).current_classifier, f"the chip classifier of {name!r}")
+    return current, Path(current["folder"])
+
+
+def features_asset(settings: QuadkeyProductSettings, keys: QuadkeyKeys, per_quadkey) -> dg.AssetsDefinition:
+    name = settings.name
+
+    @per_quadkey(key=keys.features, deps=[keys.chips, keys.classifier], code_version="1",
+                 kinds={"pytorch", "onnx", "zarr"}, **GPU_STEP)
+    @fails_clearly
+    def chip_features(context: dg.AssetExecutionContext, config: FeaturesConfig, inference_device: InferenceDevice,
+                      storage: ProductStorage):
+        """Per coarse quadkey: the classifier's features (the layer before its logits) of every chip with data
+        of every scene, through torch or the ONNX file (run config ``runtime``), in a Zarr store per scene
+        with the model and scene versions of each chip."""
+        catalog, plan = read_plan(storage, name)
+        layout = layout_of(storage, name)
+        scenes = {scene_key(s): s for s in catalog.scenes}
+        current, folder = _current_classifier(storage, name)
+        model, _ = load_classifier((folder / "classifier.pt").read_bytes())
+        if config.runtime == "onnxruntime":
+            session = onnx_session((folder / "features.onnx").read_bytes())
+            extract, device = (lambda x: run_onnx(session, x)), "onnxruntime (CPU)"
+        else:
+            extractor = FeatureExtractor(model)
+            extract = partial(inference_device.infer, extractor, finish=lambda z: z.float())
+            device = inference_device.describe()
+        progress = Progress("chip features", len(context.partition_keys), context.log.info, unit="chips")
+        for key in _checked(plan, list(context.partition_keys), name):
+            chips = 0
+            for scene in plan.partitions[key]:
+                path = layout.partition_datacube(key, scene)
+                if not path.exists():
+                    continue
+                cube = open_store(path, "datacube")
+                reflectance, rows, cols = chips_with_data(cube, settings.bands)
+                features = extract(np.nan_to_num(reflectance)) if len(reflectance) else np.zeros((0, 0), np.float32)
+                ds = embeddings_dataset(plan.grid.chip_ids(rows, cols), rows, cols, np.asarray(features), None,
+                                        current["model_version"], scenes[scene].version,
+                                        {"product": name, "partition": key, "scene": scene, "runtime": config.runtime,
+                                         "features": "the classifier's layer before its logits"})
+                write_dataset(layout.features(current["model_version"], key, scene), ds)
+                chips += len(rows)
+            progress.done(key, chips, suffix=f" on {device}")
+        return dg.MaterializeResult(metadata={
+            "model_version": current["model_version"], "partitions": len(context.partition_keys),
+            "chips": progress.items, "chips_per_second": round(progress.rate(), 1), "runtime": config.runtime,
+            "device": device, "store": dg.MetadataValue.path(str(layout.outputs / "features" / current["model_version"])),
+        })
+
+    return chip_features
+
+
+def retrieval_asset(settings: QuadkeyProductSettings, keys: QuadkeyKeys, single) -> dg.AssetsDefinition:
+    name = settings.name
+
+    @single(key=keys.retrieval, deps=[keys.features, keys.labels], code_version="1", kinds={"python"}, check_specs=[
+        dg.AssetCheckSpec("beats_random_retrieval", asset=keys.retrieval, description=(
+            "precision@10 of shared labels with the classifier's features exceeds random retrieval's."))])
+    @fails_clearly
+    def chip_retrieval(context: dg.AssetExecutionContext, storage: ProductStorage):
+        """How well the features find chips that share a label: precision@10 of shared labels among each
+        labelled chip's nearest chips (cosine), beside the untrained backbone's features and random retrieval."""
+        _, plan = read_plan(storage, name)
+        layout = layout_of(storage, name)
+        current, folder = _current_classifier(storage, name)
+        model, _ = load_classifier((folder / "classifier.pt").read_bytes())
+        untrained = ChipNet(model.backbone.spec)
+        untrained.set_normalisation(model.backbone.band_mean, model.backbone.band_std)
+        names, features, reflectance = [], [], []
+        for key, scenes in plan.partitions.items():
+            table = pq.read_table(layout.labels(key)).to_pylist() if layout.labels(key).exists() else []
+            by_chip = {(r["chip_id"], r["scene_id"]): set(r["labels"]) for r in table}
+            for scene in scenes:
+                path = layout.features(current["model_version"], key, scene)
+                if not path.exists():
+                    continue
+                ds = open_store(path, "chip features")
+                cube = open_store(layout.partition_datacube(key, scene), "datacube")
+                refl, _, _ = chips_with_data(cube, settings.bands)
+                scene_id = str(cube.attrs["scene_id"])
+                names += [by_chip.get((str(c), scene_id), set()) for c in ds["chip_id"].values]
+                features.append(ds["embedding"].values)
+                reflectance.append(refl)
+        if not features:
+            raise dg.Failure(f"no chip features of {name!r} are materialized; materialize chip_features first")
+        x = np.concatenate(features)
+        with torch.inference_mode():
+            baseline = untrained.eval().feature_map(torch.from_numpy(np.nan_to_num(np.concatenate(reflectance)))
+                                                    ).mean(dim=(2, 3)).numpy()
+        scores = {"classifier_features": precision_at_k(x, names), "untrained_backbone": precision_at_k(baseline, names),
+                  "random": random_precision(names)}
+        scores = {k: round(v, 4) for k, v in scores.items()}
+        storage.write_json(layout.retrieval, {"model_version": current["model_version"], "precision_at_10": scores,
+                                              "chips": len(names), "labelled_chips": sum(1 for n in names if n)})
+        passed = scores["classifier_features"] > scores["random"]
+        return dg.MaterializeResult(
+            metadata={"precision_at_10": dg.MetadataValue.json(scores), "chips": len(names),
+                      "labelled_chips": sum(1 for n in names if n), "model_version": current["model_version"]},
+            check_results=[dg.AssetCheckResult(check_name="beats_random_retrieval", passed=bool(passed),
+                                               severity=dg.AssetCheckSeverity.WARN, metadata=scores)])
+
+    return chip_retrieval

@@ -21,6 +21,7 @@ class QuadkeyRunSummary(RunSummary):
     chips_by_class: dict = field(default_factory=dict)
     chips_with_a_label: int = 0
     classifier: dict = field(default_factory=dict)
+    retrieval: dict = field(default_factory=dict)
 
 
 def materialize_quadkey_product(
@@ -32,7 +33,7 @@ def materialize_quadkey_product(
     verbose: bool = False,
 ) -> QuadkeyRunSummary:
     """Materialize every asset of a quadkey product (every partition) on ``instance``. ``training``:
-    {"backbone": {...}, "classifier": {...}}, the run config values of those two assets."""
+    {"backbone": {...}, "classifier": {...}, "features": {...}}, the run config values of those assets."""
     runner, resources = product_runner(settings, instance, resources, say, verbose)
     keys = QuadkeyKeys(settings.name)
     summary = QuadkeyRunSummary(settings.name, steps=runner.steps)
@@ -71,13 +72,19 @@ def materialize_quadkey_product(
         say(f"[geoembed] chip classifier {classifier.get('model_version')}: validation F2 "
             f"{classifier.get('validation_f2')}, accuracy {classifier.get('validation_accuracy')} (untrained head "
             f"{classifier.get('untrained_head')}); ONNX in {classifier.get('onnx_classifier')}")
+        for key in plan.partitions:
+            runner.materialize("features", keys.features, partition_key=key, config=config(keys.features_op, "features"))
+        retrieval = runner.materialize("retrieval", keys.retrieval)
+        summary.retrieval = retrieval.get("precision_at_10") or {}
+        say(f"[geoembed] chip retrieval, precision@10 of shared labels: {summary.retrieval}")
     layout = layout_of(storage, settings.name)
     summary.outputs = {
         "datacubes (Zarr per partition x scene)": str(layout.outputs / "datacubes"),
         "no-data index (GeoParquet + PNG per partition)": str(layout.outputs / "nodata_index"),
         "thumbnails (PNG)": str(layout.outputs / "thumbnails"),
         **({"labels (Parquet per partition)": str(layout.outputs / "labels"),
-            "models (backbone, classifier, ONNX)": str(layout.outputs / "models")} if settings.labels else {}),
+            "models (backbone, classifier, ONNX)": str(layout.outputs / "models"),
+            "chip features (Zarr per partition x scene)": str(layout.outputs / "features")} if settings.labels else {}),
         "Dagster instance": str(instance.root_directory),
     }
     summary.finish()

@@ -36,8 +36,20 @@ class QuadkeyKeys(ProductKeys):
         return self._key("chip_classifier")
 
     @property
+    def features(self) -> dg.AssetKey:
+        return self._key("chip_features")
+
+    @property
+    def retrieval(self) -> dg.AssetKey:
+        return self._key("chip_retrieval")
+
+    @property
     def backbone_op(self) -> str:
         return f"{self.product}__chip_backbone"
+
+    @property
+    def features_op(self) -> str:
+        return f"{self.product}__chip_features"
 
     @property
     def classifier_op(self) -> str:

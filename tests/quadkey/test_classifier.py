@@ -107,3 +107,19 @@ def test_onnx_exports_match_torch_at_any_batch_size():
         check_onnx(export_onnx(other, len(BANDS), 32), model, x)
     with pytest.raises(OnnxMismatchError, match="outputs of shape"):
         check_onnx(features_onnx, model, x)
+
+
+def test_precision_at_k_of_shared_labels_by_hand():
+    from geoembed.quadkey.retrieval import precision_at_k, random_precision
+
+    # Two tight groups far apart: water chips near (1, 0), forest chips near (0, 1); one chip without labels.
+    features = np.array([[1, 0.01], [1, 0.02], [1, 0.03], [0.01, 1], [0.02, 1], [0.7, 0.7]], dtype=np.float32)
+    labels = [{"water"}, {"water"}, {"water", "wetland"}, {"forest"}, {"forest"}, set()]
+    # k = 2: a water chip's neighbours are the two other water chips; a forest chip's, the other forest
+    # chip and the unlabelled chip (closer to it than any water chip).
+    assert precision_at_k(features, labels, k=2) == pytest.approx((3 * 1 + 2 * 0.5) / 5)
+    # k = 3: each water chip's third neighbour is the unlabelled chip; each forest chip's are that one and a water chip.
+    assert precision_at_k(features, labels, k=3) == pytest.approx((3 * 2 / 3 + 2 * 1 / 3) / 5)
+    # At random, a water chip finds 2 of the 5 others sharing a label, a forest chip 1 of 5.
+    assert random_precision(labels) == pytest.approx((3 * 2 / 5 + 2 * 1 / 5) / 5)
+    assert np.isnan(precision_at_k(features, [set()] * 6))

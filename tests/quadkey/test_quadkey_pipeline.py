@@ -134,6 +134,33 @@ def test_the_classifier_is_trained_on_held_out_partitions_and_its_onnx_files_mat
     assert found.shape == (len(reflectance), 64)
 
 
+def test_features_are_stored_per_chip_and_retrieval_is_measured_against_baselines(quadkey_run):
+    from geoembed_assets.core.runner import product_runner
+    from geoembed_assets.quadkey.partitions import QuadkeyKeys
+
+    settings, instance, resources, summary = quadkey_run
+    storage = resources["storage"]
+    layout = layout_of(storage, settings.name)
+    _, plan = read_plan(storage, settings.name)
+    version = summary.classifier["model_version"]
+    key = next(iter(plan.partitions))
+    path = layout.features(version, key, plan.partitions[key][0])
+    torch_features = xr.open_zarr(path).load()  # read now: the ONNX run below replaces the store
+    assert torch_features.sizes["embedding_dim"] == 64 and torch_features.attrs["runtime"] == "torch"
+    assert all(str(q).startswith(key) for q in torch_features["chip_id"].values)
+    assert torch_features.attrs["model_version"] == version
+    assert set(summary.retrieval) == {"classifier_features", "untrained_backbone", "random"}
+    assert all(0 <= v <= 1 for v in summary.retrieval.values())
+    # The same partition through the ONNX file instead (a deployment's choice): the same features.
+    keys = QuadkeyKeys(settings.name)
+    runner, _ = product_runner(settings, instance, resources, lambda _: None, False)
+    runner.materialize("features", keys.features, partition_key=key,
+                       config={"ops": {keys.features_op: {"config": {"runtime": "onnxruntime"}}}})
+    onnx_features = xr.open_zarr(path)
+    assert onnx_features.attrs["runtime"] == "onnxruntime"
+    np.testing.assert_allclose(onnx_features["embedding"].values, torch_features["embedding"].values, atol=1e-4)
+
+
 @pytest.mark.parametrize("change, problem", [
     ({"zoom": 30}, "zoom: Input should be less than or equal to 24"),
     ({"zoom": 10, "partition_zoom": 12}, "partition_zoom \\(12\\) must not be finer than zoom \\(10\\)"),

@@ -8,15 +8,21 @@ import time
 from dataclasses import dataclass
 from typing import Callable, ContextManager
 
+import h3.api.basic_int as h3i
+import mercantile
 import numpy as np
 import pyarrow as pa
 import rasterio
+import shapely
 
+from geoembed.core.grids.quadkey import chip_key, place_key, quadkey_footprints, tile_of_quadkey
 from geoembed.core.render import polygons_map_png
+from geoembed.core.sinks.pgvector import TableRows
 from geoembed.core.sinks.zarr import StorePath
 from geoembed.imagery.chips import NODATA_CLASSES
 from geoembed.imagery.partition import chip_scene
 from geoembed.imagery.scenes import Scene
+from geoembed.imagery.search_rows import CHIP_H3_RESOLUTION
 from geoembed.quadkey.labels import LabelPolygons, chip_label_shares
 from geoembed.quadkey.plan import QuadkeyPlan
 
@@ -98,3 +104,46 @@ def share_matrix(table: pa.Table) -> np.ndarray:
     if not columns:
         return np.zeros((table.num_rows, 0), dtype=np.float32)
     return np.column_stack([table[c].to_numpy() for c in columns])
+
+
+@dataclass
+class ChipFeatures:
+    """One scene's features in one partition, with what the table rows need about each chip."""
+
+    scene: Scene
+    chip_ids: np.ndarray  # quadkeys
+    features: np.ndarray  # (n, dim)
+    valid_share: np.ndarray  # (n,) 1 - no-data fraction
+
+
+def feature_table_rows(partition: str, date: str, parts: list[ChipFeatures], model_version: str) -> TableRows:
+    """The rows of one partition on one date for a CHIPS table: one row per quadkey (where two scenes of the
+    date give the same tile, the one with more valid pixels), keyed by quadkey and date, with the footprint,
+    the H3 cell of the centre (area filters) and the scene it came from."""
+    best: dict[str, tuple[float, int, int]] = {}
+    for p, part in enumerate(parts):
+        for i, quadkey in enumerate(part.chip_ids):
+            share = float(part.valid_share[i])
+            if str(quadkey) not in best or share > best[str(quadkey)][0]:
+                best[str(quadkey)] = (share, p, i)
+    quadkeys = sorted(best)
+    tiles = [tile_of_quadkey(q) for q in quadkeys]
+    centres = [mercantile.ul(mercantile.Tile(2 * t.x + 1, 2 * t.y + 1, t.z + 1)) for t in tiles]  # the centre
+    lon = np.array([c.lng for c in centres], dtype=np.float64)
+    lat = np.array([c.lat for c in centres], dtype=np.float64)
+    chosen = [best[q] for q in quadkeys]
+    features = (np.stack([parts[p].features[i] for _, p, i in chosen]).astype(np.float32) if chosen
+                else np.zeros((0, 0), np.float32))
+    keys = np.array([chip_key(t, date) for t in tiles], dtype=np.int64)
+
+    def geometry() -> list[bytes]:
+        return [shapely.to_wkb(shapely.set_srid(f, 4326), include_srid=True) for f in quadkey_footprints(keys)]
+
+    return TableRows(
+        partition=chip_key(tile_of_quadkey(partition), date), keys=keys, lon=lon, lat=lat, embedding=features,
+        model_version=model_version, source_version=[parts[p].scene.version for _, p, _ in chosen], geometry=geometry,
+        extra={"h3": np.array([h3i.latlng_to_cell(y, x, CHIP_H3_RESOLUTION) for x, y in zip(lon, lat)],
+                              dtype=np.uint64).astype(np.int64),
+               "place": np.array([place_key(t) for t in tiles], dtype=np.int64),
+               "tile": [parts[p].scene.tile for _, p, _ in chosen],
+               "acquired": np.full(len(keys), np.datetime64(date, "D")), "chip_id": quadkeys})

@@ -13,3 +13,23 @@ class ProductKeys:
 
     def _key(self, asset: str) -> dg.AssetKey:
         return dg.AssetKey([self.product, asset])
+
+
+class SceneProductKeys(ProductKeys):
+    """Keys every product made from Sentinel-2 scenes shares: the scenes it observes and its chip search table."""
+
+    @property
+    def source(self) -> dg.AssetKey:
+        return self._key("scene_source")
+
+    @property
+    def table(self) -> dg.AssetKey:
+        return self._key("chip_table")
+
+    @property
+    def index(self) -> dg.AssetKey:
+        return self._key("chip_index")
+
+    @property
+    def observe_job(self) -> str:
+        return f"{self.product}_observe_scenes"

@@ -7,15 +7,11 @@ from dataclasses import dataclass
 
 import dagster as dg
 
-from geoembed_assets.core.keys import ProductKeys
+from geoembed_assets.core.keys import SceneProductKeys
 
 
-class ImageryKeys(ProductKeys):
+class ImageryKeys(SceneProductKeys):
     """Every asset key of one imagery product (key prefix = product name)."""
-
-    @property
-    def source(self) -> dg.AssetKey:
-        return self._key("scene_source")
 
     @property
     def catalog(self) -> dg.AssetKey:
@@ -40,18 +36,6 @@ class ImageryKeys(ProductKeys):
     @property
     def geoparquet(self) -> dg.AssetKey:
         return self._key("tile_geoparquet")
-
-    @property
-    def table(self) -> dg.AssetKey:
-        return self._key("chip_table")
-
-    @property
-    def index(self) -> dg.AssetKey:
-        return self._key("chip_index")
-
-    @property
-    def observe_job(self) -> str:
-        return f"{self.product}_observe_scenes"
 
     @property
     def encoder_op(self) -> str:

@@ -3,6 +3,7 @@
     scene_source (observable) -> quadkey_catalog -> quadkey_chips [quadkey] -> chip_labels [quadkey]
     quadkey_chips -> chip_backbone;  chip_backbone + chip_labels -> chip_classifier (+ ONNX)
     quadkey_chips + chip_classifier -> chip_features [quadkey] -> chip_retrieval (precision@k of shared labels)
+                                       chip_features [quadkey] -> chip_table [quadkey] (PostgreSQL) -> chip_index
 
 Each asset is built by its own small factory; bodies say what they make from what and call
 ``geoembed.quadkey`` for the logic; every read or write goes through a resource.
@@ -26,12 +27,14 @@ from geoembed.core.grids.quadkey import ground_resolution, tile_of_quadkey
 from geoembed.core.lineage import content_version
 from geoembed.core.progress import Progress
 from geoembed.core.render import loss_curve_png, markdown_image
+from geoembed.core.sinks import pgvector as db
 from geoembed.core.sinks.geoparquet import write_geoparquet
 from geoembed.core.sinks.zarr import open_store, write_dataset
 from geoembed.core.sources import with_versions
 from geoembed.imagery import encoders
 from geoembed.imagery.catalog import SceneCatalog, build_catalog
 from geoembed.imagery.encoders.chipnet import ChipNet, ChipNetSpec
+from geoembed.imagery.search_rows import CHIP_H3_RESOLUTION
 from geoembed.imagery.stores import embeddings_dataset
 from geoembed.imagery.training import NoChipsError, TrainingChips, train_chip_encoder
 from geoembed.quadkey.classifier import (
@@ -41,16 +44,20 @@ from geoembed.quadkey.classifier import (
 from geoembed.quadkey.retrieval import precision_at_k, random_precision
 from geoembed.quadkey.labels import coverage_problem, read_label_polygons
 from geoembed.quadkey.layout import QuadkeyLayout
-from geoembed.quadkey.partition import ChippedPartition, chip_partition, label_table, nodata_map_png, share_matrix
+from geoembed.quadkey.partition import (
+    ChipFeatures, ChippedPartition, chip_partition, feature_table_rows, label_table, nodata_map_png, share_matrix,
+)
 from geoembed.quadkey.plan import QuadkeyPlan, plan_partitions, scene_key
 from geoembed.quadkey.samples import chips_with_data, concatenate, datacubes_of, subtile_samples
 from geoembed.quadkey.settings import QuadkeyProductSettings
 from geoembed_assets.core.failures import TRANSIENT_RETRY, fails_clearly
 from geoembed_assets.core.policies import GPU_STEP, batched_backfills
+from geoembed_assets.core.serving import index_asset
 from geoembed_assets.imagery.assets import ChipTrainingConfig, source_asset
 from geoembed_assets.imagery.state import scene_files
 from geoembed_assets.quadkey.partitions import QuadkeyKeys, quadkey_partitions
-from geoembed_resources import InferenceDevice, ProductStorage, RasterReader
+from geoembed_resources import InferenceDevice, PostgresDatabase, ProductStorage, RasterReader
+from geoembed_resources.postgres import redacted
 
 
 @dataclass(frozen=True)
@@ -73,7 +80,10 @@ def build_quadkey_product(settings: QuadkeyProductSettings) -> QuadkeyAssets:
     if settings.labels is not None:
         assets += [labels_asset(settings, keys, per_quadkey), backbone_asset(settings, keys, single),
                    classifier_asset(settings, keys, single), features_asset(settings, keys, per_quadkey),
-                   retrieval_asset(settings, keys, single)]
+                   retrieval_asset(settings, keys, single), table_asset(settings, keys, per_quadkey),
+                   index_asset(settings.name, keys.index, keys.table, "chips", single,
+                               "The cosine HNSW index of the current classifier's chip table, with its recall "
+                               "against exact search.")]
     definitions = dg.Definitions(
         assets=assets, jobs=[dg.define_asset_job(keys.observe_job, selection=dg.AssetSelection.assets(keys.source))])
     return QuadkeyAssets(settings, keys, partitions, definitions)
@@ -331,8 +341,9 @@ def classifier_asset(settings: QuadkeyProductSettings, keys: QuadkeyKeys, single
             data_onnx = export_onnx(module, len(settings.bands), plan.chip_size)
             storage.write_bytes(folder / file_name, data_onnx)
             gaps[file_name] = check_onnx(data_onnx, module, probe, what=f"{folder / file_name}")
-        storage.write_json(layout.current_classifier, {"model_version": trained.version, "folder": str(folder),
-                                                      "backbone_version": current["model_version"]})
+        pointer = {"model_version": trained.version, "folder": str(folder), "backbone_version": current["model_version"]}
+        storage.write_json(layout.current_classifier, pointer)
+        storage.write_json(storage.current_model_path(name), pointer)  # the model whose features are served
         best = trained.best
         rows = "\n".join(f"| {e.epoch + 1} | {e.train_loss:.4f} | {e.validation_loss:.4f} | {e.validation_accuracy:.3f} "
                          f"| {e.validation_f2:.3f} |" for e in trained.epochs)
@@ -476,3 +487,54 @@ def retrieval_asset(settings: QuadkeyProductSettings, keys: QuadkeyKeys, single)
                                                severity=dg.AssetCheckSeverity.WARN, metadata=scores)])
 
     return chip_retrieval
+
+
+def table_asset(settings: QuadkeyProductSettings, keys: QuadkeyKeys, per_quadkey) -> dg.AssetsDefinition:
+    name = settings.name
+
+    @per_quadkey(key=keys.table, deps=[keys.features], code_version="1", kinds={"postgres"})
+    @fails_clearly
+    def chip_table(context: dg.AssetExecutionContext, storage: ProductStorage, database: PostgresDatabase):
+        """Per coarse quadkey: the chip features in PostgreSQL (pgvector), one table per classifier version, by
+        the same code path as the other products: each partition x date's rows replaced in one transaction,
+        keyed by quadkey and date, with the tile's footprint and the H3 cell of its centre for area filters.
+        ``geoembed similar --product <name> --chip <quadkey>`` searches it."""
+        catalog, plan = read_plan(storage, name)
+        layout = layout_of(storage, name)
+        scenes = {scene_key(s): s for s in catalog.scenes}
+        current, _ = _current_classifier(storage, name)
+        version = current["model_version"]
+        progress = Progress("chip table", len(context.partition_keys), context.log.info, unit="rows")
+        seconds, tables = 0.0, set()
+        with database.connect() as conn:
+            for key in _checked(plan, list(context.partition_keys), name):
+                index = pq.read_table(layout.nodata_index(key)).to_pylist()
+                valid = {(r["chip_id"], r["scene_id"]): 1.0 - r["nodata_fraction"] for r in index}
+                by_date: dict[str, list[ChipFeatures]] = {}
+                for scene in plan.partitions[key]:
+                    path = layout.features(version, key, scene)
+                    if not path.exists():
+                        continue
+                    ds = open_store(path, "chip features")
+                    ids = ds["chip_id"].values
+                    s = scenes[scene]
+                    by_date.setdefault(s.date, []).append(ChipFeatures(
+                        s, ids, ds["embedding"].values, np.array([valid.get((str(q), s.scene_id), 0.0) for q in ids])))
+                rows_loaded = 0
+                for date, parts in sorted(by_date.items()):
+                    rows = feature_table_rows(key, date, parts, version)
+                    if not len(rows.keys):
+                        continue
+                    table = db.ensure_embedding_table(conn, name, version, rows.embedding.shape[1], CHIP_H3_RESOLUTION,
+                                                      db.CHIPS, meta={"chip_size": plan.chip_size, "grid": "quadkey",
+                                                                      "zoom": plan.zoom})
+                    tables.add(table)
+                    seconds += db.replace_partition(conn, table, rows, db.CHIPS)
+                    rows_loaded += len(rows.keys)
+                progress.done(key, rows_loaded)
+        return dg.MaterializeResult(metadata={
+            "rows": progress.items, "tables": ", ".join(sorted(tables)), "model_version": version,
+            "rows_per_second": round(progress.items / max(seconds, 1e-9), 1),
+            "database": redacted(database.resolved_dsn())})
+
+    return chip_table

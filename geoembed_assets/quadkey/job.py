@@ -11,6 +11,7 @@ from geoembed.quadkey.settings import QuadkeyProductSettings
 from geoembed_assets.core.runner import RunSummary, product_runner
 from geoembed_assets.quadkey.assets import layout_of, read_plan
 from geoembed_assets.quadkey.partitions import QuadkeyKeys
+from geoembed_resources.postgres import describe_database
 
 
 @dataclass
@@ -77,8 +78,13 @@ def materialize_quadkey_product(
         retrieval = runner.materialize("retrieval", keys.retrieval)
         summary.retrieval = retrieval.get("precision_at_10") or {}
         say(f"[geoembed] chip retrieval, precision@10 of shared labels: {summary.retrieval}")
+        rows = sum(int(runner.materialize("database load", keys.table, partition_key=key).get("rows", 0))
+                   for key in plan.partitions)
+        index = runner.materialize("index", keys.index)
+        say(f"[geoembed] {rows} chips in {index.get('table')}; HNSW recall@10 {index.get('recall_at_10')}")
+        summary.outputs["PostgreSQL table"] = f"{index.get('table')} at {describe_database(resources['database'])}"
     layout = layout_of(storage, settings.name)
-    summary.outputs = {
+    summary.outputs = {**summary.outputs,
         "datacubes (Zarr per partition x scene)": str(layout.outputs / "datacubes"),
         "no-data index (GeoParquet + PNG per partition)": str(layout.outputs / "nodata_index"),
         "thumbnails (PNG)": str(layout.outputs / "thumbnails"),

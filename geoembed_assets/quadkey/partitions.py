@@ -5,15 +5,11 @@ from __future__ import annotations
 
 import dagster as dg
 
-from geoembed_assets.core.keys import ProductKeys
+from geoembed_assets.core.keys import SceneProductKeys
 
 
-class QuadkeyKeys(ProductKeys):
+class QuadkeyKeys(SceneProductKeys):
     """Every asset key of one quadkey product (key prefix = product name)."""
-
-    @property
-    def source(self) -> dg.AssetKey:
-        return self._key("scene_source")
 
     @property
     def catalog(self) -> dg.AssetKey:
@@ -54,10 +50,6 @@ class QuadkeyKeys(ProductKeys):
     @property
     def classifier_op(self) -> str:
         return f"{self.product}__chip_classifier"
-
-    @property
-    def observe_job(self) -> str:
-        return f"{self.product}_observe_scenes"
 
 
 def quadkey_partitions(product: str) -> dg.DynamicPartitionsDefinition:

@@ -161,6 +161,35 @@ def test_features_are_stored_per_chip_and_retrieval_is_measured_against_baseline
     np.testing.assert_allclose(onnx_features["embedding"].values, torch_features["embedding"].values, atol=1e-4)
 
 
+def test_similar_chips_by_quadkey_from_the_cli(quadkey_run):
+    import json
+    import subprocess
+    import sys
+
+    settings, instance, resources, summary = quadkey_run
+    data_dir = str(resources["storage"].product_dir(settings.name).parent)
+    _, plan = read_plan(resources["storage"], settings.name)
+    with resources["database"].connect() as conn:
+        from geoembed.core.sinks import pgvector as db
+
+        found = db.latest_model_table(conn, settings.name)
+        assert db.count_rows(conn, found.table) == summary.chips_by_class["all_data"] + summary.chips_by_class["partial"]
+    query = next(iter(plan.partitions)) + "0"  # a chip of the first partition
+    cli = [sys.executable, "-m", "geoembed.cli", "similar", "--product", settings.name, "--data-dir", data_dir]
+    result = subprocess.run(cli + ["--chip", query, "-k", "4", "--format", "geojson"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    collection = json.loads(result.stdout)
+    assert len(collection["features"]) == 4 and collection["properties"]["query"].startswith(query)
+    for feature in collection["features"]:
+        quadkey = feature["properties"]["chip_id"]
+        assert quadkey != query and len(quadkey) == plan.zoom
+        lonlat = mercantile.bounds(tile_of_quadkey(quadkey))
+        xs = [p[0] for p in feature["geometry"]["coordinates"][0]]
+        assert min(xs) == pytest.approx(lonlat.west) and max(xs) == pytest.approx(lonlat.east)
+    bad = subprocess.run(cli + ["--chip", "12021022339"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "quadkey '12021022339'" in bad.stderr and "Traceback" not in bad.stderr
+
+
 @pytest.mark.parametrize("change, problem", [
     ({"zoom": 30}, "zoom: Input should be less than or equal to 24"),
     ({"zoom": 10, "partition_zoom": 12}, "partition_zoom \\(12\\) must not be finer than zoom \\(10\\)"),

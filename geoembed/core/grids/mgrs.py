@@ -208,7 +208,8 @@ def tile_from_index(index: int) -> str:
     return f"{zone + 1:02d}{LATITUDE_BANDS[band]}{columns[column]}{ROW_LETTERS[row]}"
 
 
-def _day(date: str) -> int:
+def day_number(date: str) -> int:
+    """Days since DAY_ZERO (16 bits): the date part of chip keys."""
     days = (np.datetime64(date, "D") - np.datetime64(DAY_ZERO, "D")).astype(int)
     if not 0 <= days < 2 ** 16:
         raise ValueError(f"date {date} is outside {DAY_ZERO} + 65,535 days")
@@ -224,12 +225,12 @@ def place_key(tile_id: str, row: int, col: int) -> int:
 
 def chip_key(tile_id: str, date: str, row: int, col: int) -> int:
     """One chip of one acquisition (< 2**60, so a PostgreSQL bigint)."""
-    return (place_key(tile_id, row, col) << 16) | _day(date)
+    return (place_key(tile_id, row, col) << 16) | day_number(date)
 
 
 def scene_key(tile_id: str, date: str) -> int:
     """One tile on one date (the partition of a chip table's rows)."""
-    return (tile_index(tile_id) << 16) | _day(date)
+    return (tile_index(tile_id) << 16) | day_number(date)
 
 
 @dataclass(frozen=True)
@@ -270,7 +271,7 @@ class ChipRef:
                 tile, when, row, col = parts
                 date = when if "-" in when else f"{when[:4]}-{when[4:6]}-{when[6:8]}"
                 np.datetime64(date, "D")
-                _day(date)
+                day_number(date)
             elif len(parts) == 3:
                 (tile, row, col), date = parts, None
             else:

@@ -8,6 +8,7 @@ scene chipper resamples imagery onto either.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 
 import mercantile
@@ -134,3 +135,62 @@ def zoom_for_resolution(metres: float, latitude: float, chip_size: int = 256) ->
         raise QuadkeyError(f"ground resolution {metres} m must be positive")
     exact = math.log2(2 * ORIGIN * math.cos(math.radians(latitude)) / (chip_size * metres))
     return int(min(MAX_ZOOM, max(0, round(exact))))
+
+
+# Table keys (PostgreSQL bigint): the tile as zoom (5 bits), y and x (20 bits each), then 16 bits of days.
+TABLE_MAX_ZOOM = 20
+
+
+def place_key(tile: mercantile.Tile) -> int:
+    """The ground a quadkey chip covers, whatever the date."""
+    if tile.z > TABLE_MAX_ZOOM:
+        raise QuadkeyError(f"zoom {tile.z} chips cannot be keyed in a table (at most zoom {TABLE_MAX_ZOOM})")
+    return (int(tile.z) << 40) | (int(tile.y) << 20) | int(tile.x)
+
+
+def tile_of_place(key: int) -> mercantile.Tile:
+    key = int(key)
+    return mercantile.Tile(key & 0xFFFFF, (key >> 20) & 0xFFFFF, key >> 40)
+
+
+def chip_key(tile: mercantile.Tile, date: str) -> int:
+    """One quadkey chip of one acquisition date (< 2**61)."""
+    from geoembed.core.grids.mgrs import day_number
+
+    return (place_key(tile) << 16) | day_number(date)
+
+
+@dataclass(frozen=True)
+class QuadkeyRef:
+    """A quadkey chip named by people: its quadkey and acquisition date (None: the newest)."""
+
+    quadkey: str
+    date: str | None = None
+
+    @property
+    def place(self) -> int:
+        return place_key(tile_of_quadkey(self.quadkey))
+
+    def __str__(self) -> str:
+        return f"{self.quadkey}/{self.date or '*'}"
+
+    @classmethod
+    def parse(cls, text: str) -> QuadkeyRef:
+        """'1202102233323' or '1202102233323/2017-02-16'."""
+        quadkey, _, date = str(text).strip().partition("/")
+        tile_of_quadkey(quadkey)
+        if date:
+            if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", date):
+                raise QuadkeyError(f"chip {text!r}: {date!r} is not a date YYYY-MM-DD")
+        return cls(quadkey, date or None)
+
+
+def quadkey_footprints(keys: np.ndarray) -> list:
+    """The lon/lat footprints (shapely boxes) of quadkey chips given by their table keys."""
+    import shapely
+
+    out = []
+    for key in keys:
+        b = mercantile.bounds(tile_of_place(int(key) >> 16))
+        out.append(shapely.box(b.west, b.south, b.east, b.north))
+    return out

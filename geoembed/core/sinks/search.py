@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 import h3
 import h3.api.basic_int as h3i
+import mercantile
 import numpy as np
 import psycopg
 from psycopg.types.multirange import Multirange
@@ -24,6 +25,7 @@ from psycopg import sql
 from geoembed.core.errors import InputError
 from geoembed.core.geometry import GeometryInputError, geojson_polygons, read_geojson
 from geoembed.core.grids.mgrs import ChipRef
+from geoembed.core.grids.quadkey import QuadkeyError, QuadkeyRef, place_key, quadkey_footprints
 from geoembed.core.sinks.pgvector import (
     SCHEMA, ModelTable, latest_model_table, recall, vectors_table,
 )
@@ -303,10 +305,11 @@ class ChipMatch:
     tile: str
     date: str
     chip_id: str
+    grid: str = "mgrs"  # or "quadkey": the chip id is its quadkey
 
     @property
     def ref(self) -> str:
-        return f"{self.tile}/{self.date}/{self.chip_id}"
+        return f"{self.chip_id}/{self.date}" if self.grid == "quadkey" else f"{self.tile}/{self.date}/{self.chip_id}"
 
 
 @dataclass
@@ -335,10 +338,25 @@ def chip_places_at(lon: float, lat: float, chip_size: int) -> list[int]:
     return places
 
 
+def parse_chip(text: str) -> ChipRef | QuadkeyRef:
+    """A chip as people name it: an MGRS chip ('33UUU/2017-02-16/31_12') or a quadkey chip
+    ('1202102233323' or '1202102233323/2017-02-16')."""
+    if str(text).strip().split("/")[0].isdigit():
+        try:
+            return QuadkeyRef.parse(text)
+        except QuadkeyError as exc:
+            raise SearchInputError(str(exc)) from None
+    return ChipRef.parse(text)
+
+
+def chip_grid(found: ModelTable) -> str:
+    return str(found.meta.get("grid", "mgrs"))
+
+
 def similar_chips(
     conn: psycopg.Connection,
     product: str,
-    chip: ChipRef | None = None,
+    chip: ChipRef | QuadkeyRef | None = None,
     lonlat: tuple[float, float] | None = None,
     k: int = 10,
     area: Area | None = None,
@@ -352,10 +370,19 @@ def similar_chips(
     if found.kind != "chips":
         raise SearchInputError(f"product {product!r} holds {found.kind.replace('_', ' ')}, not chips; search it by cell")
     ident = sql.Identifier(SCHEMA, found.table)
+    grid = chip_grid(found)
     if chip is not None:
+        if (grid == "quadkey") != isinstance(chip, QuadkeyRef):
+            raise SearchInputError(f"product {product!r} names its chips by "
+                                   f"{'quadkey' if grid == 'quadkey' else 'TILE/YYYY-MM-DD/ROW_COL'}, not {chip}")
         places, described = [chip.place], str(chip)
     elif lonlat is not None:
-        places, described = chip_places_at(*lonlat, int(found.meta.get("chip_size", 256))), f"lon/lat {tuple(lonlat)}"
+        if grid == "quadkey":
+            _ = cell_at(*lonlat, resolution=0)  # range check
+            places = [place_key(mercantile.tile(lonlat[0], lonlat[1], int(found.meta["zoom"])))]
+        else:
+            places = chip_places_at(*lonlat, int(found.meta.get("chip_size", 256)))
+        described = f"lon/lat {tuple(lonlat)}"
     else:
         raise SearchInputError("give a chip or a lon/lat")
     when = sql.SQL(" AND acquired = %s") if chip is not None and chip.date else sql.SQL("")
@@ -369,10 +396,10 @@ def similar_chips(
     key, place, query, tile, acquired, chip_id = row
     rows, plan = _neighbours(conn, found, query, ["chip", "lon", "lat", "place", "tile", "acquired", "chip_id"],
                              "place", place, k, area, ef_search)
-    matches = [ChipMatch(int(c), float(d), float(lon), float(lat), t, str(a), cid)
+    matches = [ChipMatch(int(c), float(d), float(lon), float(lat), t, str(a), cid, grid)
                for c, d, lon, lat, _, t, a, cid in rows]
-    return ChipSearchResult(f"{tile}/{acquired}/{chip_id}", found.model_version, f"{SCHEMA}.{found.table}", plan,
-                            matches)
+    query_ref = ChipMatch(int(key), 0.0, 0.0, 0.0, tile, str(acquired), chip_id, grid).ref
+    return ChipSearchResult(query_ref, found.model_version, f"{SCHEMA}.{found.table}", plan, matches)
 
 
 def to_geojson(result: SearchResult) -> dict:
@@ -397,7 +424,9 @@ def chips_to_geojson(result: ChipSearchResult, chip_size: int) -> dict:
 
     from geoembed.core.grids.mgrs import chip_footprints
 
-    footprints = chip_footprints(np.array([m.chip for m in result.matches], dtype=np.int64), chip_size)
+    keys = np.array([m.chip for m in result.matches], dtype=np.int64)
+    quadkeys = bool(result.matches) and result.matches[0].grid == "quadkey"
+    footprints = quadkey_footprints(keys) if quadkeys else chip_footprints(keys, chip_size)
     features = [{"type": "Feature", "geometry": mapping(footprint),
                  "properties": {"rank": rank, "chip": match.ref, "tile": match.tile, "date": match.date,
                                 "chip_id": match.chip_id, "distance": match.distance, "lon": match.lon,
@@ -487,7 +516,7 @@ class SimilarQuery:
         if self.cell is not None:
             parse_cell(self.cell)
         if self.chip is not None:
-            ChipRef.parse(self.chip)
+            parse_chip(self.chip)
         if self.lonlat is not None:
             cell_at(*self.lonlat, resolution=0)  # range check
         return self
@@ -506,7 +535,7 @@ def find_similar(conn: psycopg.Connection, query: SimilarQuery) -> tuple[SearchR
     if found.kind == "chips":
         if query.cell is not None:
             raise SearchInputError(f"product {query.product!r} holds chips: give a chip or a lon/lat")
-        chip = ChipRef.parse(query.chip) if query.chip is not None else None
+        chip = parse_chip(query.chip) if query.chip is not None else None
         return similar_chips(conn, query.product, chip, query.lonlat, query.k, area, query.model_version), found
     if query.chip is not None:
         raise SearchInputError(f"product {query.product!r} holds H3 cells: give a cell or a lon/lat")

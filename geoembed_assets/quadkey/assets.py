@@ -43,7 +43,7 @@ from geoembed.quadkey.classifier import (
     save_classifier, train_classifier,
 )
 from geoembed.quadkey.retrieval import precision_at_k, random_precision
-from geoembed.quadkey.labels import coverage_problem, read_label_polygons
+from geoembed.quadkey.labels import LabelInputError, coverage_problem, read_label_polygons
 from geoembed.quadkey.layout import QuadkeyLayout
 from geoembed.quadkey.partition import (
     ChipFeatures, ChippedPartition, chip_partition, feature_table_rows, label_table, nodata_map_png, share_matrix,
@@ -332,6 +332,9 @@ def classifier_asset(settings: QuadkeyProductSettings, keys: QuadkeyKeys, single
                                                labels, config.subtile_split)
                                for partition, _, path in _datacubes(storage, name, plan)],
                               len(labels.classes), size, len(settings.bands))
+        problem = coverage_problem(labels, len(samples.shares), int((samples.shares > 0).any(axis=1).sum()))
+        if problem:  # nothing to learn from: say which file, before anything is written
+            raise LabelInputError(problem)
         head = HeadSpec(labels.classes, tuple(config.hidden), config.dropout, config.unfreeze_last_block)
         data = LabelledSamples(samples.reflectance, samples.shares >= label_settings.min_share, samples.partition)
         trained = train_classifier(backbone, data, head, config.epochs, config.batch_size, config.learning_rate,

@@ -190,6 +190,20 @@ def test_similar_chips_by_quadkey_from_the_cli(quadkey_run):
     assert bad.returncode == 2 and "quadkey '12021022339'" in bad.stderr and "Traceback" not in bad.stderr
 
 
+def test_labels_covering_no_chip_stop_the_classifier_naming_the_file(quadkey_run):
+    from geoembed_assets.core.runner import product_runner
+    from geoembed_assets.quadkey.partitions import QuadkeyKeys
+
+    settings, instance, resources, _ = quadkey_run
+    nowhere = settings.model_copy(update={"labels": settings.labels.model_copy(update={"classes": ["glacier"]})})
+    pointer = layout_of(resources["storage"], settings.name).current_classifier
+    before = pointer.read_bytes()
+    runner, _ = product_runner(nowhere, instance, resources, lambda _: None, False)
+    with pytest.raises(RunFailed, match=r"gis_osm_landuse.*cover none of the"):
+        runner.materialize("classifier", QuadkeyKeys(settings.name).classifier)
+    assert pointer.read_bytes() == before  # the current classifier is untouched
+
+
 @pytest.mark.parametrize("change, problem", [
     ({"zoom": 30}, "zoom: Input should be less than or equal to 24"),
     ({"zoom": 10, "partition_zoom": 12}, "partition_zoom \\(12\\) must not be finer than zoom \\(10\\)"),

@@ -31,6 +31,14 @@ def build_scene_sensor(settings: ImageryProductSettings, keys: ImageryKeys, part
                                           tags={LANDING_TAG: landing_sensor_name(settings.name)}))
         return requests
 
+    return build_scene_landing_sensor(settings, keys, refresh_keys, refresh, "a new or changed scene refreshes the "
+                                      "scene catalog, then exactly its tile x date partition.")
+
+
+def build_scene_landing_sensor(settings, keys, targets: list[dg.AssetKey], refresh, what: str) -> dg.SensorDefinition:
+    """The landing sensor of a product made from Sentinel-2 scenes (imagery, quadkey): it watches the scene
+    location, re-materializes the product's catalog (``keys.catalog``, whose metadata lists the
+    ``changed_partitions``), then asks ``refresh`` for the runs of those partitions."""
     return build_landing_sensor(LandingSensorSpec(
         product=settings.name,
         location=settings.scenes,
@@ -38,10 +46,9 @@ def build_scene_sensor(settings: ImageryProductSettings, keys: ImageryKeys, part
         source_key=keys.source,
         scan_key=keys.catalog,
         changed_metadata_key="changed_partitions",
-        targets=tuple(refresh_keys),
+        targets=tuple(targets),
         list_files=lambda raster_reader: scene_files(raster_reader, settings),
         known_files=lambda storage: known_scene_files(storage, settings.name),
         refresh=refresh,
-        description=f"Watches {settings.scenes} for Sentinel-2 scenes: a new or changed scene refreshes the scene "
-        "catalog, then exactly its tile x date partition.",
+        description=f"Watches {settings.scenes} for Sentinel-2 scenes: {what}",
     ))

@@ -5,8 +5,8 @@ landing sensor every pipeline shares (``geoembed_assets.core.landing``)."""
 import dagster as dg
 
 from geoembed.quadkey.settings import QuadkeyProductSettings
-from geoembed_assets.core.landing import LANDING_TAG, LandingSensorSpec, build_landing_sensor, landing_sensor_name
-from geoembed_assets.imagery.state import known_scene_files, scene_files
+from geoembed_assets.core.landing import LANDING_TAG, landing_sensor_name
+from geoembed_assets.imagery.sensors import build_scene_landing_sensor
 from geoembed_assets.quadkey.partitions import QuadkeyKeys
 from geoembed_resources import ProductStorage
 
@@ -26,17 +26,5 @@ def build_quadkey_scene_sensor(settings: QuadkeyProductSettings, keys: QuadkeyKe
                               partition_key=quadkey, tags={LANDING_TAG: landing_sensor_name(settings.name)})
                 for quadkey in sorted(changed)]
 
-    return build_landing_sensor(LandingSensorSpec(
-        product=settings.name,
-        location=settings.scenes,
-        minimum_interval_seconds=settings.scene_check_seconds,
-        source_key=keys.source,
-        scan_key=keys.catalog,
-        changed_metadata_key="changed_partitions",
-        targets=tuple(per_partition),
-        list_files=lambda raster_reader: scene_files(raster_reader, settings),
-        known_files=lambda storage: known_scene_files(storage, settings.name),
-        refresh=refresh,
-        description=f"Watches {settings.scenes} for Sentinel-2 scenes: a new or changed scene refreshes the catalog, "
-        "then exactly the coarse-quadkey partitions it covers.",
-    ))
+    return build_scene_landing_sensor(settings, keys, per_partition, refresh, "a new or changed scene refreshes the "
+                                      "catalog, then exactly the coarse-quadkey partitions it covers.")

@@ -61,6 +61,16 @@ def read_settings_file(path: str | os.PathLike[str], relative_keys: tuple[str, .
     return raw
 
 
+def relative_nested(raw: dict, key: str, field: str, folder: Path) -> None:
+    """Make ``raw[key][field]`` (or that field of each mapping in the list ``raw[key]``) relative to
+    ``folder``, as ``read_settings_file`` does for top-level keys (a stacked raster, a checkpoint, a
+    label file)."""
+    value = raw.get(key)
+    for item in value if isinstance(value, list) else [value]:
+        if isinstance(item, dict) and isinstance(item.get(field), str):
+            item[field] = relative_to(item[field], folder)
+
+
 def relative_to(value: str, folder: Path) -> str:
     """A relative local path made relative to ``folder``; URLs, absolute paths, package: references and
     inline JSON are returned as they are."""

@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from geoembed.core.grids.mgrs import TileIdError, canonical_tile_id
 from geoembed.core.settings import (
-    ProductConfigError, ProductName, read_settings_file, relative_to, resolve_package_path, validated,
+    ProductConfigError, ProductName, read_settings_file, relative_nested, resolve_package_path, validated,
 )
 
 CLAY_SIZES = ("tiny", "small", "base", "large")
@@ -82,6 +82,7 @@ class SceneProductSettings(BaseModel):
                                     "area of interest touches, or every tile the scenes cover).")
     aoi: str | None = Field(default=None, description="Area of interest: a GeoJSON file (relative to this file) or "
                             "inline GeoJSON; the tiles it touches are processed.")
+    scene_check_seconds: int = Field(default=60, ge=1, le=86400, description="How often the scene sensor looks.")
 
     @field_validator("tiles")
     @classmethod
@@ -117,7 +118,6 @@ class ImageryProductSettings(SceneProductSettings):
     encoder: EncoderSettings = Field(default_factory=GeoembedEncoderSettings)
     change_threshold: float = Field(default=0.9, gt=-1.0, lt=1.0, description="A chip whose cosine similarity to "
                                     "its first date falls below this is flagged as changed.")
-    scene_check_seconds: int = Field(default=60, ge=1, le=86400, description="How often the scene sensor looks.")
 
     @field_validator("chip_size")
     @classmethod
@@ -129,9 +129,7 @@ class ImageryProductSettings(SceneProductSettings):
 def load_imagery_settings(path: str | os.PathLike[str]) -> ImageryProductSettings:
     """Read and validate an imagery product settings YAML file; errors name the file and the field."""
     raw = read_settings_file(path, relative_keys=("scenes", "aoi"))
-    encoder = raw.get("encoder")
-    if isinstance(encoder, dict) and isinstance(encoder.get("checkpoint"), str):
-        raw["encoder"] = {**encoder, "checkpoint": relative_to(encoder["checkpoint"], Path(path).parent)}
+    relative_nested(raw, "encoder", "checkpoint", Path(path).parent)
     return validated(ImageryProductSettings, raw, str(path))
 
 

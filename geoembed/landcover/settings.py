@@ -15,7 +15,7 @@ from typing import Annotated, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from geoembed.core.settings import (  # noqa: F401 - re-exported for the landcover modules
-    DEFAULT_PRODUCT_FILE, PRODUCT_ENV_VAR, ProductConfigError, ProductName, product_files_from_env, read_settings_file, relative_to,
+    DEFAULT_PRODUCT_FILE, PRODUCT_ENV_VAR, ProductConfigError, ProductName, product_files_from_env, read_settings_file, relative_nested,
     product_name, resolve_package_path, validated,
 )
 from geoembed.landcover.windows import cell_statuses
@@ -180,10 +180,7 @@ def resolve_raster_location(raster: str) -> str:
 def load_settings(path: str | os.PathLike[str]) -> ProductSettings:
     """Read and validate a land-cover product settings YAML file; errors name the file and the field."""
     raw = read_settings_file(path, relative_keys=("raster", "landing"))
-    folder = Path(path).parent
-    for source in raw.get("stack") or []:
-        if isinstance(source, dict) and isinstance(source.get("raster"), str):
-            source["raster"] = relative_to(source["raster"], folder)
+    relative_nested(raw, "stack", "raster", Path(path).parent)
     if raw.get("pipeline") == "landcover":  # the default pipeline may be named; it is not a setting
         del raw["pipeline"]
     return settings_from_mapping(raw, source=str(path))

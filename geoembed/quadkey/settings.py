@@ -11,7 +11,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from geoembed.core.grids.quadkey import MAX_ZOOM
-from geoembed.core.settings import ProductConfigError, read_settings_file, relative_to, resolve_package_path, validated
+from geoembed.core.settings import ProductConfigError, read_settings_file, relative_nested, resolve_package_path, validated
 from geoembed.imagery.settings import SceneProductSettings
 
 DEFAULT_BANDS = ("B02", "B03", "B04", "B08")  # Sentinel-2's 10 m bands: blue, green, red, near infrared
@@ -48,7 +48,6 @@ class QuadkeyProductSettings(SceneProductSettings):
                                        "that are partitions (default: the coarsest giving at least ten partitions, "
                                        "at most 8 zoom levels above the chips).")
     labels: LabelSettings | None = None
-    scene_check_seconds: int = Field(default=60, ge=1, le=86400, description="How often the scene sensor looks.")
 
     @model_validator(mode="after")
     def _zooms(self) -> QuadkeyProductSettings:
@@ -60,9 +59,7 @@ class QuadkeyProductSettings(SceneProductSettings):
 def load_quadkey_settings(path: str | os.PathLike[str]) -> QuadkeyProductSettings:
     """Read and validate a quadkey product settings YAML file; errors name the file and the field."""
     raw = read_settings_file(path, relative_keys=("scenes", "aoi"))
-    labels = raw.get("labels")
-    if isinstance(labels, dict) and isinstance(labels.get("file"), str):
-        raw["labels"] = {**labels, "file": relative_to(labels["file"], Path(path).parent)}
+    relative_nested(raw, "labels", "file", Path(path).parent)
     return validated(QuadkeyProductSettings, raw, str(path))
 
 

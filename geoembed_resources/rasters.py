@@ -75,6 +75,34 @@ class RasterReader(dg.ConfigurableResource):
         with open(location, encoding="utf-8") as handle:
             return handle.read()
 
+    def mirror(self, location: str, folder: str | os.PathLike[str]) -> str:
+        """A local folder holding the files of ``location``: the location itself when it is local; for an
+        s3:// prefix, ``folder``, brought up to date (objects new or changed since the last mirror are
+        downloaded, local files whose object is gone are removed)."""
+        if not location.startswith("s3://"):
+            return location
+        import json
+        from pathlib import Path
+
+        client = self.s3.get_client()
+        root = Path(folder)
+        manifest_path = root / ".mirror.json"
+        known = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
+        listing = sources.list_s3(client, location, "*", recursive=True)
+        for f in listing:
+            target = root / f.name
+            if known.get(f.name) != f.fingerprint or not target.exists():
+                target.parent.mkdir(parents=True, exist_ok=True)
+                bucket, key = f.location[5:].split("/", 1)
+                client.download_file(bucket, key, str(target) + ".part")
+                os.replace(str(target) + ".part", target)
+        names = {f.name for f in listing}
+        for name in set(known) - names:
+            (root / name).unlink(missing_ok=True)
+        root.mkdir(parents=True, exist_ok=True)
+        manifest_path.write_text(json.dumps({f.name: f.fingerprint for f in listing}))
+        return str(root)
+
     def watched_files(self, settings: ProductSettings) -> list[sources.SourceFile]:
         """The product's source files and its stacked sources (named 'stack/<name>'), unversioned: what the
         landing sensor compares with the stencil's (a change to a stacked source refreshes every region)."""

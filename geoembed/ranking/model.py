@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import io
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -26,11 +27,13 @@ from geoembed.ranking.stations import StationInputError
 RGB = ("red", "green", "blue")
 
 
-def load_images(paths: list[str], size: int, station: str) -> np.ndarray:
-    """(N, 3, size, size) float32 in [0, 1]: each image decoded, as RGB, resized (bilinear). A file that
-    cannot be decoded raises ``StationInputError`` naming the station and the file."""
+def load_images(paths: list[str], size: int, station: str, folder: str | os.PathLike[str] = "") -> np.ndarray:
+    """(N, 3, size, size) float32 in [0, 1]: each image (``paths`` relative to ``folder``) decoded, as RGB,
+    resized (bilinear). A file that cannot be decoded raises ``StationInputError`` naming the station and
+    the file."""
     out = np.empty((len(paths), 3, size, size), np.float32)
-    for i, path in enumerate(paths):
+    for i, name in enumerate(paths):
+        path = os.path.join(folder, name)
         try:
             with Image.open(path) as image:
                 rgb = image.convert("RGB").resize((size, size), Image.Resampling.BILINEAR)

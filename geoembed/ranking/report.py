@@ -1,7 +1,7 @@
 """The diagnostics report of one station's ranking model (the seed's prediction-report.R, as one HTML file
 with its figures inline): Kendall tau between score and the observed series per split and on daily means,
 beside an untrained model and mean image brightness; loss curves; score-vs-observed scatter; the time
-series; annotation counts."""
+series; rank residuals over time; annotation counts."""
 
 from __future__ import annotations
 
@@ -108,6 +108,22 @@ def _series_png(predictions: pd.DataFrame, variable: str) -> bytes:
     return figure_png(fig)
 
 
+def _residual_png(predictions: pd.DataFrame) -> bytes:
+    """Rank residuals over time: the score's percentile minus the observed value's, per daytime image (a
+    run of one sign shows when the model drifts from the series)."""
+    day = predictions[predictions["daytime"] & np.isfinite(predictions["value"])]
+    residual = day["score"].rank(pct=True) - day["value"].rank(pct=True)
+    fig, ax = plt.subplots(figsize=(9, 3.0), dpi=100)
+    for split, colour in SPLIT_COLOURS.items():
+        part = day["split"] == split
+        ax.scatter(day["timestamp"][part], residual[part], s=8, c=colour, alpha=0.8, label=split)
+    ax.axhline(0, color="#444", lw=0.8)
+    ax.set_ylabel("score percentile - observed percentile")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, ncol=4)
+    return figure_png(fig)
+
+
 def _img(png: bytes, alt: str) -> str:
     return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
 
@@ -143,5 +159,6 @@ def render_report(inputs: ReportInputs) -> str:
         _table(["epoch", "train loss", "validation loss", "validation pair accuracy"], epochs),
         "<h2>Score against observed value</h2>", _img(_scatter_png(inputs.predictions, variable), "scatter"),
         "<h2>Time series</h2>", _img(_series_png(inputs.predictions, variable), "time series"),
+        "<h2>Rank residuals</h2>", _img(_residual_png(inputs.predictions), "rank residuals"),
         "</body></html>",
     ])

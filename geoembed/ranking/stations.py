@@ -46,7 +46,8 @@ class StationData:
     """What a station folder holds, as tables."""
 
     station: Station
-    images: pd.DataFrame  # image_id, imageset_id, filename, path, timestamp (UTC), value (NaN: none)
+    images: pd.DataFrame  # image_id, imageset_id, filename, path (relative to the station folder), timestamp
+    #                       (UTC), value (NaN: none)
     pairs: pd.DataFrame  # annotation_id, pair, left_id, right_id, label (1 left higher, -1 lower, 0 tie)
     version: str  # content version of the station's JSON files and its image listing
     series_points: int
@@ -117,10 +118,14 @@ def annotation_file(folder: Path, record: dict) -> Path:
     return folder / "storage" / "annotations" / name
 
 
+def station_folder(root: str | os.PathLike[str], key: str) -> Path:
+    return Path(root) / "stations" / key
+
+
 def read_station(root: str | os.PathLike[str], key: str, variable: str, annotation_variable: str,
                  max_gap_minutes: float = 65) -> StationData:
     """One station folder as tables; raises ``StationInputError`` naming the station and the file."""
-    folder = Path(root) / "stations" / key
+    folder = station_folder(root, key)
     digest = hashlib.sha256()
 
     def load(path: Path, what: str):
@@ -152,13 +157,13 @@ def read_station(root: str | os.PathLike[str], key: str, variable: str, annotati
             "filename": [str(r["filename"]) for r in records],
             "timestamp": _utc([r["timestamp"] for r in records], path, key, "images file"),
         })
-        frame["path"] = [str(images_dir / f) for f in frame["filename"]]
-        missing = [p for p in frame["path"] if not os.path.isfile(p)]
+        frame["path"] = [str((images_dir / f).relative_to(folder)) for f in frame["filename"]]
+        missing = [str(folder / p) for p in frame["path"] if not (folder / p).is_file()]
         if missing:
             raise StationInputError(f"station {key}: {len(missing)} images listed in {str(path)!r} are not in "
                                     f"{str(images_dir)!r}, e.g. {missing[0]!r}")
         for p in frame["path"]:
-            digest.update(f"{os.path.basename(p)}:{os.path.getsize(p)}".encode())
+            digest.update(f"{p}:{(folder / p).stat().st_size}".encode())
         frames.append(frame)
     if not frames:
         raise StationInputError(f"station {key}: no image sets in {str(sets_dir)!r} (db/imagesets/<uuid>/images.json)")

@@ -29,7 +29,7 @@ from geoembed.ranking.model import (
 )
 from geoembed.ranking.report import ReportInputs, loss_curves_png, render_report, tau_table
 from geoembed.ranking.settings import RankingProductSettings
-from geoembed.ranking.stations import read_station
+from geoembed.ranking.stations import read_station, station_folder
 from geoembed_assets.core.failures import TRANSIENT_RETRY, fails_clearly
 from geoembed_assets.core.landing import LANDING_TAG
 from geoembed_assets.core.policies import GPU_STEP
@@ -107,17 +107,29 @@ def _frame(storage: ProductStorage, path) -> pd.DataFrame:
     return storage.read_table(path).to_pandas()
 
 
+def station_root(raster_reader: RasterReader, storage: ProductStorage, settings: RankingProductSettings,
+                 station: str) -> str:
+    """The local root holding ``station``'s folder: the stations location, or for an s3:// prefix a mirror
+    of that station's objects in the product's working folder (each step brings its own copy up to date,
+    so steps in separate pods work too)."""
+    if not settings.stations.startswith("s3://"):
+        return settings.stations
+    mirror = storage.work_path(settings.name, "station_mirror")
+    raster_reader.mirror(f"{stations_dir(settings).rstrip('/')}/{station}/", mirror / "stations" / station)
+    return str(mirror)
+
+
 def dataset_asset(settings: RankingProductSettings, keys: RankingKeys, per_station) -> dg.AssetsDefinition:
     @per_station(key=keys.dataset, deps=[keys.catalog], code_version="1", kinds={"parquet"})
     @fails_clearly
-    def ranking_dataset(context: dg.AssetExecutionContext, storage: ProductStorage):
+    def ranking_dataset(context: dg.AssetExecutionContext, storage: ProductStorage, raster_reader: RasterReader):
         """One station's images (with the observed value interpolated to each, whether the hour and month
         filters keep it, and the split it is measured in) and its annotated pairs, split into train and
         validation by connected components of the image-pair graph (rank-input.R). Fails, naming the station
         and the file, on malformed JSON, unknown images or too few pairs."""
         station = context.partition_key
         layout = layout_of(storage, settings)
-        data = read_station(settings.stations, station, settings.variable, settings.annotations_variable,
+        data = read_station(station_root(raster_reader, storage, settings, station), station, settings.variable, settings.annotations_variable,
                             settings.max_gap_minutes)
         dataset = build_dataset(data, settings.filters, settings.training.train_share, settings.training.seed)
         storage.write_table(layout.images(station), pa.Table.from_pandas(dataset.images, preserve_index=False))
@@ -139,7 +151,8 @@ def model_asset(settings: RankingProductSettings, keys: RankingKeys, per_station
 
     @per_station(key=keys.model, deps=[keys.dataset], code_version="1", kinds={"pytorch"}, **GPU_STEP)
     @fails_clearly
-    def ranking_model(context: dg.AssetExecutionContext, storage: ProductStorage, inference_device: InferenceDevice):
+    def ranking_model(context: dg.AssetExecutionContext, storage: ProductStorage, inference_device: InferenceDevice,
+                      raster_reader: RasterReader):
         """One station's ranking model: our CNN trunk and an MLP head, one score per image, trained on the
         training pairs with the RankNet (or margin) loss, the trunk frozen for the first epochs; the epoch with
         the lowest validation loss kept, versioned by content hash with its image size and normalisation."""
@@ -150,7 +163,8 @@ def model_asset(settings: RankingProductSettings, keys: RankingKeys, per_station
         summary = storage.read_json(layout.dataset_summary(station), f"the dataset of station {station}")
         annotated = images[images["image_id"].isin(set(pairs["left_id"]) | set(pairs["right_id"]))].reset_index(drop=True)
         index = {image: i for i, image in enumerate(annotated["image_id"])}
-        pixels = load_images(list(annotated["path"]), config.image_size, station)
+        folder = station_folder(station_root(raster_reader, storage, settings, station), station)
+        pixels = load_images(list(annotated["path"]), config.image_size, station, folder)
         trained = train_ranker(pixels, pairs["left_id"].map(index).to_numpy(), pairs["right_id"].map(index).to_numpy(),
                                pairs["label"].to_numpy(np.int64), (pairs["split"] == "train").to_numpy(), config,
                                log=context.log.info, device=inference_device.torch_device())
@@ -180,7 +194,7 @@ def predictions_asset(settings: RankingProductSettings, keys: RankingKeys, per_s
     @per_station(key=keys.predictions, deps=[keys.model], code_version="1", kinds={"pytorch", "parquet", "postgres"},
                  **GPU_STEP)
     @fails_clearly
-    def ranking_predictions(context: dg.AssetExecutionContext, storage: ProductStorage,
+    def ranking_predictions(context: dg.AssetExecutionContext, storage: ProductStorage, raster_reader: RasterReader,
                             inference_device: InferenceDevice, database: PostgresDatabase):
         """Every image of the station scored by its current model, in batches, merged into one predictions
         table (Parquet, and PostgreSQL rows replacing the station-model's earlier ones), with the untrained
@@ -193,10 +207,12 @@ def predictions_asset(settings: RankingProductSettings, keys: RankingKeys, per_s
         untrained = new_ranker(model.spec, settings.training.seed)  # the trained model's initial weights
         untrained.backbone.set_normalisation(model.backbone.band_mean, model.backbone.band_std)
         infer = inference_device.infer
+        folder = station_folder(station_root(raster_reader, storage, settings, station), station)
         scores, baseline, brightness = [], [], []
         progress = Progress("ranking predictions", 1, context.log.info, unit="images")
         for start in range(0, len(images), IMAGES_PER_BATCH):
-            pixels = load_images(list(images["path"][start : start + IMAGES_PER_BATCH]), model.spec.image_size, station)
+            pixels = load_images(list(images["path"][start : start + IMAGES_PER_BATCH]), model.spec.image_size, station,
+                                 folder)
             scores.append(score(model, pixels, infer))
             baseline.append(score(untrained, pixels, infer))
             brightness.append(mean_brightness(pixels))

@@ -88,13 +88,13 @@ def test_tau_table_per_split_and_daily_means_matches_scipy():
     assert len(daily) == day["timestamp"].dt.tz_convert("Europe/Berlin").dt.date.nunique()
 
 
-def test_report_is_one_page_with_the_tau_table_and_three_figures():
+def test_report_is_one_page_with_the_tau_table_and_four_figures():
     predictions = _predictions(np.random.default_rng(3))
     taus = tau_table(predictions, {"model": "score", "mean brightness": "brightness"}, "Europe/Berlin")
     epochs = [{"epoch": e, "train_loss": 0.6 - e / 20, "validation_loss": 0.65 - e / 30,
                "validation_pair_accuracy": 0.5 + e / 20} for e in range(5)]
     page = render_report(ReportInputs("S1: RANK", {"id": "1", "name": "S1"}, {"model_code": "RANK", "variable": "X"},
                                       {"train_pairs": 10}, predictions, epochs, taus, "Europe/Berlin"))
-    assert page.startswith("<!doctype html>") and page.count("<img ") == 3
+    assert page.startswith("<!doctype html>") and page.count("<img ") == 4
     assert f"<td>{taus['model']['validation']['tau']}</td>" in page and "daily_means" in page
     assert mean_brightness(np.ones((2, 3, 4, 4), np.float32)).tolist() == [1.0, 1.0]

@@ -114,7 +114,7 @@ def test_report_opens_in_chromium_with_its_figures(ranking_run):
         widths = page.eval_on_selector_all("img", "imgs => imgs.map(i => i.naturalWidth)")
         header = page.inner_text("table:nth-of-type(2) thead")
         page.close()
-    assert len(widths) == 3 and min(widths) > 300
+    assert len(widths) == 4 and min(widths) > 300
     assert "validation" in header and "daily_means" in header
 
 
@@ -170,3 +170,34 @@ def test_the_station_sensor_refreshes_new_stations_and_new_annotations_only(tmp_
         catalog(result.run_requests[0].tags)
         result, _ = tick(cursor)
         assert [r.partition_key for r in result.run_requests] == ["S2WATER01"]
+
+
+def test_stations_on_s3_and_outputs_on_s3(s3, tmp_path, dev_stations):
+    """Station folders under an s3:// prefix (mirrored per station) and the predictions, models and report
+    written to the object store (GEOEMBED_OUTPUTS); the tables in PostgreSQL as before."""
+    from conftest import BUCKET
+    from geoembed_assets.definitions import build_definitions
+    from geoembed_resources import ProductStorage
+
+    station = dev_stations / "stations" / "S2WATER01"
+    for path in station.rglob("*"):
+        if path.is_file():
+            s3["client"].upload_file(str(path), BUCKET, f"fpe/stations/S2WATER01/{path.relative_to(station)}")
+    settings = _settings(f"s3://{BUCKET}/fpe", "fpe_s3")
+    keys = RankingKeys(settings.name)
+    with dg.instance_for_test() as instance:
+        resources = local_resources(tmp_path / "data", storage=ProductStorage(root=str(tmp_path / "data"),
+                                                                              outputs=f"s3://{BUCKET}/outputs"))
+        defs = build_definitions([settings], resources)
+        assert dg.materialize(list(defs.assets), selection=[keys.catalog], instance=instance, resources=resources).success
+        assert instance.get_dynamic_partitions(f"{settings.name}_stations") == ["S2WATER01"]
+        assert dg.materialize(list(defs.assets), selection=keys.per_station, instance=instance, resources=resources,
+                              partition_key="S2WATER01").success
+    listed = {o["Key"] for o in s3["client"].list_objects_v2(Bucket=BUCKET, Prefix="outputs/")["Contents"]}
+    base = "outputs/fpe_s3/stations/S2WATER01/RANK-TEST"
+    assert {f"{base}/transform/predictions.parquet", f"{base}/RANK-TEST.html",
+            f"{base}/dataset/images.parquet"} <= listed
+    body = s3["client"].get_object(Bucket=BUCKET, Key=f"{base}/transform/predictions.parquet")["Body"].read()
+    assert pq.read_table(__import__("io").BytesIO(body)).num_rows == 200
+    rows = _query(resources, "SELECT count(*) AS n FROM geoembed.ranking_predictions WHERE product = 'fpe_s3'")
+    assert int(rows["n"][0]) == 200

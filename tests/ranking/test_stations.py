@@ -127,11 +127,11 @@ def test_undecodable_image_is_named(station_copy):
     from geoembed.ranking.model import load_images
 
     data = _read(station_copy)
-    bad = data.images["path"].iloc[3]
+    bad = station_copy / "stations" / "S2WATER01" / data.images["path"].iloc[3]
     with open(bad, "wb") as handle:
         handle.write(b"not a jpeg")
     with pytest.raises(StationInputError, match=r"station S2WATER01: image .*cannot be decoded"):
-        load_images(list(data.images["path"]), 32, "S2WATER01")
+        load_images(list(data.images["path"]), 32, "S2WATER01", station_copy / "stations" / "S2WATER01")
 
 
 def test_flagged_and_other_variables_annotations_are_left_out(station_copy):

@@ -8,6 +8,7 @@ from geoembed.core.sources import SourceFile
 from geoembed.ranking.catalog import StationCatalog
 from geoembed.ranking.layout import RankingLayout
 from geoembed.ranking.settings import RankingProductSettings
+from geoembed.ranking.stations import StationInputError
 from geoembed_resources import ProductStorage, RasterReader
 
 
@@ -21,7 +22,11 @@ def stations_dir(settings: RankingProductSettings) -> str:
 
 def station_files(raster_reader: RasterReader, settings: RankingProductSettings) -> list[SourceFile]:
     """Every file below <stations>/stations (a cheap listing: names, sizes, modification times)."""
-    return raster_reader.list_location(stations_dir(settings), "*", recursive=True)
+    location = stations_dir(settings)
+    if "://" not in location and not os.path.isdir(location):
+        raise StationInputError(f"stations location {settings.stations!r} has no stations/ folder (the FPE layout: "
+                                f"stations/<id>/db/station.json ...)")
+    return raster_reader.list_location(location, "*", recursive=True)
 
 
 def read_station_catalog(storage: ProductStorage, settings: RankingProductSettings) -> StationCatalog | None:

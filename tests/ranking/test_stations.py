@@ -143,3 +143,33 @@ def test_flagged_and_other_variables_annotations_are_left_out(station_copy):
     path.write_text(json.dumps(records))
     assert len(_read(station_copy).pairs) == total - records[0]["n"] - records[1]["n"]
     assert isinstance(_read(station_copy).pairs, pd.DataFrame)
+
+
+def test_product_file_errors_name_the_file_and_the_field(tmp_path):
+    from geoembed.core.settings import ProductConfigError
+    from geoembed.products import load_product
+    from geoembed.ranking.settings import RankingProductSettings
+
+    path = tmp_path / "p.yaml"
+    path.write_text("pipeline: ranking\nname: r\nstations: fpe\nfilters: {min_hour: 20, max_hour: 5}\n")
+    with pytest.raises(ProductConfigError, match=r"p\.yaml: filters: .*min_hour/min_month must not exceed"):
+        load_product(path)
+    path.write_text("pipeline: ranking\nname: r\nstations: fpe\ntraining: {loss: hinge}\n")
+    with pytest.raises(ProductConfigError, match=r"training\.loss"):
+        load_product(path)
+    path.write_text("pipeline: ranking\nname: r\nstations: fpe\nvariable: FLOW_CFS\n")
+    settings = load_product(path)
+    assert isinstance(settings, RankingProductSettings) and settings.annotations_variable == "FLOW"
+    assert settings.stations == str(tmp_path / "fpe")  # relative to the product file
+
+
+def test_cli_names_a_missing_stations_folder_in_one_line(tmp_path, capsys):
+    from geoembed.cli import main
+
+    path = tmp_path / "p.yaml"
+    path.write_text("pipeline: ranking\nname: r\nstations: nowhere\n")
+    assert main(["run", "--product", str(path), "--data-dir", str(tmp_path / "data"),
+                 "--dagster-home", str(tmp_path / "dh")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"geoembed: stations location '{tmp_path / 'nowhere'}' has no stations/ folder (the FPE layout: "
+                   "stations/<id>/db/station.json ...)"]

@@ -406,26 +406,34 @@ def table_asset(settings: ProductSettings, keys: LandcoverKeys, regional) -> dg.
     @fails_clearly
     def embedding_table(context: dg.AssetExecutionContext, storage: ProductStorage, database: PostgresDatabase):
         """Per region: the embedded cells loaded into PostgreSQL (pgvector), one table per model version
-        (geoembed."<product>_<model version>"). A load replaces exactly the region's rows in one
-        transaction (DELETE + binary COPY): re-runs never duplicate, failures keep the previous rows."""
+        (geoembed."<product>_<model version>"). A load replaces exactly its regions' rows in one transaction
+        (DELETE + binary COPY, up to ~100,000 rows of consecutive regions at a time): re-runs never
+        duplicate, failures keep the previous rows."""
         state = storage.read_stencil(name)
         keys_done = state.checked_keys(list(context.partition_keys), settings)
         layout = state.layout(settings)
         ds = storage.open_product(name)
         progress = Progress("table", len(keys_done), context.log.info, unit="rows")
         seconds, tables = 0.0, set()
-        with database.connect() as conn:
+
+        def loaded_regions():
             for key in keys_done:
                 rows = region_rows(ds, layout, key, settings.region_res)
                 if rows is None:  # no cell of this region has enough valid data: nothing to serve
                     context.log.info(f"table: region {key} has no embedded cells; skipped")
                     continue
-                table = db.ensure_embedding_table(conn, name, rows.model_version, settings.embedding_dim,
-                                                  settings.resolution)
-                tables.add(table)
-                seconds += db.replace_region(conn, table, rows)  # the rate shown is the database's
-                progress.done(key, len(rows.cells), rate=(progress.items + len(rows.cells)) / max(seconds, 1e-9),
-                              suffix=f" into {db.SCHEMA}.{table}")
+                yield key, rows
+
+        with database.connect() as conn:
+            for batch in db.batches_of_rows(loaded_regions(), lambda item: len(item[1].cells)):
+                for version in sorted({rows.model_version for _, rows in batch}):
+                    regions = [(key, rows) for key, rows in batch if rows.model_version == version]
+                    table = db.ensure_embedding_table(conn, name, version, settings.embedding_dim, settings.resolution)
+                    tables.add(table)
+                    seconds += db.replace_regions(conn, table, [rows for _, rows in regions])
+                    for key, rows in regions:  # the rate shown is the database's
+                        progress.done(key, len(rows.cells), rate=(progress.items + len(rows.cells)) / max(seconds, 1e-9),
+                                      suffix=f" into {db.SCHEMA}.{table}")
         return dg.MaterializeResult(metadata={
             "rows": progress.items, "regions": len(keys_done), "tables": ", ".join(sorted(tables)),
             "rows_per_second": round(progress.items / max(seconds, 1e-9), 1),

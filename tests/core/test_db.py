@@ -92,6 +92,44 @@ def test_a_failed_load_keeps_the_previous_rows(database, loaded):
         assert all(np.allclose(a[1].to_numpy(), b[1].to_numpy()) for a, b in zip(after, before))
 
 
+def test_several_regions_are_replaced_in_one_transaction_or_not_at_all(database, loaded):
+    def rows_of(region):
+        return dict(conn.execute(f"SELECT h3, vector_id FROM geoembed.{loaded} WHERE region = %s", (region,)).fetchall())
+
+    with database.connect() as conn:
+        before = {r: rows_of(r) for r in REGIONS[2:4]}
+        fresh = [region_rows(r, seed=11) for r in REGIONS[2:4]]
+        broken = region_rows(REGIONS[4], seed=11)
+        broken.cells = broken.cells.copy()
+        broken.cells[-1] = fresh[0].cells[0]  # a cell of another region of the batch: the COPY fails
+        with pytest.raises(psycopg.Error):
+            db.replace_regions(conn, loaded, fresh + [broken])
+        assert {r: rows_of(r) for r in REGIONS[2:4]} == before  # nothing of the batch changed
+        db.replace_regions(conn, loaded, fresh)
+        for rows in fresh:
+            after = rows_of(rows.region)
+            assert sorted(after) == sorted(before[rows.region]) and after != before[rows.region]
+            np.testing.assert_array_equal([after[c] for c in rows.cells.astype(np.int64)], db.vector_ids(rows.embedding))
+
+
+def test_batches_of_rows_keep_order_and_size():
+    sizes = [40, 70, 10, 150, 5]
+    batches = list(db.batches_of_rows(sizes, lambda n: n, max_rows=100))
+    assert batches == [[40], [70, 10], [150], [5]]  # a partition larger than a batch travels alone
+
+
+def test_vector_ids_are_equal_exactly_for_identical_vectors():
+    rng = np.random.default_rng(3)
+    v = rng.normal(size=(50, 8)).astype(np.float32)
+    v[10], v[20] = v[0], v[0]
+    v[30] = np.nextafter(v[0], np.float32(np.inf))  # one ulp away: a different vector
+    v[40, 0], v[41] = 0.0, v[40]
+    v[41, 0] = -0.0  # -0.0 and 0.0 are one vector
+    ids = db.vector_ids(v)
+    assert ids[0] == ids[10] == ids[20] and ids[30] != ids[0] and ids[40] == ids[41]
+    assert len(set(ids)) == 47 and (ids >= 0).all()
+
+
 def test_concurrent_loads_of_different_regions(database):
     with database.connect() as conn:
         table = db.ensure_embedding_table(conn, "dbtest", "concurrent", DIM, RES)

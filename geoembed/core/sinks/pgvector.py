@@ -13,7 +13,7 @@ import struct
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import h3.api.basic_int as h3i
 
@@ -204,7 +204,9 @@ def vector_ids(vectors: np.ndarray) -> np.ndarray:
     rows = np.ascontiguousarray(np.asarray(vectors, dtype=np.float32)) + np.float32(0.0)  # -0.0 is 0.0
     if len(rows) == 0:
         return np.zeros(0, dtype=np.int64)
-    distinct, inverse = np.unique(rows, axis=0, return_inverse=True)
+    # Each row as one opaque byte string: sorting those is far faster than np.unique(axis=0)'s lexsort.
+    as_bytes = rows.reshape(len(rows), -1).view(np.dtype((np.void, rows.itemsize * int(np.prod(rows.shape[1:])))))
+    distinct, inverse = np.unique(as_bytes.ravel(), return_inverse=True)
     ids = np.array([int.from_bytes(hashlib.blake2b(r.tobytes(), digest_size=8).digest(), "big") >> 1
                     for r in distinct], dtype=np.int64)
     return ids[inverse.ravel()]
@@ -313,33 +315,70 @@ class RegionRows:
                          geometry=lambda: [hexagon_ewkb(int(c)) for c in self.cells])
 
 
+# Rows loaded per transaction when a run loads many small partitions (one H3 region is ~340 rows at res 4):
+# a transaction per partition costs more than its rows, one per run could hold millions of rows in memory.
+ROWS_PER_TRANSACTION = 100_000
+
+
 def replace_partition(conn: psycopg.Connection, table: str, rows: TableRows, layout: TableLayout) -> float:
     """Replace exactly one partition's rows in one transaction: DELETE, then binary COPY.
 
     A failure rolls back to the previous rows; readers never see a half-replaced partition.
     Returns the seconds spent."""
+    return replace_partitions(conn, table, [rows], layout)
+
+
+def replace_partitions(conn: psycopg.Connection, table: str, parts: Sequence[TableRows], layout: TableLayout) -> float:
+    """Replace the rows of several partitions in one transaction: one DELETE of them all, one binary COPY of
+    their rows, one upsert of their distinct vectors. A failure rolls every one of them back to its previous
+    rows. Returns the seconds spent."""
     start = time.perf_counter()
     ident = sql.Identifier(SCHEMA, table)
     geometry = table_has_geometry(conn, table)
     columns = [layout.key, layout.partition, *(c for c, _ in layout.extra), "lon", "lat", "model_version",
                "source_version", "vector_id", "embedding"] + (["geom"] if geometry else [])
-    ids = vector_ids(rows.embedding)
-    payload = copy_rows_payload(rows, layout, with_geometry=geometry, ids=ids)
+    embeddings = (np.concatenate([np.asarray(p.embedding, dtype=np.float32) for p in parts])
+                  if parts else np.zeros((0, 0), np.float32))
+    ids = vector_ids(embeddings)
+    bodies, first = [], 0
+    for part in parts:  # each partition's records, between one header and one trailer
+        payload = copy_rows_payload(part, layout, with_geometry=geometry, ids=ids[first : first + len(part.keys)])
+        bodies.append(payload[len(_COPY_HEADER) : -len(_COPY_TRAILER)])
+        first += len(part.keys)
     with conn.transaction():
-        conn.execute(sql.SQL("DELETE FROM {} WHERE {} = %s").format(ident, sql.Identifier(layout.partition)),
-                     (int(rows.partition),))
+        conn.execute(sql.SQL("DELETE FROM {} WHERE {} = ANY(%s)").format(ident, sql.Identifier(layout.partition)),
+                     ([int(p.partition) for p in parts],))
         copy_sql = sql.SQL("COPY {} ({}) FROM STDIN WITH (FORMAT BINARY)").format(
             ident, sql.SQL(", ").join(map(sql.Identifier, columns)))
         with conn.cursor().copy(copy_sql) as copy:
-            copy.write(payload)
+            copy.write(_COPY_HEADER + b"".join(bodies) + _COPY_TRAILER)
         if len(ids):
-            _upsert_vectors(conn, table, ids, rows.embedding)
+            _upsert_vectors(conn, table, ids, embeddings)
     return time.perf_counter() - start
 
 
 def replace_region(conn: psycopg.Connection, table: str, rows: RegionRows) -> float:
     """Replace exactly one H3 region's rows (see ``replace_partition``)."""
     return replace_partition(conn, table, rows.table_rows(), H3_CELLS)
+
+
+def replace_regions(conn: psycopg.Connection, table: str, regions: Sequence[RegionRows]) -> float:
+    """Replace several H3 regions' rows in one transaction (see ``replace_partitions``)."""
+    return replace_partitions(conn, table, [r.table_rows() for r in regions], H3_CELLS)
+
+
+def batches_of_rows(items: Iterable, rows: Callable[[object], int], max_rows: int = ROWS_PER_TRANSACTION) -> Iterator[list]:
+    """``items`` in consecutive batches of at most ``max_rows`` rows (an item larger than that alone)."""
+    batch, count = [], 0
+    for item in items:
+        n = rows(item)
+        if batch and count + n > max_rows:
+            yield batch
+            batch, count = [], 0
+        batch.append(item)
+        count += n
+    if batch:
+        yield batch
 
 
 _COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + struct.pack(">ii", 0, 0)

@@ -168,6 +168,10 @@ class ProductStorage(dg.ConfigurableResource):
         """Commit one region's rows; the snapshot id that holds them."""
         return stores.write_product_region(self.embeddings_path(product), layout, region, **arrays)
 
+    def write_product_regions(self, product: str, layout: ProductLayout, writes: list) -> str:
+        """Commit several regions' rows (``stores.RegionWrite``) at once; the snapshot id that holds them."""
+        return stores.write_product_regions(self.embeddings_path(product), layout, writes)
+
     def open_product(self, product: str, chunks: dict | str | None = None) -> xr.Dataset:
         """The product store (``chunks={}``: dask arrays with the store's chunks)."""
         return stores.open_product(self.embeddings_path(product), chunks=chunks)

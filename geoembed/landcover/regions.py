@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 from dataclasses import dataclass
-from typing import Callable, ContextManager
+from typing import Callable, ContextManager, Iterator
 
 import numpy as np
 import rasterio
@@ -164,10 +164,50 @@ class RegionNotEmbeddedError(LookupError):
     """A region's table rows were asked for before its embeddings exist, or they mix model versions."""
 
 
+# What the table needs of the product store (the rest, e.g. the class fractions, stays unread).
+TABLE_VARIABLES = ("status", "model_version", "source_version", "stacked_source_version", "embedding",
+                   "embedding_int8", "embedding_scale")
+ROWS_PER_READ = 100_000  # product rows read at once for the table: memory stays flat whatever the run's size
+
+
 def region_rows(product: xr.Dataset, layout: ProductLayout, key: str, region_res: int) -> RegionRows | None:
     """A region's embedded cells from the product store, ready to load (None: no embedded cell)."""
     region = parse_region_key(key, region_res)
-    part = product.isel(cells=layout.rows_of(region))
+    return _rows_of(product.isel(cells=layout.rows_of(region)), region, key)
+
+
+def regions_rows(product: xr.Dataset, layout: ProductLayout, keys: list[str], region_res: int,
+                 max_rows: int = ROWS_PER_READ) -> Iterator[tuple[str, RegionRows | None]]:
+    """``(key, region_rows(...))`` for every key, in order, reading the product store once per span of
+    consecutive regions (up to ``max_rows`` rows) instead of once per region and variable: a run's regions
+    lie next to each other in the store."""
+    regions = [(key, parse_region_key(key, region_res)) for key in keys]
+    names = [n for n in TABLE_VARIABLES if n in product]
+    batch: list[tuple[str, int, slice]] = []
+
+    def flush() -> Iterator[tuple[str, RegionRows | None]]:
+        start, stop = min(s.start for _, _, s in batch), max(s.stop for _, _, s in batch)
+        if stop - start > 2 * sum(s.stop - s.start for _, _, s in batch):  # scattered: one read each
+            for key, region, rows in batch:
+                yield key, _rows_of(product.isel(cells=rows), region, key)
+            return
+        span = product[names].isel(cells=slice(start, stop)).load()
+        for key, region, rows in batch:
+            yield key, _rows_of(span.isel(cells=slice(rows.start - start, rows.stop - start)), region, key)
+
+    count = 0
+    for key, region in regions:
+        rows = layout.rows_of(region)
+        if batch and count + (rows.stop - rows.start) > max_rows:
+            yield from flush()
+            batch, count = [], 0
+        batch.append((key, region, rows))
+        count += rows.stop - rows.start
+    if batch:
+        yield from flush()
+
+
+def _rows_of(part: xr.Dataset, region: int, key: str) -> RegionRows | None:
     status = part["status"].values
     keep = np.isin(status, EMBEDDED)
     if (status == NOT_COMPUTED).all():

@@ -318,6 +318,23 @@ def _convert_plain_store(final: StorePath, layout: ProductLayout, dim: int, attr
     return True
 
 
+# Product rows a run commits at once: one snapshot per ~100,000 rows (a commit per region cost more than
+# its rows), memory bounded whatever the run's size.
+ROWS_PER_COMMIT = 100_000
+
+
+@dataclass
+class RegionWrite:
+    """One region's rows for the product store (see ``write_product_regions``)."""
+
+    region: int
+    embedding: np.ndarray
+    status: np.ndarray
+    model_version: str
+    source_version: str | np.ndarray  # one version for every row, or per row the encoded (uint64) version
+    stacked_source_version: np.ndarray | None = None  # (rows, stacked sources) encoded, for products with a stack
+
+
 def write_product_region(
     path: StorePath,
     layout: ProductLayout,
@@ -333,43 +350,67 @@ def write_product_region(
 
     ``source_version``: one version for every row, or per row the encoded (uint64) version.
     ``stacked_source_version``: (rows, stacked sources) encoded versions, for products with a stack."""
-    rows = layout.rows_of(region)
+    return write_product_regions(path, layout, [RegionWrite(region, embedding, status, model_version, source_version,
+                                                            stacked_source_version)])
+
+
+def _region_part(layout: ProductLayout, write: RegionWrite) -> tuple[slice, xr.Dataset, list[str]]:
+    rows = layout.rows_of(write.region)
     n = rows.stop - rows.start
-    if embedding.shape[0] != n or status.shape[0] != n:
-        raise ValueError(f"region {region:x}: expected {n} rows, got {embedding.shape[0]} embeddings")
-    if isinstance(source_version, str):
-        source_rows = np.full(n, encode_version(source_version), dtype=VERSION_DTYPE)
+    if write.embedding.shape[0] != n or write.status.shape[0] != n:
+        raise ValueError(f"region {write.region:x}: expected {n} rows, got {write.embedding.shape[0]} embeddings")
+    if isinstance(write.source_version, str):
+        source_rows = np.full(n, encode_version(write.source_version), dtype=VERSION_DTYPE)
     else:
-        source_rows = np.asarray(source_version, dtype=VERSION_DTYPE)
+        source_rows = np.asarray(write.source_version, dtype=VERSION_DTYPE)
     sources = sorted({decode_version(v) for v in np.unique(source_rows) if v})
-    part = xr.Dataset(
-        {
-            "status": (("cells",), status.astype(np.uint8)),
-            "model_version": (("cells",), np.full(n, encode_version(model_version), dtype=VERSION_DTYPE)),
-            "source_version": (("cells",), source_rows),
-        }
-    )
-    if stacked_source_version is not None:
+    part = xr.Dataset({
+        "status": (("cells",), write.status.astype(np.uint8)),
+        "model_version": (("cells",), np.full(n, encode_version(write.model_version), dtype=VERSION_DTYPE)),
+        "source_version": (("cells",), source_rows),
+        "embedding": (("cells", "embedding_dim"), np.asarray(write.embedding, dtype=np.float32)),
+    })
+    if write.stacked_source_version is not None:
         part["stacked_source_version"] = (("cells", "stacked_source"),
-                                          np.asarray(stacked_source_version, dtype=VERSION_DTYPE))
-        sources += sorted({decode_version(v) for v in np.unique(stacked_source_version) if v} - set(sources))
+                                          np.asarray(write.stacked_source_version, dtype=VERSION_DTYPE))
+        sources += sorted({decode_version(v) for v in np.unique(write.stacked_source_version) if v} - set(sources))
+    return rows, part, sources
+
+
+def write_product_regions(path: StorePath, layout: ProductLayout, writes: list[RegionWrite]) -> str:
+    """Replace several regions' rows in the product store as one commit that readers see whole (a run's
+    regions: one transaction, and one write per span of adjacent regions, not one per region); returns
+    the snapshot id that holds them."""
+    parts = sorted((_region_part(layout, w) for w in writes), key=lambda p: p[0].start)
+    spans: list[list[tuple[slice, xr.Dataset, list[str]]]] = []
+    for part in parts:  # adjacent regions' rows are written together
+        if spans and spans[-1][-1][0].stop == part[0].start:
+            spans[-1].append(part)
+        else:
+            spans.append([part])
+    models = list(dict.fromkeys(w.model_version for w in writes))
+    sources = list(dict.fromkeys(v for _, _, found in parts for v in found))
+    dim = writes[0].embedding.shape[1] if writes else 0
 
     def write(store) -> None:
         group = zarr.open_group(store, mode="r+")
         stored = {name for name in ("embedding", "embedding_int8") if name in group}
-        if "embedding" in stored:
-            part["embedding"] = (("cells", "embedding_dim"), embedding.astype(np.float32))
-        if "embedding_int8" in stored:
-            quantised = quantise_int8(embedding, "vector")
-            part["embedding_int8"] = (("cells", "embedding_dim"), quantised.codes)
-            part["embedding_scale"] = (("cells",), quantised.scale)
-        if not _same_layout(dict(group.attrs), {"embedding_dim": group[sorted(stored)[0]].shape[1]}, layout,
-                            embedding.shape[1]):
-            raise StoreLayoutError(f"product store {str(path)!r} is laid out for other regions than region "
-                                   f"{region:x}'s writer expects (the stencil changed meanwhile): run the region again")
-        # Regions sharing a chunk are safe too: the commit that lost the race redoes its write on top.
-        part.to_zarr(store, region={"cells": rows}, zarr_format=3, consolidated=False, safe_chunks=False)
-        for key, values in (("model_versions", [model_version]), ("source_versions", sources)):
+        if not _same_layout(dict(group.attrs), {"embedding_dim": group[sorted(stored)[0]].shape[1]}, layout, dim):
+            raise StoreLayoutError(f"product store {str(path)!r} is laid out for other regions than the writer of "
+                                   f"regions {', '.join(f'{w.region:x}' for w in writes[:3])} expects (the stencil "
+                                   "changed meanwhile): run the regions again")
+        for span in spans:
+            rows = slice(span[0][0].start, span[-1][0].stop)
+            data = xr.concat([p for _, p, _ in span], dim="cells") if len(span) > 1 else span[0][1]
+            if "embedding_int8" in stored:
+                quantised = quantise_int8(data["embedding"].values, "vector")
+                data = data.assign(embedding_int8=(("cells", "embedding_dim"), quantised.codes),
+                                   embedding_scale=(("cells",), quantised.scale))
+            if "embedding" not in stored:
+                data = data.drop_vars("embedding")
+            # Regions sharing a chunk are safe too: the commit that lost the race redoes its write on top.
+            data.to_zarr(store, region={"cells": rows}, zarr_format=3, consolidated=False, safe_chunks=False)
+        for key, values in (("model_versions", models), ("source_versions", sources)):
             seen = list(group.attrs.get(key, []))
             new = [v for v in values if v not in seen]
             if new:
@@ -380,7 +421,10 @@ def write_product_region(
             raise StoreLayoutError(f"product store {str(path)!r} is a plain Zarr store from before transactional "
                                    "stores: materialize the product's h3_regions asset once to convert it")
         raise FileNotFoundError(f"embedding store {str(path)!r} does not exist; materialize h3_regions first")
-    return transact(path, write, f"region {region:x}: {n} rows, model {model_version}").snapshot
+    rows = sum(p[0].stop - p[0].start for p in parts)
+    what = (f"region {writes[0].region:x}" if len(writes) == 1 else f"{len(writes)} regions") + \
+        f": {rows} rows, model {', '.join(models)}"
+    return transact(path, write, what).snapshot
 
 
 def embedding_array(product: xr.Dataset) -> xr.DataArray:

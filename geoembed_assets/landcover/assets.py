@@ -27,10 +27,10 @@ from geoembed.core.sinks import pgvector as db
 from geoembed.core.sources import manifest_version, newest_first
 from geoembed.landcover import encoder
 from geoembed.core.rasters import RasterInputError
-from geoembed.landcover.regions import MosaicRasters, region_embeddings, region_rows, region_samples
+from geoembed.landcover.regions import MosaicRasters, region_embeddings, region_samples, regions_rows
 from geoembed.landcover.settings import ProductSettings
 from geoembed.landcover.stencil import update_stencil
-from geoembed.landcover.stores import embedding_array
+from geoembed.landcover.stores import ROWS_PER_COMMIT, RegionWrite, embedding_array
 from geoembed.landcover.training import quality_table, train_encoder
 from geoembed.landcover.windows import EMBEDDED
 from geoembed_assets.core.failures import TRANSIENT_RETRY, fails_clearly
@@ -328,17 +328,27 @@ def embeddings_asset(settings: ProductSettings, keys: LandcoverKeys, regional) -
         missing = nan = off_norm = embedded_total = 0
         sources_seen: set[str] = set()
         snapshot = None
+        pending: list[tuple[str, RegionWrite]] = []  # written together: one commit per ~100,000 rows
+
+        def commit() -> str:
+            written = storage.write_product_regions(name, layout, [w for _, w in pending])
+            for key, w in pending:
+                progress.done(key, len(w.status), rate=progress.rate(embedded_total), suffix=f" on {device}")
+            pending.clear()
+            return written
+
         for key in keys_done:
             out = region_embeddings(storage.open_samples(name, key), settings.embedding_dim,
                                     partial(inference_device.infer, model, finish=encoder.renormalise))
-            snapshot = storage.write_product_region(name, layout, int(key, 16), embedding=out.vectors,
-                                                    status=out.status, model_version=version,
-                                                    source_version=out.source_versions,
-                                                    stacked_source_version=out.stacked_source_versions)
+            pending.append((key, RegionWrite(int(key, 16), out.vectors, out.status, version, out.source_versions,
+                                             out.stacked_source_versions)))
             sources_seen.update(decode_version(v) for v in np.unique(out.source_versions))
             missing, nan, off_norm = missing + out.missing, nan + out.with_nan, off_norm + out.off_unit_norm
             embedded_total += out.embedded
-            progress.done(key, len(out.status), rate=progress.rate(embedded_total), suffix=f" on {device}")
+            if sum(len(w.status) for _, w in pending) >= ROWS_PER_COMMIT:
+                snapshot = commit()
+        if pending:
+            snapshot = commit()
         return dg.MaterializeResult(
             metadata={
                 "model_version": version,
@@ -417,8 +427,7 @@ def table_asset(settings: ProductSettings, keys: LandcoverKeys, regional) -> dg.
         seconds, tables = 0.0, set()
 
         def loaded_regions():
-            for key in keys_done:
-                rows = region_rows(ds, layout, key, settings.region_res)
+            for key, rows in regions_rows(ds, layout, keys_done, settings.region_res):
                 if rows is None:  # no cell of this region has enough valid data: nothing to serve
                     context.log.info(f"table: region {key} has no embedded cells; skipped")
                     continue

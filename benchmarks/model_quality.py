@@ -56,7 +56,7 @@ def main() -> None:
     state = storage.read_stencil(settings.name)
 
     def open_samples(key: str):
-        return storage.open_samples(settings.name, key) if storage.samples_path(settings.name, key).exists() else None
+        return storage.open_samples(settings.name, key) if storage.has_samples(settings.name, key) else None
 
     # Inference speed is timed on 20,000 windows of the first materialized region (repeated if it has fewer).
     first = next(ds for ds in map(open_samples, state.regions) if ds is not None)

@@ -14,8 +14,8 @@ allocated (tracemalloc), then writes bench-results/suite.json. Baselines:
   blocks + 2x2 max-pool per halving down to 4 px, dense 64 + two dense residual blocks, 16-d output;
   the training flow's defaults, 32 filters) rebuilt in torch, its way: float32 one-hot input, batch 256;
   FLOPs per cell counted by torch for both networks;
-* Zarr: the samples stores as the samples asset writes them, against the same bytes written raw to the
-  same disk and synced;
+* Zarr: the samples as the samples asset writes them (a run's regions in one store, a pointer file per
+  region), against the same bytes written raw, one file per region, to the same disk and synced;
 * kNN query: ``geoembed similar``'s search (HNSW over distinct vectors) on these cells embedded by our network,
   against exact search (sequential scan) in the same database: queries/s, p50 and recall@10 (the ~1 M-row
   figures are ``benchmarks.pg_bench query`` on the res-5 product);
@@ -52,7 +52,8 @@ from geoembed.core.grids.h3 import cell_centres, cells_at, region_cells
 from geoembed.landcover import encoder
 from geoembed.landcover.categorical import describe_raster, resolve_legend
 from geoembed.landcover.settings import load_settings
-from geoembed.landcover.stores import samples_dataset, write_samples
+from geoembed.core.sinks.pgvector import batches_of_rows
+from geoembed.landcover.stores import ROWS_PER_COMMIT, samples_dataset, write_samples_batch
 from geoembed.landcover.windows import (
     STATUS_CODE, Legend, RasterBlocks, pixel_positions, sample_windows, window_indices,
 )
@@ -236,9 +237,10 @@ def bench_zarr(ctx: dict, repeat: int) -> dict:
     nbytes = sum(int(sum(v.nbytes for v in ds.data_vars.values())) for ds in datasets)
     result: dict = {"regions": len(datasets), "mb": round(nbytes / 1e6, 1)}
     with tempfile.TemporaryDirectory(dir=ctx["scratch"]) as tmp:
-        def ours():
-            for i, ds in enumerate(datasets):
-                write_samples(Path(tmp) / f"{i}.zarr", ds)
+        def ours():  # as the samples asset writes a run's regions: one store per ~100,000 cells
+            regions = {f"{i:x}": ds for i, ds in enumerate(datasets)}
+            for batch in batches_of_rows(list(regions), lambda key: regions[key].sizes["cells"], ROWS_PER_COMMIT):
+                write_samples_batch(Path(tmp) / "samples", {key: regions[key] for key in batch})
             os.sync()
 
         def raw():

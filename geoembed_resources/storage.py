@@ -90,9 +90,6 @@ class ProductStorage(dg.ConfigurableResource):
         pq.write_table(table, sink, compression="zstd")
         self.write_bytes(path, sink.getvalue().to_pybytes())
 
-    def samples_path(self, product: str, region_key: str) -> Path:
-        return self.product_dir(product) / "samples" / f"{region_key}.zarr"
-
     def embeddings_path(self, product: str) -> AnyPath:
         return self.outputs_dir(product) / "embeddings.zarr"
 
@@ -153,13 +150,15 @@ class ProductStorage(dg.ConfigurableResource):
 
     # Zarr stores (formats in geoembed.landcover.stores) -------------------------------------------------
 
-    def write_samples(self, product: str, region_key: str, ds: xr.Dataset) -> Path:
-        path = self.samples_path(product, region_key)
-        stores.write_samples(path, ds)
-        return path
+    def write_samples(self, product: str, regions: dict[str, xr.Dataset]) -> Path:
+        """Several regions' samples in one store (see ``stores.write_samples_batch``); its path."""
+        return stores.write_samples_batch(self.product_dir(product) / "samples", regions)
+
+    def has_samples(self, product: str, region_key: str) -> bool:
+        return stores.has_region_samples(self.product_dir(product) / "samples", region_key)
 
     def open_samples(self, product: str, region_key: str) -> xr.Dataset:
-        return stores.open_samples(self.samples_path(product, region_key))
+        return stores.open_region_samples(self.product_dir(product) / "samples", region_key)
 
     def ensure_product_store(self, product: str, layout: ProductLayout, dim: int, attrs: dict) -> bool:
         return stores.ensure_product_store(self.embeddings_path(product), layout, dim, attrs)

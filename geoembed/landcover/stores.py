@@ -1,4 +1,5 @@
-"""Zarr formats: per-region land-cover samples and the H3-indexed embedding product.
+"""Zarr formats: land-cover samples (per region, written a run at a time) and the H3-indexed embedding
+product.
 
 The product store is one Zarr v3 group in an icechunk repository (``geoembed.core.sinks.repository``):
 ``xr.open_zarr`` on a snapshot's store opens the whole product and xdggs decodes it (``cell_ids``
@@ -24,8 +25,8 @@ from geoembed.core.quantise import DEQUANTISATION, quantise_int8
 from geoembed.core.lineage import VERSION_DTYPE, VERSION_ENCODING, decode_version, encode_version
 from geoembed.core.sinks.repository import is_repository, snapshot_store, transact
 from geoembed.core.sinks.zarr import (
-    StorePath, h3_coordinate, is_remote, open_store, plain_store_exists, replace_directory, sibling, store_name,
-    write_dataset, zarr_target,
+    StorePath, h3_coordinate, is_remote, open_store, plain_store_exists, replace_directory, sibling, store_exists,
+    store_name, write_dataset, zarr_target,
 )
 from geoembed.landcover.windows import EMBEDDED, STATUSES, Legend, StackedWindows, WindowSamples, cell_statuses
 
@@ -33,7 +34,7 @@ NOT_COMPUTED = 255
 
 
 # ---------------------------------------------------------------------------------------------
-# Samples (one store per region partition)
+# Samples (a run's regions in one store, a pointer file per region)
 # ---------------------------------------------------------------------------------------------
 
 
@@ -122,13 +123,104 @@ def model_inputs(ds: xr.Dataset, rows: np.ndarray | slice = slice(None)) -> np.n
 
 
 def write_samples(path: StorePath, ds: xr.Dataset) -> None:
-    """Write a region's samples; a re-run replaces the previous store only once the new one is complete."""
+    """Write a region's samples as a store of its own; a re-run replaces the previous store only once the
+    new one is complete. (The samples asset writes a run's regions together: ``write_samples_batch``.)"""
     write_dataset(path, ds)
 
 
 def open_samples(path: StorePath) -> xr.Dataset:
-    """A region's samples, lazily indexed without dask (small reads stay cheap)."""
+    """A region's samples from a store of its own, lazily indexed without dask (small reads stay cheap)."""
     return open_store(path, "samples store")
+
+
+# A run's regions are written into one store (a store per region cost ~40 ms of file operations whatever
+# its size: 20 s of the default product's 481 regions); each region gets a small pointer file naming its
+# store and rows. A store no pointer names any more is removed once it is older than this (a store just
+# written by a concurrent run is named by its pointers a moment later).
+UNREFERENCED_SAMPLES_GRACE_SECONDS = 600
+SAMPLES_CHUNK_CELLS = 2048
+
+
+def _pointer(folder: Path, key: str) -> Path:
+    return folder / "regions" / f"{key}.json"
+
+
+def write_samples_batch(folder: str | Path, regions: dict[str, xr.Dataset]) -> Path:
+    """Write several regions' samples as one store under ``<folder>/batches/``, then point each region at
+    its rows (``<folder>/regions/<key>.json``, replaced atomically: a reader sees the old samples or the
+    new ones). Stores whose regions all point elsewhere are removed. Returns the new store's path."""
+    folder = Path(folder)
+    keys = list(regions)
+    parts = [regions[k] for k in keys]
+    merged = xr.concat(parts, dim="cells", data_vars="minimal", coords="minimal", compat="override",
+                       join="override", combine_attrs="drop") if len(parts) > 1 else parts[0].copy()
+    merged.attrs = {"regions": json.dumps(keys)}
+    store = folder / "batches" / f"{uuid.uuid4().hex}.zarr"
+    # Chunks of a few regions' rows: reading one region decompresses a little, not the whole batch.
+    encoding = {name: {"chunks": tuple(min(size, SAMPLES_CHUNK_CELLS) if dim == "cells" else size
+                                       for dim, size in zip(var.dims, var.shape))}
+                for name, var in merged.variables.items() if "cells" in var.dims}
+    write_dataset(store, merged, encoding)
+    start = 0
+    for key, part in zip(keys, parts):
+        stop = start + part.sizes["cells"]
+        pointer = _pointer(folder, key)
+        pointer.parent.mkdir(parents=True, exist_ok=True)
+        tmp = pointer.with_name(f".{pointer.name}.tmp-{uuid.uuid4().hex[:8]}")
+        tmp.write_text(json.dumps({"store": store.name, "start": start, "stop": stop, "attrs": part.attrs}))
+        tmp.replace(pointer)
+        start = stop
+    _remove_unreferenced_samples(folder, keep=store.name)
+    return store
+
+
+def _remove_unreferenced_samples(folder: Path, keep: str) -> None:
+    import shutil
+    import time
+
+    batches = folder / "batches"
+    for store in batches.glob("*.zarr") if batches.is_dir() else []:
+        if store.name == keep or time.time() - store.stat().st_mtime < UNREFERENCED_SAMPLES_GRACE_SECONDS:
+            continue
+        try:
+            keys = json.loads(json.loads((store / "zarr.json").read_text())["attributes"]["regions"])
+        except (OSError, KeyError, ValueError):
+            continue  # not one of ours, or being written: left alone
+        named = False
+        for key in keys:
+            try:
+                named = json.loads(_pointer(folder, key).read_text())["store"] == store.name
+            except (OSError, ValueError):
+                continue
+            if named:
+                break
+        if not named:
+            shutil.rmtree(store, ignore_errors=True)
+
+
+_OPENED_BATCHES: dict[str, xr.Dataset] = {}  # batch stores are never rewritten: opened once per process
+
+
+def has_region_samples(folder: str | Path, key: str) -> bool:
+    folder = Path(folder)
+    return _pointer(folder, key).exists() or store_exists(folder / f"{key}.zarr")
+
+
+def open_region_samples(folder: str | Path, key: str) -> xr.Dataset:
+    """A region's samples (its rows of the batch store its pointer names, with its own attributes), lazily
+    indexed without dask; a region written by an older version as a store of its own is read as before."""
+    folder = Path(folder)
+    pointer = _pointer(folder, key)
+    if not pointer.exists():
+        return open_samples(folder / f"{key}.zarr")
+    where = json.loads(pointer.read_text())
+    path = folder / "batches" / where["store"]
+    batch = _OPENED_BATCHES.get(str(path))
+    if batch is None:
+        batch = _OPENED_BATCHES[str(path)] = open_store(path, "samples store")
+    region = batch.isel(cells=slice(where["start"], where["stop"]))
+    region.attrs = dict(where["attrs"])
+    return region
 
 
 @dataclass(frozen=True)

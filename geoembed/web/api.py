@@ -214,7 +214,7 @@ def create_app(database: PostgresDatabase, storage: ProductStorage | None = None
         region, lon, lat, model, source = row
         ring = [[x, y] for y, x in h3i.cell_to_boundary(key)]
         sample = None
-        if storage is not None and storage.samples_path(product, f"{int(region):x}").exists():
+        if storage is not None and storage.has_samples(product, f"{int(region):x}"):
             sample = cell_sample(storage.open_samples(product, f"{int(region):x}"), key)
         return CellDetails(product=product, cell=h3.int_to_str(key), region=f"{int(region):x}", lon=lon, lat=lat,
                            model_version=model, source_version=source, table=f"{SCHEMA}.{found.table}",

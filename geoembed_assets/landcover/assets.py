@@ -17,6 +17,7 @@ from typing import Literal
 
 import dagster as dg
 import numpy as np
+import xarray as xr
 from pydantic import Field
 
 from geoembed.core.evaluation import principal_rgb
@@ -215,7 +216,7 @@ def samples_asset(settings: ProductSettings, keys: LandcoverKeys, regional) -> d
         source files overlap, the newest), per-class fractions, a status per cell (edge, nodata, unknown
         class cells kept with a reason) and the content version of the file each cell was read from; each
         stacked source's window on the same ground footprint (cells it leaves without data: status
-        'missing_<source>'). Zarr."""
+        'missing_<source>'). Zarr: a run's regions in one store, each region pointing at its rows."""
         state = storage.read_stencil(name)
         keys_done = state.checked_keys(list(context.partition_keys), settings)
         landed = raster_reader.fingerprints(settings)
@@ -224,11 +225,20 @@ def samples_asset(settings: ProductSettings, keys: LandcoverKeys, regional) -> d
         status_total = np.zeros(len(statuses), dtype=np.int64)
         with MosaicRasters(state, landed, partial(raster_reader.describe, nodata_override=settings.nodata),
                            raster_reader.open, {s.name: s.nodata for s in settings.stack}) as rasters:
+            pending: dict[str, xr.Dataset] = {}  # written together: one store per ~100,000 cells
             for key in keys_done:
                 ds = region_samples(key, state, settings, rasters)
-                storage.write_samples(name, key, ds)
+                pending[key] = ds
                 status_total += np.bincount(ds["status"].values, minlength=len(statuses))
-                progress.done(key, ds.sizes["cells"])
+                if sum(d.sizes["cells"] for d in pending.values()) >= ROWS_PER_COMMIT:
+                    storage.write_samples(name, pending)
+                    for done, d in pending.items():
+                        progress.done(done, d.sizes["cells"])
+                    pending = {}
+            if pending:
+                storage.write_samples(name, pending)
+                for done, d in pending.items():
+                    progress.done(done, d.sizes["cells"])
         return dg.MaterializeResult(metadata={
             "regions": len(keys_done),
             "cells": progress.items,
@@ -259,7 +269,7 @@ def model_asset(settings: ProductSettings, keys: LandcoverKeys, single) -> dg.As
         state = storage.read_stencil(name)
 
         def open_samples(key: str):
-            return storage.open_samples(name, key) if storage.samples_path(name, key).exists() else None
+            return storage.open_samples(name, key) if storage.has_samples(name, key) else None
 
         trained = train_encoder(settings, state, open_samples, config, log=context.log.info, warn=context.log.warning)
         version = trained.version

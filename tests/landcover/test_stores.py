@@ -270,3 +270,65 @@ def test_rows_of_a_run_read_in_spans_equal_region_by_region_reads(tmp_path):
             np.testing.assert_array_equal(rows.cells, one.cells)
             np.testing.assert_array_equal(rows.embedding, one.embedding)
             assert list(rows.source_version) == list(one.source_version) and rows.model_version == one.model_version
+
+
+def _samples(region_seed: int, n: int = 7):
+    from geoembed.landcover.stores import samples_dataset
+    from geoembed.landcover.windows import Legend, WindowSamples
+
+    rng = np.random.default_rng(region_seed)
+    legend = Legend.from_mapping({0: "water", 1: "forest", 2: "crop"})
+    cells = np.sort(rng.integers(0, 2**40, n).astype(np.uint64)) + np.uint64(region_seed) * np.uint64(2**41)
+    samples = WindowSamples(cells=cells, windows=rng.integers(0, 3, (n, 4, 4), dtype=np.uint8),
+                            fractions=rng.random((n, 3), dtype=np.float32),
+                            valid_fraction=rng.random(n, dtype=np.float32), status=np.zeros(n, np.uint8),
+                            unknown_values=np.zeros(0, np.int64))
+    return samples_dataset(samples, legend, 5, {"source_version": f"{region_seed:016x}", "region": region_seed})
+
+
+def test_a_runs_samples_go_in_one_store_and_each_region_reads_back_its_own(tmp_path, monkeypatch):
+    from geoembed.landcover import stores
+
+    folder = tmp_path / "samples"
+    first = {f"r{i}": _samples(i) for i in range(4)}
+    store = stores.write_samples_batch(folder, first)
+    assert [p.name for p in (folder / "batches").iterdir()] == [store.name]
+    for key, ds in first.items():
+        back = stores.open_region_samples(folder, key)
+        assert back.attrs == ds.attrs and stores.has_region_samples(folder, key)
+        for name in ("windows", "fractions", "status", "source_version", "cell_ids"):
+            np.testing.assert_array_equal(back[name].values, ds[name].values)
+    assert not stores.has_region_samples(folder, "r9")
+    # Re-running two regions: they point at the new store; the first store still holds r2 and r3.
+    monkeypatch.setattr(stores, "UNREFERENCED_SAMPLES_GRACE_SECONDS", 0)
+    second = stores.write_samples_batch(folder, {"r0": _samples(10), "r1": _samples(11)})
+    assert sorted(p.name for p in (folder / "batches").iterdir()) == sorted([store.name, second.name])
+    np.testing.assert_array_equal(stores.open_region_samples(folder, "r0")["windows"].values, _samples(10)["windows"].values)
+    np.testing.assert_array_equal(stores.open_region_samples(folder, "r3")["windows"].values, first["r3"]["windows"].values)
+    # Once no region points at the first store any more, it is removed.
+    stores.write_samples_batch(folder, {"r2": _samples(12), "r3": _samples(13)})
+    assert store.name not in [p.name for p in (folder / "batches").iterdir()]
+
+
+def test_a_failed_samples_write_keeps_every_regions_previous_samples(tmp_path, monkeypatch):
+    from geoembed.landcover import stores
+
+    folder = tmp_path / "samples"
+    stores.write_samples_batch(folder, {"r0": _samples(0), "r1": _samples(1)})
+
+    def broken(path, ds, encoding=None):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(stores, "write_dataset", broken)
+    with pytest.raises(OSError):
+        stores.write_samples_batch(folder, {"r0": _samples(5), "r1": _samples(6)})
+    np.testing.assert_array_equal(stores.open_region_samples(folder, "r1")["windows"].values, _samples(1)["windows"].values)
+
+
+def test_a_region_stored_alone_by_an_older_version_is_still_read(tmp_path):
+    from geoembed.landcover import stores
+
+    folder = tmp_path / "samples"
+    stores.write_samples(folder / "r7.zarr", _samples(7))
+    assert stores.has_region_samples(folder, "r7")
+    np.testing.assert_array_equal(stores.open_region_samples(folder, "r7")["windows"].values, _samples(7)["windows"].values)

@@ -70,11 +70,14 @@ def test_graphql_backfill_of_all_2562_partitions_completes_in_batches(tmp_path, 
             covered.extend(range(start, end + 1))
         assert sorted(covered) == list(range(len(partitions)))
         assert instance.get_materialized_partitions(samples) == set(partitions)
-        # Every region's samples store is there with all of its cells.
+        # Every region's samples are there with all of their cells, a store per run (not per region).
         state = storage.read_json(storage.stencil_path(name), "stencil")
         for key in partitions[:: max(1, len(partitions) // 50)]:
             assert storage.open_samples(name, key).sizes["cells"] == state["cells_per_region"][key]
-        assert sum(1 for _ in Path(storage.product_dir(name), "samples").glob("*.zarr")) == len(partitions)
+        folder = Path(storage.product_dir(name), "samples")
+        assert sum(1 for _ in (folder / "regions").glob("*.json")) == len(partitions)
+        stores = sum(1 for _ in (folder / "batches").glob("*.zarr"))
+        assert len(runs) <= stores <= len(runs) * 10  # one per ~100,000 cells of each run
 
 
 def test_backfill_cli_names_an_unreachable_webserver():

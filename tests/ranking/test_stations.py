@@ -4,6 +4,7 @@ interpolation of the observed series, the filters and split, and bad input named
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -161,6 +162,8 @@ def test_product_file_errors_name_the_file_and_the_field(tmp_path):
     settings = load_product(path)
     assert isinstance(settings, RankingProductSettings) and settings.annotations_variable == "FLOW"
     assert settings.stations == str(tmp_path / "fpe")  # relative to the product file
+    shipped = load_product(Path(__file__).resolve().parents[2] / "products" / "fpe_s2_stations.yaml")
+    assert isinstance(shipped, RankingProductSettings) and shipped.stations.endswith("data/fpe_stations")
 
 
 def test_cli_names_a_missing_stations_folder_in_one_line(tmp_path, capsys):

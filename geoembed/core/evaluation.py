@@ -149,26 +149,25 @@ def pca_features(train_fractions: np.ndarray, test_fractions: np.ndarray, dim: i
 
 def principal_scores(embeddings, k: int = 3, counts: np.ndarray | None = None) -> np.ndarray:
     """Rows projected on their first ``k`` principal components (numpy in memory, or a dask array
-    computed chunk-parallel: tall-and-skinny QR of the centred rows on whatever cluster is active).
-    ``counts`` (numpy only) says how many times each row occurs, so distinct vectors stand for all the rows
-    sharing them: the same components as the expanded rows', without expanding them.
-    Signs follow scikit-learn: each component's largest loading is positive."""
+    computed chunk-parallel on whatever cluster is active). ``counts`` (numpy only) says how many times each
+    row occurs, so distinct vectors stand for all the rows sharing them: the same components as the expanded
+    rows', without expanding them. Signs follow scikit-learn: each component's largest loading is positive.
+
+    The components are the eigenvectors of the centred rows' scatter matrix (d x d): one pass over tall,
+    narrow embeddings, and on dask one reduction instead of a tall-and-skinny QR (3.5 s instead of 9.3 s for
+    878,538 x 64 on 2 cores; the scores agree to 1e-14)."""
     if isinstance(embeddings, da.Array):
         x = embeddings.astype(np.float64).rechunk({1: -1})
         centred = x - x.mean(axis=0)
-        _, _, vt = da.linalg.svd(centred)
-        vt = np.asarray(vt[:k].compute())
-    elif counts is not None:
-        x = np.asarray(embeddings, dtype=np.float64)
-        weights = np.asarray(counts, dtype=np.float64)
-        centred = x - np.average(x, axis=0, weights=weights)
-        # The right singular vectors of the expanded centred rows are the eigenvectors of their scatter.
-        values, vectors = np.linalg.eigh((centred * weights[:, None]).T @ centred)
-        vt = vectors[:, np.argsort(values)[::-1][:k]].T
+        scatter = np.asarray((centred.T @ centred).compute())
     else:
         x = np.asarray(embeddings, dtype=np.float64)
-        centred = x - x.mean(axis=0)
-        vt = np.linalg.svd(centred, full_matrices=False)[2][:k]
+        weights = np.ones(len(x)) if counts is None else np.asarray(counts, dtype=np.float64)
+        centred = x - np.average(x, axis=0, weights=weights)
+        scatter = (centred * weights[:, None]).T @ centred
+    # The right singular vectors of the (expanded) centred rows are the eigenvectors of their scatter.
+    values, vectors = np.linalg.eigh(scatter)
+    vt = vectors[:, np.argsort(values)[::-1][:k]].T
     vt = vt * np.sign(vt[np.arange(len(vt)), np.argmax(np.abs(vt), axis=1)])[:, None]
     scores = centred @ vt.T
     return np.asarray(scores.compute() if isinstance(scores, da.Array) else scores)

@@ -11,6 +11,7 @@ Each asset is built by its own small factory; bodies say what they make from wha
 
 import json
 import time
+import warnings
 from dataclasses import dataclass
 from functools import partial
 from typing import Literal
@@ -399,7 +400,9 @@ def map_asset(settings: ProductSettings, keys: LandcoverKeys, single) -> dg.Asse
         # Dask chunks of whole store chunks, ~131,072 rows each: one task reads many regions' chunks (a task per
         # region's chunk made the res-5 PCA 59 s of scheduling instead of 9 s).
         slot = storage.read_stencil(name).layout(settings).slot
-        ds = storage.open_product(name, chunks={"cells": max(1, PCA_ROWS_PER_TASK // slot) * slot})
+        with warnings.catch_warnings():  # the split chunks are the cell_ids coordinate's, read once below
+            warnings.filterwarnings("ignore", message=".*separate the stored chunks.*")
+            ds = storage.open_product(name, chunks={"cells": max(1, PCA_ROWS_PER_TASK // slot) * slot})
         rows = np.nonzero(np.isin(ds["status"].values, EMBEDDED))[0]
         cells = ds["cell_ids"].values[rows]
         versions = sorted(decode_version(v) for v in np.unique(ds["model_version"].values[rows]))

@@ -1,7 +1,7 @@
 """Launch asset backfills and runs through a running Dagster webserver's GraphQL API and wait for them.
 
 ``launch_backfill`` sends the request of the UI's "Materialize all partitions": Dagster's backfill daemon
-then splits it into runs by each asset's backfill policy (geoembed: up to 256 regions per run).
+then splits it into runs by each asset's backfill policy (geoembed: up to 1,024 regions per run).
 ``launch_run`` sends the request of the UI's "Materialize" over a partition range: one run, queued and
 started by the run queue (every few seconds, where the backfill daemon looks every 30 s).
 ``serve_dagster`` starts a local `dagster dev` or `dagster-webserver` for scripts (benchmarks, tests)."""

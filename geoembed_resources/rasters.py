@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 from contextlib import contextmanager
 from dataclasses import replace
+from pathlib import Path
 from typing import Iterator
 
 import dagster as dg
@@ -81,9 +83,6 @@ class RasterReader(dg.ConfigurableResource):
         downloaded, local files whose object is gone are removed)."""
         if not location.startswith("s3://"):
             return location
-        import json
-        from pathlib import Path
-
         client = self.s3.get_client()
         root = Path(folder)
         manifest_path = root / ".mirror.json"

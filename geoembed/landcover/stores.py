@@ -11,6 +11,8 @@ several machines at once conflict only at commit, and the one that lost redoes i
 from __future__ import annotations
 
 import json
+import shutil
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -175,9 +177,6 @@ def write_samples_batch(folder: str | Path, regions: dict[str, xr.Dataset]) -> P
 
 
 def _remove_unreferenced_samples(folder: Path, keep: str) -> None:
-    import shutil
-    import time
-
     batches = folder / "batches"
     for store in batches.glob("*.zarr") if batches.is_dir() else []:
         if store.name == keep or time.time() - store.stat().st_mtime < UNREFERENCED_SAMPLES_GRACE_SECONDS:

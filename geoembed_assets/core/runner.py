@@ -156,14 +156,15 @@ class AssetRunner:
 
     def materialize_partitions(self, step: str, key: dg.AssetKey, partitions: Sequence[str],
                                count: Callable[[dict], int], part_label: str = "regions", unit: str = "cells",
-                               batch_size: int = PARTITIONS_PER_RUN) -> int:
+                               batch_size: int = PARTITIONS_PER_RUN, config: dict | None = None) -> int:
         """Every partition of ``key``, one run per range of ``batch_size`` consecutive partitions, saying
-        how far it got after each run. ``count``: how many items (cells, chips) a run's metadata reports."""
+        how far it got after each run. ``count``: how many items (cells, chips) a run's metadata reports.
+        ``partitions`` must be in the partitions definition's order (a range is first..last of it)."""
         done, start = 0, time.perf_counter()
         for first in range(0, len(partitions), batch_size):
             batch = list(partitions[first : first + batch_size])
             tags = {ASSET_PARTITION_RANGE_START_TAG: batch[0], ASSET_PARTITION_RANGE_END_TAG: batch[-1]}
-            done += count(self.materialize(step, key, tags))
+            done += count(self.materialize(step, key, tags, config))
             rate = done / max(time.perf_counter() - start, 1e-9)
             self.say(f"[geoembed] {step}: {first + len(batch)}/{len(partitions)} {part_label}, {done:,} {unit}, "
                      f"{rate:,.0f} {unit}/s")

@@ -10,7 +10,7 @@ import dagster as dg
 from geoembed.quadkey.settings import QuadkeyProductSettings
 from geoembed_assets.core.runner import RunSummary, product_runner
 from geoembed_assets.quadkey.assets import layout_of, read_plan
-from geoembed_assets.quadkey.partitions import QuadkeyKeys
+from geoembed_assets.quadkey.partitions import QuadkeyKeys, quadkey_partitions
 from geoembed_resources.postgres import describe_database
 
 
@@ -46,15 +46,21 @@ def materialize_quadkey_product(
     summary.zoom, summary.partition_zoom, summary.partitions = plan.zoom, plan.partition_zoom, len(plan.partitions)
     say(f"[geoembed] {settings.name}: {len(catalog.scenes)} scenes, chips at zoom {plan.zoom}, "
         f"{len(plan.partitions)} partitions at zoom {plan.partition_zoom}, {sum(plan.chips.values())} chips")
+    # One run per range of partitions (not per partition): the partitions in the instance's order, the
+    # order a range selects in.
+    partitions = [k for k in instance.get_dynamic_partitions(quadkey_partitions(settings.name).name) if k in plan.partitions]
     totals: dict[str, int] = {}
-    for i, key in enumerate(plan.partitions):
-        meta = runner.materialize("chips", keys.chips, partition_key=key)
+
+    def chips_made(meta: dict) -> int:
         for name, n in (meta.get("chips_by_class") or {}).items():
             totals[name] = totals.get(name, 0) + int(n)
-        say(f"[geoembed] chips: {i + 1}/{len(plan.partitions)} partitions, {totals}")
-        if settings.labels is not None:
-            labels = runner.materialize("labels", keys.labels, partition_key=key)
-            summary.chips_with_a_label += int(labels.get("chips_with_a_label", 0))
+        return int(meta.get("chips", 0))
+
+    runner.materialize_partitions("chips", keys.chips, partitions, chips_made, "partitions", "chips")
+    if settings.labels is not None:
+        summary.chips_with_a_label = runner.materialize_partitions(
+            "labels", keys.labels, partitions, lambda meta: int(meta.get("chips_with_a_label", 0)), "partitions",
+            "labelled chips")
     summary.chips_by_class = totals
     if settings.labels is not None:
         values = training or {}
@@ -73,13 +79,13 @@ def materialize_quadkey_product(
         say(f"[geoembed] chip classifier {classifier.get('model_version')}: validation F2 "
             f"{classifier.get('validation_f2')}, accuracy {classifier.get('validation_accuracy')} (untrained head "
             f"{classifier.get('untrained_head')}); ONNX in {classifier.get('onnx_classifier')}")
-        for key in plan.partitions:
-            runner.materialize("features", keys.features, partition_key=key, config=config(keys.features_op, "features"))
+        runner.materialize_partitions("features", keys.features, partitions, lambda meta: int(meta.get("chips", 0)),
+                                      "partitions", "chips", config=config(keys.features_op, "features"))
         retrieval = runner.materialize("retrieval", keys.retrieval)
         summary.retrieval = retrieval.get("precision_at_10") or {}
         say(f"[geoembed] chip retrieval, precision@10 of shared labels: {summary.retrieval}")
-        rows = sum(int(runner.materialize("database load", keys.table, partition_key=key).get("rows", 0))
-                   for key in plan.partitions)
+        rows = runner.materialize_partitions("database load", keys.table, partitions,
+                                             lambda meta: int(meta.get("rows", 0)), "partitions", "rows")
         index = runner.materialize("index", keys.index)
         say(f"[geoembed] {rows} chips in {index.get('table')}; HNSW recall@10 {index.get('recall_at_10')}")
         summary.outputs["PostgreSQL table"] = f"{index.get('table')} at {describe_database(resources['database'])}"

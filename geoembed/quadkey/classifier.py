@@ -1,5 +1,6 @@
-"""IMAGESIM's multilabel classifier, made runnable here: a frozen backbone (our self-supervised ChipNet)
-with a trainable head (hidden layers with batch norm, ReLU and dropout), trained with BCE-with-logits;
+"""IMAGESIM's multilabel classifier, made runnable here: a frozen backbone (our self-supervised ChipNet, or
+Clay's encoder from a local checkpoint: anything with ``pooled(reflectance)``, ``pooled_dim`` and
+``last_block()``) with a trainable head (hidden layers with batch norm, ReLU and dropout), trained with BCE-with-logits;
 accuracy and F2 (torchmetrics) per epoch on a spatially separate validation split. The layer before the
 logits is the chip's feature vector (what retrieval compares); both the feature extractor and the
 classifier export to ONNX (torch's dynamo exporter, dynamic batch) and are checked with onnxruntime.
@@ -11,6 +12,7 @@ import io
 import logging
 import time
 from dataclasses import asdict, dataclass, field
+from typing import Callable
 
 import numpy as np
 import torch
@@ -20,7 +22,12 @@ from torchmetrics.classification import MultilabelAccuracy, MultilabelFBetaScore
 
 from geoembed.core.errors import InputError
 from geoembed.core.lineage import weights_version
+from geoembed.core.self_supervised import random_dihedral
 from geoembed.imagery.encoders.chipnet import ChipNet, ChipNetSpec
+from geoembed.imagery.encoders import load_chipnet
+from geoembed.imagery.encoders.clay import ClayBackboneSpec, ClayChipBackbone, load_clay_encoder
+
+Backbone = ChipNet | ClayChipBackbone
 
 
 MAX_POSITIVE_WEIGHT = 20.0
@@ -42,11 +49,11 @@ class HeadSpec:
 class ChipClassifier(nn.Module):
     """``forward(reflectance)`` -> logits (B, classes); ``features(reflectance)`` -> the layer before them."""
 
-    def __init__(self, backbone: ChipNet, head: HeadSpec):
+    def __init__(self, backbone: Backbone, head: HeadSpec):
         super().__init__()
         self.backbone, self.head_spec = backbone, head
         layers: list[nn.Module] = []
-        width = backbone.head.in_features  # the backbone's pooled feature map
+        width = backbone.pooled_dim
         for hidden in head.hidden:
             layers += [nn.Linear(width, hidden), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True), nn.Dropout(head.dropout)]
             width = hidden
@@ -59,7 +66,7 @@ class ChipClassifier(nn.Module):
         for p in self.backbone.parameters():
             p.requires_grad = False
         if self.head_spec.unfreeze_last_block:
-            for p in last_block(self.backbone).parameters():
+            for p in self.backbone.last_block().parameters():
                 p.requires_grad = True
 
     def train(self, mode: bool = True) -> ChipClassifier:
@@ -69,8 +76,7 @@ class ChipClassifier(nn.Module):
         return self
 
     def features(self, reflectance: torch.Tensor) -> torch.Tensor:
-        pooled = self.backbone.feature_map(reflectance).mean(dim=(2, 3))
-        return self.hidden(pooled)
+        return self.hidden(self.backbone.pooled(reflectance))
 
     def forward(self, reflectance: torch.Tensor) -> torch.Tensor:
         return self.logits(self.features(reflectance))
@@ -87,9 +93,42 @@ class FeatureExtractor(nn.Module):
         return self.classifier.features(reflectance)
 
 
-def last_block(backbone: ChipNet) -> nn.Module:
-    """The backbone's last stride-2 stage (two convolutions with batch norm and ReLU)."""
-    return backbone.features[-6:] if backbone.spec.stages else backbone.features
+def backbone_from_spec(spec: dict) -> Backbone:
+    """A backbone of the architecture a spec describes (``spec.to_json()`` of ChipNet or Clay), untrained."""
+    spec = dict(spec)
+    if spec.pop("kind", "geoembed") == "clay":
+        return ClayChipBackbone.untrained(ClayBackboneSpec(spec["size"], tuple(spec["bands"]),
+                                                           tuple(spec["input_bands"])))
+    return ChipNet(ChipNetSpec(**{**spec, "bands": tuple(spec["bands"])}))
+
+
+def load_backbone(pointer: dict, input_bands: list[str], chipnet_checkpoint: Callable[[], bytes]) -> Backbone:
+    """The backbone a ``chip_backbone`` pointer names: Clay from its checkpoint (refused if the file changed
+    since: its SHA-256 is recorded), or our ChipNet from the bytes ``chipnet_checkpoint`` reads."""
+    if pointer.get("kind") == "clay":
+        encoder, _ = load_clay_encoder(pointer["checkpoint"], pointer["size"], pointer["bands"],
+                                       pointer["checkpoint_sha256"])
+        return ClayChipBackbone(encoder, ClayBackboneSpec(pointer["size"], tuple(pointer["bands"]), tuple(input_bands)))
+    return load_chipnet(chipnet_checkpoint())[0]
+
+
+def pooled_features(backbone: Backbone, reflectance: np.ndarray, batch: int = 256) -> np.ndarray:
+    """The backbone's own pooled features of every chip (no head), a batch at a time."""
+    backbone.eval()
+    with torch.inference_mode():
+        return np.concatenate([backbone.pooled(torch.from_numpy(reflectance[i:i + batch].astype(np.float32))).numpy()
+                               for i in range(0, len(reflectance), batch)]) if len(reflectance) else \
+            np.zeros((0, backbone.pooled_dim), np.float32)
+
+
+def untrained_like(backbone: Backbone, seed: int = 0) -> Backbone:
+    """The same architecture with fresh random weights (the retrieval baseline), keeping the input
+    normalisation, which is not learned."""
+    torch.manual_seed(seed)
+    fresh = backbone_from_spec(backbone.spec.to_json())
+    if isinstance(backbone, ChipNet):
+        fresh.set_normalisation(backbone.band_mean, backbone.band_std)
+    return fresh.eval()
 
 
 @dataclass
@@ -159,7 +198,7 @@ def evaluate(model: ChipClassifier, x: torch.Tensor, y: torch.Tensor, batch: int
     return sum(losses) / max(1, y.numel()), float(accuracy.compute()), float(f2.compute())
 
 
-def train_classifier(backbone: ChipNet, samples: LabelledSamples, head: HeadSpec, epochs: int = 30,
+def train_classifier(backbone: Backbone, samples: LabelledSamples, head: HeadSpec, epochs: int = 30,
                      batch_size: int = 32, learning_rate: float = 1e-3, held_out_fraction: float = 0.2,
                      seed: int = 0, log=lambda _: None) -> TrainedClassifier:
     """Train the head on the training groups; after every epoch, score the validation groups; keep the
@@ -190,8 +229,7 @@ def train_classifier(backbone: ChipNet, samples: LabelledSamples, head: HeadSpec
             rows = order[i:i + batch_size]
             if len(rows) < 2:  # batch norm needs two samples
                 continue
-            batch = torch.flip(train_x[rows], dims=(-1,)) if bool(torch.rand(1, generator=generator) < 0.5) \
-                else train_x[rows]  # overhead views have no left or right
+            batch = random_dihedral(train_x[rows], generator, dims=(-2, -1))  # overhead views have no up or left
             loss = F.binary_cross_entropy_with_logits(model(batch), train_y[rows], pos_weight=pos_weight)
             optimiser.zero_grad()
             loss.backward()
@@ -224,8 +262,7 @@ def save_classifier(model: ChipClassifier, extra: dict) -> bytes:
 
 def load_classifier(data: bytes) -> tuple[ChipClassifier, dict]:
     payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
-    spec = {k: v for k, v in payload.pop("backbone").items() if k != "kind"}
-    backbone = ChipNet(ChipNetSpec(**{**spec, "bands": tuple(spec["bands"])}))
+    backbone = backbone_from_spec(payload.pop("backbone"))
     head = payload.pop("head")
     model = ChipClassifier(backbone, HeadSpec(**{**head, "classes": tuple(head["classes"]),
                                                    "hidden": tuple(head["hidden"])}))

@@ -9,9 +9,14 @@ import torch
 
 from geoembed.core.errors import InputError
 from geoembed.imagery.encoders.chipnet import ChipNet, ChipNetSpec
+from geoembed.imagery.encoders.clay import (
+    CLAY_S2_BANDS, CLAY_SIZES, ClayBackboneSpec, ClayCheckpointError, ClayChipBackbone, ClayEncoder, clay_pixels,
+    file_sha256, save_encoder_checkpoint,
+)
 from geoembed.quadkey.classifier import (
     ChipClassifier, FeatureExtractor, HeadSpec, LabelledSamples, OnnxMismatchError, check_onnx, evaluate,
-    export_onnx, load_classifier, save_classifier, split_by_group, train_classifier,
+    export_onnx, load_backbone, load_classifier, pooled_features, save_classifier, split_by_group, train_classifier,
+    untrained_like,
 )
 
 BANDS = ("B02", "B03", "B04", "B08")
@@ -123,3 +128,63 @@ def test_precision_at_k_of_shared_labels_by_hand():
     # At random, a water chip finds 2 of the 5 others sharing a label, a forest chip 1 of 5.
     assert random_precision(labels) == pytest.approx((3 * 2 / 5 + 2 * 1 / 5) / 5)
     assert np.isnan(precision_at_k(features, [set()] * 6))
+
+
+# --- Clay as the backbone (a tiny randomly initialised model of Clay's structure) ----------------------------
+
+
+def _clay_backbone(seed=0) -> ClayChipBackbone:
+    torch.manual_seed(seed)
+    return ClayChipBackbone.untrained(ClayBackboneSpec("tiny", ("B04", "B08"), BANDS)).eval()
+
+
+def test_clay_backbone_feeds_clay_as_the_imagery_pipeline_does():
+    backbone = _clay_backbone()
+    x = _samples(4).reflectance
+    x[0, :, :4, :4] = np.nan  # no data: the band mean for Clay
+    unknown = torch.zeros(4, 4)
+    expected = backbone.encoder(torch.from_numpy(clay_pixels(x[:, [2, 3]], ["B04", "B08"])), unknown, unknown)[0]
+    torch.testing.assert_close(backbone.pooled(torch.from_numpy(x)), expected)
+    assert pooled_features(backbone, x).shape == (4, CLAY_SIZES["tiny"].dim)
+    fresh = untrained_like(backbone, seed=1)
+    assert fresh.spec == backbone.spec
+    assert not torch.equal(fresh.encoder.transformer.layers[0][0].to_qkv.weight,
+                           backbone.encoder.transformer.layers[0][0].to_qkv.weight)
+    with pytest.raises(InputError, match=r"Clay reads bands \['B11'\] that the chips do not have"):
+        ClayChipBackbone.untrained(ClayBackboneSpec("tiny", ("B11",), BANDS))
+
+
+def test_a_classifier_on_clay_trains_only_its_head_and_exports_to_onnx():
+    backbone = _clay_backbone()
+    before = {k: v.clone() for k, v in backbone.state_dict().items()}
+    samples = _samples(48)
+    trained = train_classifier(backbone, samples, HeadSpec(("water", "bright"), hidden=(16,)), epochs=2, batch_size=16)
+    assert all(torch.equal(before[k], v) for k, v in trained.model.backbone.state_dict().items())
+    x = samples.reflectance[:5]
+    loaded, _ = load_classifier(save_classifier(trained.model, {}))
+    torch.testing.assert_close(loaded(torch.from_numpy(x)), trained.model(torch.from_numpy(x)))
+    features = export_onnx(FeatureExtractor(trained.model), len(BANDS), 32)
+    assert check_onnx(features, FeatureExtractor(trained.model), x) < 1e-4
+    # One file for sub-tiles and whole chips: the patch grid (and Clay's position encoding) follows the input.
+    assert check_onnx(features, FeatureExtractor(trained.model), np.resize(x, (2, 4, 64, 64))) < 1e-4
+    unfrozen = ChipClassifier(_clay_backbone(), HeadSpec(("a",), unfreeze_last_block=True))
+    trainable = {n for n, p in unfrozen.named_parameters() if p.requires_grad}
+    last = len(unfrozen.backbone.encoder.transformer.layers) - 1
+    assert any(n.startswith(f"backbone.encoder.transformer.layers.{last}.") for n in trainable)
+    assert not any(n.startswith(("backbone.encoder.transformer.layers.0.", "backbone.encoder.patch_embedding"))
+                   for n in trainable)
+
+
+def test_the_backbone_pointer_loads_clay_from_its_checkpoint_and_refuses_a_changed_file(tmp_path):
+    torch.manual_seed(0)
+    encoder = ClayEncoder(CLAY_SIZES["tiny"], [CLAY_S2_BANDS[b][0] for b in ("B04", "B08")])
+    path = tmp_path / "clay-tiny.ckpt"
+    save_encoder_checkpoint(encoder, path)
+    pointer = {"kind": "clay", "checkpoint": str(path), "checkpoint_sha256": file_sha256(path), "size": "tiny",
+               "bands": ["B04", "B08"]}
+    backbone = load_backbone(pointer, list(BANDS), lambda: pytest.fail("a Clay pointer reads no ChipNet"))
+    assert backbone.spec == ClayBackboneSpec("tiny", ("B04", "B08"), BANDS)
+    torch.testing.assert_close(backbone.encoder.state_dict(), encoder.state_dict())
+    save_encoder_checkpoint(ClayEncoder(CLAY_SIZES["tiny"], [0.665, 0.842]), path)  # other weights, same path
+    with pytest.raises(ClayCheckpointError, match="SHA-256 [0-9a-f]{64}, not the configured"):
+        load_backbone(pointer, list(BANDS), lambda: b"")

@@ -70,6 +70,18 @@ class ChipNet(nn.Module):
         x = (reflectance - self.band_mean[None, :, None, None]) / self.band_std[None, :, None, None]
         return self.features(torch.nan_to_num(x, nan=0.0))
 
+    def pooled(self, reflectance: torch.Tensor) -> torch.Tensor:
+        """The last feature map averaged over the chip: (B, pooled_dim), what a classifier head reads."""
+        return self.feature_map(reflectance).mean(dim=(2, 3))
+
+    @property
+    def pooled_dim(self) -> int:
+        return self.spec.channels(self.spec.stages)
+
+    def last_block(self) -> nn.Module:
+        """The last stride-2 stage (two convolutions with batch norm and ReLU), or the stem when there is none."""
+        return self.features[-6:] if self.spec.stages else self.features
+
     def embed(self, reflectance: torch.Tensor) -> torch.Tensor:
         """Class-level unit vectors only (what training compares)."""
         return F.normalize(self.head(self.feature_map(reflectance).mean(dim=(2, 3))).float(), dim=1)

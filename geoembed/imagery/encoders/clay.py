@@ -202,7 +202,7 @@ class ClayEncoder(nn.Module):
         """Every token after the final norm: (B, 1 + L, D)."""
         patches = self.patch_embedding(pixels, self.waves)
         b, n, d = patches.shape
-        grid = int(math.isqrt(n))
+        grid = pixels.shape[-1] // self.spec.patch_size  # square chips: n = grid^2 (a shape, so ONNX keeps it dynamic)
         position = _position_encoding(grid, d - META_DIMS, self.gsd).to(patches.device, patches.dtype)
         meta = torch.cat([time, latlon], dim=1).to(patches.dtype)
         patches = patches + torch.cat([position.expand(b, n, -1), meta[:, None, :].expand(b, n, -1)], dim=-1)
@@ -211,6 +211,55 @@ class ClayEncoder(nn.Module):
     def forward(self, pixels: torch.Tensor, time: torch.Tensor, latlon: torch.Tensor):
         out = self.tokens(pixels, time, latlon)
         return out[:, 0], out[:, 1:]
+
+
+@dataclass(frozen=True)
+class ClayBackboneSpec:
+    """What rebuilds a ClayChipBackbone: the Clay size, the bands Clay reads and the bands its input has."""
+
+    size: str
+    bands: tuple[str, ...]
+    input_bands: tuple[str, ...]
+
+    def to_json(self) -> dict:
+        return {"kind": "clay", "size": self.size, "bands": list(self.bands), "input_bands": list(self.input_bands)}
+
+
+class ClayChipBackbone(nn.Module):
+    """Clay's encoder as a classifier backbone over reflectance (B, C, H, W) of ``input_bands``: Clay's bands
+    picked out and normalised with Clay's statistics (no data: the band mean), time and place unknown
+    (zeros, as one file serves every chip); ``pooled`` is the class token. One module, so the ONNX export
+    holds the whole path from reflectance."""
+
+    def __init__(self, encoder: ClayEncoder, spec: ClayBackboneSpec):
+        super().__init__()
+        missing = [b for b in spec.bands if b not in spec.input_bands]
+        if missing:
+            raise InputError(f"Clay reads bands {missing} that the chips do not have ({list(spec.input_bands)})")
+        self.encoder, self.spec = encoder, spec
+        self.register_buffer("band_index", torch.tensor([spec.input_bands.index(b) for b in spec.bands]),
+                             persistent=False)
+        stats = torch.tensor([CLAY_S2_BANDS[b][1:] for b in spec.bands], dtype=torch.float32)
+        self.register_buffer("dn_mean", stats[:, 0].view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("dn_std", stats[:, 1].view(1, -1, 1, 1), persistent=False)
+
+    @classmethod
+    def untrained(cls, spec: ClayBackboneSpec) -> ClayChipBackbone:
+        return cls(ClayEncoder(CLAY_SIZES[spec.size], [CLAY_S2_BANDS[b][0] for b in spec.bands]), spec)
+
+    def pooled(self, reflectance: torch.Tensor) -> torch.Tensor:
+        x = reflectance.index_select(1, self.band_index)
+        pixels = torch.nan_to_num((x * 10_000.0 - self.dn_mean) / self.dn_std, nan=0.0)
+        unknown = pixels.new_zeros((pixels.shape[0], 4))
+        return self.encoder(pixels, unknown, unknown)[0]
+
+    @property
+    def pooled_dim(self) -> int:
+        return self.encoder.spec.dim
+
+    def last_block(self) -> nn.Module:
+        """The last transformer block and the final norm."""
+        return nn.ModuleList([self.encoder.transformer.layers[-1], self.encoder.transformer.norm])
 
 
 # ---------------------------------------------------------------------------------------------

@@ -289,12 +289,14 @@ class SceneChipper:
         try:
             window = Window(col0, row0, col1 - col0, row1 - row0).intersection(Window(0, 0, src.width, src.height))
             with failing_reads(f"band {band} of scene {self.scene.scene_id} ({self.scene.bands[band]})"):
-                pixels = src.read(1, window=window)
+                pixels = src.read(self.scene.band_index.get(band, 1), window=window)
+            if self.scene.radiometry is not None:  # any other raster: its values as Sentinel-2-like DNs
+                pixels = values_as_dn(pixels, *self.scene.radiometry, file_nodata=src.nodata)
+        except rasterio.errors.WindowError:  # (a RasterioError: caught first)
+            return  # the strip lies outside this band: no data
         except (rasterio.errors.RasterioIOError, rasterio.errors.RasterioError) as exc:
             raise RasterInputError(f"band {band} of scene {self.scene.scene_id} ({self.scene.bands[band]}) cannot "
                                    f"be read: {str(exc).strip()}") from None
-        except rasterio.errors.WindowError:
-            return  # the strip lies outside this band: no data
         reproject(source=pixels, destination=out, src_transform=src.window_transform(window), src_crs=src.crs,
                   src_nodata=NODATA_DN, dst_transform=transform, dst_crs=self.grid.crs, dst_nodata=NODATA_DN,
                   resampling=resampling)
@@ -310,6 +312,21 @@ class SceneChipper:
         return ((y > ymin) & (y < ymax))[:, None] & ((x > xmin) & (x < xmax))[None, :]
 
 
+def values_as_dn(stored: np.ndarray, scale: float, offset: float, nodata: float | None,
+                 file_nodata: float | None = None) -> np.ndarray:
+    """Stored values of any raster as uint16 DNs of the datacube (value = stored x scale + offset; DN = value x
+    10,000, clipped to 1..65,535 so that 0 stays no data): the configured nodata (else the file's), NaN and
+    infinities become 0."""
+    values = stored.astype(np.float64) * scale + offset
+    invalid = ~np.isfinite(values)
+    missing = nodata if nodata is not None else file_nodata
+    if missing is not None:
+        invalid |= np.isnan(stored) if np.isnan(missing) else stored == missing
+    dn = np.clip(np.rint(np.nan_to_num(values) * 10_000.0), 1, 65_535).astype(np.uint16)
+    dn[invalid] = NODATA_DN
+    return dn
+
+
 def _split(strip: np.ndarray, offsets: np.ndarray, s: int) -> np.ndarray:
     """(bands, S, W) strip -> (n, bands, S, S) chips at the given chip offsets within the strip."""
     return np.stack([strip[:, :, int(o) * s:(int(o) + 1) * s] for o in offsets])
@@ -323,12 +340,12 @@ def reflectance(dn: np.ndarray, dn_offset: int) -> np.ndarray:
 
 
 def rgb_thumbnail(dn: np.ndarray, valid: np.ndarray, bands: list[str], dn_offset: int,
-                  percentiles: tuple[float, float] = (2.0, 98.0)) -> bytes:
-    """An RGB PNG of one chip (B04, B03, B02), stretched between the 2nd and 98th percentile of its valid
+                  percentiles: tuple[float, float] = (2.0, 98.0), rgb: tuple[str, ...] = RGB_BANDS) -> bytes:
+    """An RGB PNG of one chip (``rgb``: B04, B03, B02 for Sentinel-2), stretched between the 2nd and 98th percentile of its valid
     pixels (one stretch for the three bands, so colours keep their balance); no data is transparent."""
     from PIL import Image
 
-    rgb = np.stack([reflectance(dn[bands.index(b)], dn_offset) for b in RGB_BANDS], axis=-1)
+    rgb = np.stack([reflectance(dn[bands.index(b)], dn_offset) for b in rgb], axis=-1)
     alpha = valid.astype(bool)
     image = np.zeros((*valid.shape, 4), dtype=np.uint8)
     if alpha.any():
@@ -342,4 +359,5 @@ def rgb_thumbnail(dn: np.ndarray, valid: np.ndarray, bands: list[str], dn_offset
 
 
 def band_wavelengths(bands: list[str]) -> np.ndarray:
-    return np.array([S2_BANDS[b].wavelength for b in bands], dtype=np.float32)
+    """Sentinel-2 central wavelengths (µm); NaN for bands of other rasters (not known)."""
+    return np.array([S2_BANDS[b].wavelength if b in S2_BANDS else np.nan for b in bands], dtype=np.float32)

@@ -71,7 +71,7 @@ def chip_scene(
             classes = block.nodata_class
             names = grid.chip_ids(np.full(len(block.cols), block.row), block.cols)
             thumbnails = [None if classes[i] == NO_DATA else save_thumbnail(
-                str(names[i]), rgb_thumbnail(block.dn[i], block.valid[i], bands, scene.dn_offset))
+                str(names[i]), rgb_thumbnail(block.dn[i], block.valid[i], bands, scene.dn_offset, rgb=scene.rgb))
                 for i in range(len(block.cols))]
             records.add(np.full(len(block.cols), block.row, np.int32), block.cols, block.nodata_fraction, classes,
                         block.cloud_fraction, np.arange(index, index + len(block.cols)), thumbnails)

@@ -53,6 +53,7 @@ L1C_BANDS = tuple(S2_BANDS)
 L2A_BANDS = tuple(b for b in S2_BANDS if b != "B10")  # L2A drops the cirrus band
 MASK_BAND = "SCL"  # L2A scene classification (20 m): resampled with nearest, never blended
 RGB_BANDS = ("B04", "B03", "B02")
+RASTER_LEVEL = "raster"  # a scene made of any multi-band raster (see geoembed.imagery.rasters)
 # SCL classes that count as cloud: 3 cloud shadow, 8 cloud medium probability, 9 high, 10 thin cirrus.
 SCL_CLOUD_CLASSES = (3, 8, 9, 10)
 # Processing baseline 04.00 (from 25 January 2022) adds 1000 to every DN: reflectance = (DN - 1000) / 10000.
@@ -78,6 +79,11 @@ class Scene:
     source: str  # where it was found: the band files' folder, or the STAC item
     processing_baseline: str | None = None
     file_versions: dict[str, str] = field(default_factory=dict)  # band id -> content version
+    # A raster that is not Sentinel-2 (level "raster"): each band's number in its file, and how stored values
+    # become values: (scale, offset, nodata or None for the file's own).
+    band_index: dict[str, int] = field(default_factory=dict)
+    radiometry: tuple[float, float, float | None] | None = None
+    rgb: tuple[str, ...] = RGB_BANDS  # the bands of RGB thumbnails
 
     @property
     def date(self) -> str:
@@ -86,6 +92,8 @@ class Scene:
 
     @property
     def scene_id(self) -> str:
+        if self.level == RASTER_LEVEL:
+            return f"{self.tile}_{self.acquired:%Y%m%d}"
         return f"S2_{self.tile}_{self.acquired:%Y%m%dT%H%M%S}_{self.level}"
 
     @property
@@ -97,7 +105,10 @@ class Scene:
 
     @property
     def dn_offset(self) -> int:
-        """What to add to a DN before dividing by 10,000: -1000 from processing baseline 04.00 on."""
+        """What to add to a DN before dividing by 10,000: -1000 from processing baseline 04.00 on (0 for other
+        rasters: their values are made DNs of offset 0 as they are read)."""
+        if self.level == RASTER_LEVEL:
+            return 0
         if self.processing_baseline:
             return -1000 if self.processing_baseline >= OFFSET_BASELINE else 0
         return -1000 if self.acquired.date() >= OFFSET_FROM_DATE else 0

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import re
+from datetime import date as date_type
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -66,6 +67,64 @@ class ClayEncoderSettings(BaseModel):
         return resolve_package_path(self.checkpoint, "checkpoint")
 
 
+class RasterImagerySettings(BaseModel):
+    """Imagery from any multi-band raster GDAL reads (GeoTIFF, COG, VRT, JPEG 2000...) instead of Sentinel-2
+    scenes: each file is one acquisition, its bands named here. Stored values become ``value = stored x scale +
+    offset`` (reflectance for optical imagery), kept at 1e-4 steps between 0.0001 and 6.5535 as Sentinel-2
+    reflectance is; the configured or the file's own nodata is no data."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    location: str = Field(description="A raster file, or a folder / s3:// prefix holding them (relative to the "
+                          "product file, or package:<module>/<path>).")
+    pattern: str = Field(default="*.tif", description="Which files of a folder are rasters (a glob on the name).")
+    bands: dict[str, int] = Field(description="Band name -> band number (from 1) in each file.", min_length=1)
+    date: date_type | None = Field(default=None, description="The acquisition date of every file.")
+    date_pattern: str = Field(default=r"(?P<date>\d{4}-?\d{2}-?\d{2})", description=(
+        "Without ``date``: a regular expression whose group 'date' (YYYYMMDD or YYYY-MM-DD) is found in each file "
+        "name."))
+    scale: float = Field(default=1.0, description="value = stored x scale + offset")
+    offset: float = 0.0
+    nodata: float | None = Field(default=None, description="Stored value meaning no data (default: the file's own).")
+    rgb: list[str] | None = Field(default=None, min_length=3, max_length=3, description=(
+        "Bands of the RGB thumbnails (default: the first three bands, or the first band as grey)."))
+
+    @field_validator("bands")
+    @classmethod
+    def _band_numbers(cls, value: dict[str, int]) -> dict[str, int]:
+        bad = {k: v for k, v in value.items() if v < 1}
+        if bad:
+            raise ValueError(f"band numbers start at 1: {bad}")
+        return value
+
+    @field_validator("date_pattern")
+    @classmethod
+    def _pattern(cls, value: str) -> str:
+        try:
+            compiled = re.compile(value)
+        except re.error as exc:
+            raise ValueError(f"not a regular expression: {exc}") from None
+        if "date" not in compiled.groupindex:
+            raise ValueError("needs a group named 'date', e.g. (?P<date>\\d{8})")
+        return value
+
+    @model_validator(mode="after")
+    def _rgb(self) -> RasterImagerySettings:
+        unknown = [b for b in self.rgb or [] if b not in self.bands]
+        if unknown:
+            raise ValueError(f"rgb bands {unknown} are not among the bands {list(self.bands)}")
+        return self
+
+    @property
+    def rgb_bands(self) -> tuple[str, str, str]:
+        names = list(self.bands)
+        return tuple(self.rgb or (names[:3] if len(names) >= 3 else [names[0]] * 3))  # type: ignore[return-value]
+
+    @property
+    def path(self) -> str:
+        return resolve_package_path(self.location, "rasters location")
+
+
 EncoderSettings = Annotated[GeoembedEncoderSettings | ClayEncoderSettings, Field(discriminator="kind")]
 
 
@@ -98,6 +157,8 @@ class SceneProductSettings(BaseModel):
     def _bands(self) -> SceneProductSettings:
         from geoembed.imagery.scenes import S2_BANDS  # the band table lives with the scenes
 
+        if getattr(self, "rasters", None) is not None:
+            return self  # bands named by the raster configuration
         unknown = [b for b in (getattr(self, "bands", None) or []) if b not in S2_BANDS]
         if unknown:
             raise ValueError(f"unknown bands {unknown}; Sentinel-2 bands are {list(S2_BANDS)}")
@@ -134,4 +195,4 @@ def load_imagery_settings(path: str | os.PathLike[str]) -> ImageryProductSetting
 
 
 __all__ = ["ClayEncoderSettings", "GeoembedEncoderSettings", "ImageryProductSettings", "ProductConfigError",
-           "SceneProductSettings", "load_imagery_settings"]
+           "RasterImagerySettings", "SceneProductSettings", "load_imagery_settings"]

@@ -32,6 +32,9 @@ from geoembed.imagery.scenes import Scene
 # ---------------------------------------------------------------------------------------------
 
 
+LONG_NAMES = {"L1C": "top-of-atmosphere reflectance", "L2A": "surface reflectance"}
+
+
 def datacube_template(scene: Scene, grid: ChipGrid | MercatorTileGrid, bands: list[str], rows: np.ndarray, cols: np.ndarray,
                       attrs: dict) -> tuple[xr.Dataset, dict]:
     """The empty datacube of a scene's chips (``rows``, ``cols`` row-major) and its encoding."""
@@ -40,8 +43,7 @@ def datacube_template(scene: Scene, grid: ChipGrid | MercatorTileGrid, bands: li
     offsets = (np.arange(s) + 0.5) * grid.resolution
     variables = {"reflectance": (("chip", "band", "y", "x"),
                                  da.full((n, nb, s, s), np.nan, dtype="f4", chunks=(1, nb, s, s)),
-                                 {"long_name": "top-of-atmosphere reflectance" if scene.level == "L1C"
-                                  else "surface reflectance", "units": "1"})}
+                                 {"long_name": LONG_NAMES.get(scene.level, "reflectance"), "units": "1"})}
     if scene.has_cloud_mask:
         variables["scene_classification"] = (("chip", "y", "x"), da.zeros((n, s, s), dtype="u1", chunks=(1, s, s)),
                                              {"long_name": "Sentinel-2 L2A scene classification (SCL)"})
@@ -69,7 +71,10 @@ def datacube_template(scene: Scene, grid: ChipGrid | MercatorTileGrid, bands: li
             "chip_size": s,
             "chip_grid": grid.describe(),
             "resampling": f"bilinear to {grid.resolution:.4g} m (reflectance), nearest (scene classification)",
-            "dn_scaling": f"reflectance = (DN + {scene.dn_offset}) / 10000; DN 0 = no data",
+            "dn_scaling": f"reflectance = (DN + {scene.dn_offset}) / 10000; DN 0 = no data" + (
+                "" if scene.radiometry is None else
+                f" (DN = 10000 x (stored x {scene.radiometry[0]:g} + {scene.radiometry[1]:g}), from band numbers "
+                f"{json.dumps(scene.band_index)} of the raster)"),
             "source_urls": json.dumps(scene.bands),
         },
     )

@@ -58,7 +58,7 @@ class ChipTrainingConfig(dg.Config):
 
     steps: int = Field(default=300, ge=1, le=1_000_000)
     batch_size: int = Field(default=32, ge=2, le=4096)
-    crop_size: int = Field(default=64, ge=16, le=2048, description="Training crops (pixels); at most the chip size.")
+    crop_size: int = Field(default=64, ge=16, le=2048, description="Training crops (pixels); at most half the chip size.")
     learning_rate: float = Field(default=1e-3, gt=0, le=1.0)
     margin: float = Field(default=0.5, gt=0, le=2.0)
     max_train_chips: int = Field(default=512, ge=2, description="Chips with data held in memory for training.")
@@ -108,12 +108,15 @@ def _partition_scenes(context: dg.AssetExecutionContext, parts: ImageryPartition
 
 
 def source_asset(settings: ImageryProductSettings, keys: ImageryKeys) -> dg.SourceAsset:
-    @dg.observable_source_asset(key=keys.source, group_name=settings.name,
-                                description=f"Sentinel-2 scenes in {settings.scenes}")
+    rasters = getattr(settings, "rasters", None)
+    location = settings.scenes if rasters is None else rasters.location
+
+    @dg.observable_source_asset(key=keys.source, group_name=settings.name, description=(
+        f"Sentinel-2 scenes in {location}" if rasters is None else f"rasters ({rasters.pattern}) in {location}"))
     def scene_source(raster_reader: RasterReader, storage: ProductStorage) -> dg.ObserveResult:
         files = with_versions(scene_files(raster_reader, settings), known_scene_files(storage, settings.name))
         return dg.ObserveResult(data_version=dg.DataVersion(manifest_version(files)),
-                                metadata={"location": settings.scenes, "files": len(files)})
+                                metadata={"location": location, "files": len(files)})
 
     return scene_source
 

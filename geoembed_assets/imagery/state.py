@@ -6,6 +6,7 @@ from __future__ import annotations
 from geoembed.core.sources import SourceFile
 from geoembed.imagery.catalog import SceneCatalog
 from geoembed.imagery.layout import ImageryLayout
+from geoembed.imagery.rasters import is_raster_file
 from geoembed.imagery.scenes import is_scene_file
 from geoembed.imagery.settings import ImageryProductSettings
 from geoembed_resources import ProductStorage, RasterReader
@@ -26,6 +27,11 @@ def known_scene_files(storage: ProductStorage, product: str) -> dict[str, tuple[
 
 
 def scene_files(raster_reader: RasterReader, settings: ImageryProductSettings) -> list[SourceFile]:
-    """The scene location's band files and STAC items (a cheap listing, no file read)."""
+    """The scene location's band files and STAC items, or a rasters location's raster files (a cheap
+    listing, no file read)."""
+    rasters = getattr(settings, "rasters", None)
+    if rasters is not None:
+        return [f for f in raster_reader.list_location(rasters.path, "*", recursive=True)
+                if is_raster_file(f.name, rasters)]
     return [f for f in raster_reader.list_location(settings.scenes_location, "*", recursive=True)
             if is_scene_file(f.name)]

@@ -8,7 +8,7 @@ products/s2_33uuu_quadkeys.yaml` first) and measures, on the same scenes and chi
 * chipping: every partition cut again (``chip_partition``: reprojection into the web-mercator tiles, the
   datacube, thumbnails and no-data index written to a scratch folder), against reading the same bands'
   pixels with rasterio into memory (the decode alone);
-* features (CPU): the classifier's feature extractor on whole 256 px chips through torch and through
+* features (CPU): the classifier's feature extractor on whole chips (the product's chip size) through torch and through
   its ONNX file with onnxruntime, in batches of 32.
 
 Writes bench-results/quadkey_<product>.json.

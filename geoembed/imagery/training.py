@@ -162,7 +162,8 @@ def train_chip_encoder(spec: ChipNetSpec, chips: TrainingChips, params: ChipTrai
     """Train ChipNet on ``chips`` and score it on held-out blocks of chips."""
     if len(chips) < 2:
         raise NoChipsError(f"{len(chips)} chip(s) with data: at least two are needed to train the chip encoder")
-    crop = min(params.crop_size, chips.reflectance.shape[-1])
+    # At most half a chip: a positive (the anchor shifted by up to half a crop) must differ from its anchor.
+    crop = min(params.crop_size, max(8, chips.reflectance.shape[-1] // 2))
     held = held_out_blocks(chips, params.held_out_fraction, params.seed)
     train = np.nonzero(~held)[0]
     test = np.nonzero(held)[0] if held.sum() >= 2 else train  # too few chips to hold out: said in ``problems``

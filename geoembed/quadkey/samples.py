@@ -16,6 +16,7 @@ from geoembed.core.grids.quadkey import MercatorTileGrid
 from geoembed.quadkey.labels import LabelPolygons, chip_label_shares
 
 MIN_VALID_SHARE = 0.5  # a sub-tile with less valid imagery is not a sample
+SUBTILE_PIXELS = 64  # default sub-tile edge: chips of 256 px train as 4 x 4 sub-tiles, chips of 64 px whole
 
 
 @dataclass

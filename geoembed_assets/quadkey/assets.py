@@ -34,13 +34,15 @@ from geoembed.core.sinks.zarr import open_store, write_dataset
 from geoembed.core.sources import with_versions
 from geoembed.imagery import encoders
 from geoembed.imagery.catalog import SceneCatalog, build_catalog
-from geoembed.imagery.encoders.chipnet import ChipNet, ChipNetSpec
+from geoembed.imagery.rasters import build_raster_catalog
+from geoembed.imagery.encoders.chipnet import ChipNetSpec
+from geoembed.imagery.settings import ClayEncoderSettings
 from geoembed.imagery.search_rows import CHIP_H3_RESOLUTION
 from geoembed.imagery.stores import embeddings_dataset
 from geoembed.imagery.training import NoChipsError, TrainingChips, train_chip_encoder
 from geoembed.quadkey.classifier import (
-    FeatureExtractor, HeadSpec, LabelledSamples, check_onnx, export_onnx, load_classifier, onnx_session, run_onnx,
-    save_classifier, train_classifier,
+    FeatureExtractor, HeadSpec, LabelledSamples, check_onnx, export_onnx, load_backbone, load_classifier, onnx_session,
+    pooled_features, run_onnx, save_classifier, train_classifier, untrained_like,
 )
 from geoembed.quadkey.retrieval import precision_at_k, random_precision
 from geoembed.quadkey.labels import LabelInputError, coverage_problem, read_label_polygons
@@ -49,7 +51,7 @@ from geoembed.quadkey.partition import (
     ChipFeatures, ChippedPartition, chip_partition, feature_table_rows, label_table, nodata_map_png, share_matrix,
 )
 from geoembed.quadkey.plan import QuadkeyPlan, plan_partitions, scene_key
-from geoembed.quadkey.samples import chips_with_data, concatenate, datacubes_of, subtile_samples
+from geoembed.quadkey.samples import SUBTILE_PIXELS, chips_with_data, concatenate, datacubes_of, subtile_samples
 from geoembed.quadkey.settings import QuadkeyProductSettings
 from geoembed_assets.core.failures import TRANSIENT_RETRY, fails_clearly
 from geoembed_assets.core.policies import GPU_STEP, batched_backfills
@@ -119,14 +121,18 @@ def catalog_asset(settings: QuadkeyProductSettings, keys: QuadkeyKeys, partition
             pool=f"{name}_catalog")  # one catalog at a time: each compares itself with the previous one
     @fails_clearly
     def quadkey_catalog(context: dg.AssetExecutionContext, raster_reader: RasterReader, storage: ProductStorage):
-        """The scenes (band files or STAC items, with content versions), the web-mercator zoom of the chips
+        """The scenes (Sentinel-2 band files or STAC items, or the configured rasters; with content versions),
+        the web-mercator zoom of the chips
         (configured, or the one whose pixel is nearest the imagery's ground resolution at its latitude) and
         of the partitions, and which coarse quadkeys each scene covers: those become partitions."""
         layout = layout_of(storage, name)
         previous = (SceneCatalog.model_validate(storage.read_json(layout.catalog, "the scene catalog"))
                     if layout.catalog.exists() else None)
         files = with_versions(scene_files(raster_reader, settings), previous.files if previous else {})
-        catalog = build_catalog(settings, files, raster_reader.read_text, content_version)
+        if settings.rasters is not None:
+            catalog = build_raster_catalog(settings.model_dump(mode="json"), settings.rasters, files, content_version)
+        else:
+            catalog = build_catalog(settings, files, raster_reader.read_text, content_version)
         plan = plan_partitions(catalog.scenes, settings.bands, settings.chip_size, settings.zoom,
                                settings.partition_zoom, raster_reader.open)
         new = sorted(set(plan.partitions) - set(context.instance.get_dynamic_partitions(partitions.name)))
@@ -256,7 +262,8 @@ class ClassifierConfig(dg.Config):
     dropout: float = Field(default=0.2, ge=0, lt=1)
     unfreeze_last_block: bool = Field(default=False, description="Also train the backbone's last block.")
     held_out_fraction: float = Field(default=0.2, gt=0, lt=1, description="Share of partitions held out.")
-    subtile_split: int = Field(default=4, ge=1, le=16, description="Each chip trains as split x split sub-tiles.")
+    subtile_split: int | None = Field(default=None, ge=1, le=16, description=(
+        "Each chip trains as split x split sub-tiles (default: sub-tiles of 64 px, one per chip of 64 px)."))
     seed: int = 0
 
 
@@ -268,13 +275,24 @@ def _datacubes(storage: ProductStorage, name: str, plan: QuadkeyPlan):
 def backbone_asset(settings: QuadkeyProductSettings, keys: QuadkeyKeys, single) -> dg.AssetsDefinition:
     name = settings.name
 
-    @single(key=keys.backbone, deps=[keys.chips], code_version="1", kinds={"pytorch"})
+    @single(key=keys.backbone, deps=[keys.chips], code_version="2", kinds={"pytorch"})
     @fails_clearly
     def chip_backbone(context: dg.AssetExecutionContext, config: ChipTrainingConfig, storage: ProductStorage):
-        """The classifier's frozen backbone: our ChipNet (the imagery pipeline's encoder), trained
+        """The classifier's frozen backbone. Either our ChipNet (the imagery pipeline's encoder), trained
         self-supervised on the product's chips with data (triplets of crops: neighbours alike, distant chips
-        apart), scored on held-out blocks of chips. Versioned by content hash. No pretrained weights are
-        downloaded: the backbone is ours."""
+        apart) and scored on held-out blocks of chips; or Clay's encoder from the configured local checkpoint
+        (``backbone: {kind: clay}``), used as it is. Versioned by content hash; nothing is downloaded."""
+        layout = layout_of(storage, name)
+        if isinstance(settings.backbone, ClayEncoderSettings):
+            clay = settings.backbone
+            loaded = encoders.clay_encoder(clay.checkpoint_path, clay.size, settings.backbone_bands, clay.sha256, False)
+            pointer = {"model_version": loaded.version, "kind": "clay", "checkpoint": clay.checkpoint_path,
+                       "checkpoint_sha256": loaded.description["checkpoint_sha256"], "size": clay.size,
+                       "bands": loaded.bands}
+            storage.write_json(layout.current_backbone, pointer)
+            return dg.MaterializeResult(data_version=dg.DataVersion(loaded.version), metadata={
+                **{k: dg.MetadataValue.json(v) if isinstance(v, list) else v for k, v in pointer.items()},
+                "training": "none: Clay's pretrained weights, frozen"})
         _, plan = read_plan(storage, name)
         parts = [chips_with_data(open_store(path, "datacube"), settings.bands)
                  for _, _, path in _datacubes(storage, name, plan)]
@@ -284,14 +302,16 @@ def backbone_asset(settings: QuadkeyProductSettings, keys: QuadkeyKeys, single) 
         reflectance = np.concatenate([p[0] for p in parts])
         chips = TrainingChips(reflectance, np.zeros(len(reflectance), np.int64), np.concatenate([p[1] for p in parts]),
                               np.concatenate([p[2] for p in parts]))
-        trained = train_chip_encoder(ChipNetSpec(tuple(settings.bands)), chips, config, log=context.log.info,
+        spec = settings.backbone
+        trained = train_chip_encoder(ChipNetSpec(tuple(settings.bands), spec.embedding_dim, spec.patch_dim,
+                                                 spec.patch_size, spec.width), chips, config, log=context.log.info,
                                      warn=context.log.warning)
         folder = storage.model_dir(name, trained.version)
         storage.write_bytes(folder / "backbone.pt", encoders.save_chipnet(trained.model, {"quality": trained.quality}))
-        storage.write_json(layout_of(storage, name).current_backbone, {"model_version": trained.version,
-                                                                       "folder": str(folder)})
+        storage.write_json(layout.current_backbone, {"model_version": trained.version, "kind": "geoembed",
+                                                     "folder": str(folder)})
         return dg.MaterializeResult(data_version=dg.DataVersion(trained.version), metadata={
-            "model_version": trained.version, "chips": len(chips),
+            "model_version": trained.version, "kind": "geoembed", "chips": len(chips),
             "held_out_triplet_accuracy": dg.MetadataValue.json(trained.quality),
             "training_seconds": round(trained.seconds, 1),
             "loss_curve": dg.MetadataValue.md(markdown_image(loss_curve_png(trained.losses, f"{name}: backbone"),
@@ -323,13 +343,14 @@ def classifier_asset(settings: QuadkeyProductSettings, keys: QuadkeyKeys, single
         _, plan = read_plan(storage, name)
         layout = layout_of(storage, name)
         current = storage.read_json(layout.current_backbone, f"the chip backbone of {name!r}")
-        backbone, _ = encoders.load_chipnet((storage.model_dir(name, current["model_version"]) / "backbone.pt")
-                                            .read_bytes())
+        backbone = load_backbone(current, settings.bands,
+                                 lambda: (storage.model_dir(name, current["model_version"]) / "backbone.pt").read_bytes())
         labels = read_label_polygons(label_settings.location, label_settings.class_field, plan.grid.crs,
                                      label_settings.classes)
-        size = plan.chip_size // config.subtile_split
+        split = config.subtile_split or max(1, plan.chip_size // SUBTILE_PIXELS)
+        size = plan.chip_size // split
         samples = concatenate([subtile_samples(open_store(path, "datacube"), partition, plan.grid, settings.bands,
-                                               labels, config.subtile_split)
+                                               labels, split)
                                for partition, _, path in _datacubes(storage, name, plan)],
                               len(labels.classes), size, len(settings.bands))
         problem = coverage_problem(labels, len(samples.shares), int((samples.shares > 0).any(axis=1).sum()))
@@ -349,7 +370,9 @@ def classifier_asset(settings: QuadkeyProductSettings, keys: QuadkeyKeys, single
             data_onnx = export_onnx(module, len(settings.bands), plan.chip_size)
             storage.write_bytes(folder / file_name, data_onnx)
             gaps[file_name] = check_onnx(data_onnx, module, probe, what=f"{folder / file_name}")
-        pointer = {"model_version": trained.version, "folder": str(folder), "backbone_version": current["model_version"]}
+        pointer = {"model_version": trained.version, "folder": str(folder), "backbone_version": current["model_version"],
+                   "backbone_kind": current.get("kind", "geoembed"),
+                   "validation_partitions": sorted(map(str, trained.validation_groups))}
         storage.write_json(layout.current_classifier, pointer)
         storage.write_json(storage.current_model_path(name), pointer)  # the model whose features are served
         best = trained.best
@@ -448,20 +471,21 @@ def features_asset(settings: QuadkeyProductSettings, keys: QuadkeyKeys, per_quad
 def retrieval_asset(settings: QuadkeyProductSettings, keys: QuadkeyKeys, single) -> dg.AssetsDefinition:
     name = settings.name
 
-    @single(key=keys.retrieval, deps=[keys.features, keys.labels], code_version="1", kinds={"python"}, check_specs=[
+    @single(key=keys.retrieval, deps=[keys.features, keys.labels], code_version="2", kinds={"python"}, check_specs=[
         dg.AssetCheckSpec("beats_random_retrieval", asset=keys.retrieval, description=(
-            "precision@10 of shared labels with the classifier's features exceeds random retrieval's."))])
+            "precision@10 of shared labels with the classifier's features, for query chips of the partitions the "
+            "classifier held out, exceeds random retrieval's."))])
     @fails_clearly
     def chip_retrieval(context: dg.AssetExecutionContext, storage: ProductStorage):
         """How well the features find chips that share a label: precision@10 of shared labels among each
-        labelled chip's nearest chips (cosine), beside the untrained backbone's features and random retrieval."""
+        labelled chip's nearest chips (cosine, searched among every chip), for query chips of the partitions the
+        classifier never trained on (the headline) and for every chip; beside the frozen backbone's own
+        features, the same backbone untrained, and random retrieval."""
         _, plan = read_plan(storage, name)
         layout = layout_of(storage, name)
         current, folder = _current_classifier(storage, name)
         model, _ = load_classifier((folder / "classifier.pt").read_bytes())
-        untrained = ChipNet(model.backbone.spec)
-        untrained.set_normalisation(model.backbone.band_mean, model.backbone.band_std)
-        names, features, reflectance = [], [], []
+        names, features, reflectance, partitions = [], [], [], []
         for key, scenes in plan.partitions.items():
             table = pq.read_table(layout.labels(key)).to_pylist() if layout.labels(key).exists() else []
             by_chip = {(r["chip_id"], r["scene_id"]): set(r["labels"]) for r in table}
@@ -470,27 +494,40 @@ def retrieval_asset(settings: QuadkeyProductSettings, keys: QuadkeyKeys, single)
                 if not path.exists():
                     continue
                 ds = open_store(path, "chip features")
+                if not ds.sizes.get("chip", 0):
+                    continue
                 cube = open_store(layout.partition_datacube(key, scene), "datacube")
                 refl, _, _ = chips_with_data(cube, settings.bands)
                 scene_id = str(cube.attrs["scene_id"])
                 names += [by_chip.get((str(c), scene_id), set()) for c in ds["chip_id"].values]
                 features.append(ds["embedding"].values)
                 reflectance.append(refl)
+                partitions += [key] * len(refl)
         if not features:
             raise dg.Failure(f"no chip features of {name!r} are materialized; materialize chip_features first")
-        x = np.concatenate(features)
-        with torch.inference_mode():
-            baseline = untrained.eval().feature_map(torch.from_numpy(np.nan_to_num(np.concatenate(reflectance)))
-                                                    ).mean(dim=(2, 3)).numpy()
-        scores = {"classifier_features": precision_at_k(x, names), "untrained_backbone": precision_at_k(baseline, names),
-                  "random": random_precision(names)}
-        scores = {k: round(v, 4) for k, v in scores.items()}
+        held_out = np.isin(partitions, current.get("validation_partitions") or [])
+        pixels = np.nan_to_num(np.concatenate(reflectance))
+        candidates = {"classifier_features": np.concatenate(features),
+                      "backbone_features": pooled_features(model.backbone, pixels),
+                      "untrained_backbone": pooled_features(untrained_like(model.backbone), pixels)}
+
+        def scores_for(among: np.ndarray | None) -> dict[str, float]:
+            found = {k: precision_at_k(x, names, among=among) for k, x in candidates.items()}
+            return {**{k: round(v, 4) for k, v in found.items()}, "random": round(random_precision(names, among), 4)}
+
+        scores, every_chip = scores_for(held_out if held_out.any() else None), scores_for(None)
+        queries = sum(1 for n, h in zip(names, held_out) if n and (h or not held_out.any()))
         storage.write_json(layout.retrieval, {"model_version": current["model_version"], "precision_at_10": scores,
-                                              "chips": len(names), "labelled_chips": sum(1 for n in names if n)})
+                                              "precision_at_10_every_chip": every_chip, "chips": len(names),
+                                              "labelled_chips": sum(1 for n in names if n), "held_out_queries": queries})
         passed = scores["classifier_features"] > scores["random"]
         return dg.MaterializeResult(
-            metadata={"precision_at_10": dg.MetadataValue.json(scores), "chips": len(names),
-                      "labelled_chips": sum(1 for n in names if n), "model_version": current["model_version"]},
+            metadata={"precision_at_10": dg.MetadataValue.json(scores),
+                      "precision_at_10_every_chip": dg.MetadataValue.json(every_chip),
+                      "chips": len(names), "labelled_chips": sum(1 for n in names if n),
+                      "held_out_query_chips": queries,
+                      "held_out_partitions": dg.MetadataValue.json(current.get("validation_partitions") or []),
+                      "model_version": current["model_version"]},
             check_results=[dg.AssetCheckResult(check_name="beats_random_retrieval", passed=bool(passed),
                                                severity=dg.AssetCheckSeverity.WARN, metadata=scores)])
 

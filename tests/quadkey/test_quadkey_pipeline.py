@@ -40,9 +40,9 @@ def quadkey_run(tmp_path_factory):
 def test_partitions_are_coarse_quadkeys_holding_the_scenes_tiles(quadkey_run):
     settings, instance, resources, summary = quadkey_run
     catalog, plan = read_plan(resources["storage"], settings.name)
-    assert (plan.zoom, plan.partition_zoom) == (summary.zoom, summary.partition_zoom) == (13, 12)
+    assert (plan.zoom, plan.partition_zoom) == (summary.zoom, summary.partition_zoom) == (15, 13)
     assert sorted(instance.get_dynamic_partitions(f"{settings.name}_quadkeys")) == sorted(plan.partitions)
-    assert all(len(k) == 12 for k in plan.partitions) and sum(plan.chips.values()) == 24
+    assert all(len(k) == 13 for k in plan.partitions) and sum(plan.chips.values()) == 264
     assert set(instance.get_materialized_partitions(dg.AssetKey([settings.name, "quadkey_chips"]))) == set(
         plan.partitions)
 
@@ -54,7 +54,7 @@ def test_nodata_index_reads_with_geopandas_and_duckdb(quadkey_run):
     frames = [gpd.read_parquet(layout.nodata_index(k)) for k in plan.partitions]
     index = gpd.GeoDataFrame(np.concatenate([f.to_numpy() for f in frames]), columns=frames[0].columns,
                              geometry="geometry", crs=frames[0].crs)
-    assert len(index) == 4 * len(plan.partitions)  # every tile of every partition, with or without data
+    assert len(index) == 16 * len(plan.partitions)  # every tile of every partition, with or without data
     assert set(index["nodata_class"]) == {"all_data", "partial", "no_data"}
     assert summary.chips_by_class == index["nodata_class"].value_counts().to_dict()
     for quadkey, polygon in zip(index["chip_id"], index.geometry):
@@ -118,7 +118,7 @@ def test_the_classifier_is_trained_on_held_out_partitions_and_its_onnx_files_mat
     for name in ("onnx_matches_torch", "beats_untrained_head"):
         check = dg.AssetCheckKey(dg.AssetKey([settings.name, "chip_classifier"]), name)
         assert instance.event_log_storage.get_latest_asset_check_execution_by_key([check])[check] is not None
-    # What a deployment runs: the ONNX feature extractor on whole 256 px chips, as torch computes them.
+    # What a deployment runs: the ONNX feature extractor on whole chips, as torch computes them.
     folder = storage.model_dir(settings.name, current["model_version"])
     model, extra = load_classifier((folder / "classifier.pt").read_bytes())
     assert extra["backbone_version"] == current["backbone_version"]
@@ -149,8 +149,12 @@ def test_features_are_stored_per_chip_and_retrieval_is_measured_against_baseline
     assert torch_features.sizes["embedding_dim"] == 64 and torch_features.attrs["runtime"] == "torch"
     assert all(str(q).startswith(key) for q in torch_features["chip_id"].values)
     assert torch_features.attrs["model_version"] == version
-    assert set(summary.retrieval) == {"classifier_features", "untrained_backbone", "random"}
+    assert set(summary.retrieval) == {"classifier_features", "backbone_features", "untrained_backbone", "random"}
     assert all(0 <= v <= 1 for v in summary.retrieval.values())
+    # Query chips come from the partitions the classifier held out; their neighbours from every chip.
+    report = storage.read_json(layout.retrieval, "retrieval")
+    assert 0 < report["held_out_queries"] < report["labelled_chips"] <= report["chips"]
+    assert set(report["precision_at_10_every_chip"]) == set(summary.retrieval)
     # The same partition through the ONNX file instead (a deployment's choice): the same features.
     keys = QuadkeyKeys(settings.name)
     runner, _ = product_runner(settings, instance, resources, lambda _: None, False)
@@ -174,7 +178,10 @@ def test_similar_chips_by_quadkey_from_the_cli(quadkey_run):
 
         found = db.latest_model_table(conn, settings.name)
         assert db.count_rows(conn, found.table) == summary.chips_by_class["all_data"] + summary.chips_by_class["partial"]
-    query = next(iter(plan.partitions)) + "0"  # a chip of the first partition
+    import pyarrow.parquet as pq
+
+    labelled = pq.read_table(layout_of(resources["storage"], settings.name).labels(next(iter(plan.partitions))))
+    query = str(labelled["chip_id"][0])  # a chip with data of the first partition
     cli = [sys.executable, "-m", "geoembed.cli", "similar", "--product", settings.name, "--data-dir", data_dir]
     result = subprocess.run(cli + ["--chip", query, "-k", "4", "--format", "geojson"], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
@@ -209,6 +216,11 @@ def test_labels_covering_no_chip_stop_the_classifier_naming_the_file(quadkey_run
     ({"zoom": 10, "partition_zoom": 12}, "partition_zoom \\(12\\) must not be finer than zoom \\(10\\)"),
     ({"bands": ["B99"]}, "unknown bands \\['B99'\\]"),
     ({"labels": {"file": "x.gpkg"}}, "labels.class_field: Field required"),
+    ({"backbone": {"kind": "clay", "checkpoint": "c.ckpt", "bands": ["B11"]}},
+     "backbone.bands \\['B11'\\] must be among the chips' bands"),
+    ({"bands": ["B02", "B01"], "backbone": {"kind": "clay", "checkpoint": "c.ckpt"}},
+     "Clay has no statistics for bands \\['B01'\\]"),
+    ({"chip_size": 100}, "chip_size: Input should be 64, 128, 256 or 512"),
 ])
 def test_bad_settings_are_named(tmp_path, change, problem):
     import yaml
@@ -265,3 +277,44 @@ def test_a_new_scene_refreshes_the_catalog_then_exactly_the_partitions_it_covers
         assert len(set(index["scene_id"].to_pylist())) == 2  # both dates' chips of the partition
         result, _ = tick(cursor)
         assert not result.run_requests  # nothing else to do
+
+
+def test_clay_as_the_classifiers_backbone_from_a_local_checkpoint(quadkey_run, tmp_path):
+    """The same chips and labels with Clay (a tiny model of Clay's structure we create) as the frozen backbone:
+    loaded from its checkpoint, head trained, ONNX checked, features and retrieval beside the baselines. Runs
+    last in this module: it replaces the product's current classifier."""
+    import torch
+
+    from geoembed.imagery.encoders.clay import CLAY_S2_BANDS, CLAY_SIZES, ClayEncoder, save_encoder_checkpoint
+    from geoembed.quadkey.classifier import load_classifier
+    from geoembed_assets.core.runner import product_runner
+    from geoembed_assets.quadkey.partitions import QuadkeyKeys
+
+    settings, instance, resources, summary = quadkey_run
+    torch.manual_seed(0)
+    checkpoint = tmp_path / "clay-tiny.ckpt"
+    save_encoder_checkpoint(ClayEncoder(CLAY_SIZES["tiny"], [CLAY_S2_BANDS[b][0] for b in settings.bands]), checkpoint)
+    clay = QuadkeyProductSettings.model_validate({**settings.model_dump(), "backbone": {
+        "kind": "clay", "checkpoint": str(checkpoint), "size": "tiny", "bands": ["B02", "B03", "B04"]}})
+    keys = QuadkeyKeys(settings.name)
+    runner, _ = product_runner(clay, instance, resources, lambda _: None, False)
+    backbone = runner.materialize("backbone", keys.backbone)
+    assert backbone["kind"] == "clay" and backbone["size"] == "tiny" and len(backbone["checkpoint_sha256"]) == 64
+    classifier = runner.materialize("classifier", keys.classifier,
+                                    config={"ops": {keys.classifier_op: {"config": {"epochs": 2}}}})
+    assert classifier["backbone_version"] == backbone["model_version"]
+    check = dg.AssetCheckKey(keys.classifier, "onnx_matches_torch")
+    assert instance.event_log_storage.get_latest_asset_check_execution_by_key([check])[check].status.value == "SUCCEEDED"
+    storage = resources["storage"]
+    model, _ = load_classifier((storage.model_dir(settings.name, classifier["model_version"]) / "classifier.pt")
+                               .read_bytes())
+    assert model.backbone.spec.to_json() == {"kind": "clay", "size": "tiny", "bands": ["B02", "B03", "B04"],
+                                             "input_bands": settings.bands}
+    _, plan = read_plan(storage, settings.name)
+    partitions = [k for k in instance.get_dynamic_partitions(f"{settings.name}_quadkeys") if k in plan.partitions]
+    chips = runner.materialize_partitions("features", keys.features, partitions, lambda m: int(m.get("chips", 0)))
+    assert chips == summary.chips_by_class["all_data"] + summary.chips_by_class["partial"]  # every chip with data
+    retrieval = runner.materialize("retrieval", keys.retrieval)
+    scores = retrieval["precision_at_10"]
+    assert set(scores) == {"classifier_features", "backbone_features", "untrained_backbone", "random"}
+    assert all(0 <= v <= 1 for v in scores.values()) and retrieval["held_out_query_chips"] > 0

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from geoembed.core.checkpoints import checkpoint_bytes, read_checkpoint
 from geoembed.core.inference import batched_inference
 from geoembed.core.lineage import weights_version
 from geoembed.core.self_supervised import random_crops, random_dihedral, train_contrastive, train_triplets
@@ -282,13 +283,11 @@ def embed(
 
 
 def save_checkpoint(model: LandCoverEncoder, extra: dict) -> bytes:
-    buffer = io.BytesIO()
-    torch.save({"spec": asdict(model.spec), "state_dict": model.state_dict(), **extra}, buffer)
-    return buffer.getvalue()
+    return checkpoint_bytes(model, {"spec": asdict(model.spec)}, extra)
 
 
 def load_checkpoint(data: bytes, device: torch.device | str = "cpu") -> tuple[LandCoverEncoder, dict]:
-    payload = torch.load(io.BytesIO(data), map_location=device, weights_only=False)
+    payload = read_checkpoint(data, device, weights_only=False)
     model = LandCoverEncoder(EncoderSpec(**payload.pop("spec")))
     model.load_state_dict(payload.pop("state_dict"))
     return model.to(device).eval(), payload

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchmetrics.classification import MultilabelAccuracy, MultilabelFBetaScore
 
+from geoembed.core.checkpoints import checkpoint_bytes, read_checkpoint
 from geoembed.core.errors import InputError
 from geoembed.core.lineage import weights_version
 from geoembed.core.self_supervised import random_dihedral
@@ -254,14 +255,12 @@ def train_classifier(backbone: Backbone, samples: LabelledSamples, head: HeadSpe
 
 
 def save_classifier(model: ChipClassifier, extra: dict) -> bytes:
-    buffer = io.BytesIO()
-    torch.save({"backbone": model.backbone.spec.to_json(), "head": model.head_spec.to_json(),
-                "state_dict": model.state_dict(), **extra}, buffer)
-    return buffer.getvalue()
+    return checkpoint_bytes(model, {"backbone": model.backbone.spec.to_json(), "head": model.head_spec.to_json()},
+                            extra)
 
 
 def load_classifier(data: bytes) -> tuple[ChipClassifier, dict]:
-    payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
+    payload = read_checkpoint(data, weights_only=False)
     backbone = backbone_from_spec(payload.pop("backbone"))
     head = payload.pop("head")
     model = ChipClassifier(backbone, HeadSpec(**{**head, "classes": tuple(head["classes"]),

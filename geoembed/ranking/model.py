@@ -6,7 +6,6 @@ kept. Images are decoded and resized here; the saved model carries its image siz
 from __future__ import annotations
 
 import copy
-import io
 import os
 import time
 from dataclasses import dataclass, field
@@ -17,6 +16,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch import nn
 
+from geoembed.core.checkpoints import checkpoint_bytes, read_checkpoint
 from geoembed.core.lineage import weights_version
 from geoembed.imagery.encoders.chipnet import ChipNet, ChipNetSpec
 from geoembed.ranking.losses import margin_ranking_loss, ranknet_loss
@@ -194,13 +194,11 @@ def score(model: RankingNet, images: np.ndarray, infer: Callable | None = None) 
 
 
 def save_ranker(model: RankingNet, extra: dict) -> bytes:
-    buffer = io.BytesIO()
-    torch.save({"spec": model.spec.to_json(), "state_dict": model.state_dict(), **extra}, buffer)
-    return buffer.getvalue()
+    return checkpoint_bytes(model, {"spec": model.spec.to_json()}, extra)
 
 
 def load_ranker(data: bytes) -> tuple[RankingNet, dict]:
-    payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    payload = read_checkpoint(data)
     spec = payload.pop("spec")
     model = RankingNet(RankerSpec(int(spec["image_size"]), int(spec["width"]), tuple(spec["hidden"])))
     model.load_state_dict(payload.pop("state_dict"))

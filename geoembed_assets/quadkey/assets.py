@@ -22,7 +22,6 @@ import mercantile
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-import torch
 
 from geoembed.core.grids.quadkey import ground_resolution, tile_of_quadkey
 from geoembed.core.lineage import content_version

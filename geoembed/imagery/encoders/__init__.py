@@ -5,15 +5,14 @@ Clay v1.5 (weights from a local checkpoint)."""
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Callable
 
 import numpy as np
-import torch
 from torch import nn
 
+from geoembed.core.checkpoints import checkpoint_bytes, read_checkpoint
 from geoembed.core.lineage import weights_version
 from geoembed.imagery.encoders.chipnet import ChipNet, ChipNetSpec
 from geoembed.imagery.encoders.clay import (
@@ -43,13 +42,11 @@ def chipnet_encoder(model: ChipNet, version: str) -> LoadedEncoder:
 
 
 def save_chipnet(model: ChipNet, extra: dict) -> bytes:
-    buffer = io.BytesIO()
-    torch.save({"spec": model.spec.to_json(), "state_dict": model.state_dict(), **extra}, buffer)
-    return buffer.getvalue()
+    return checkpoint_bytes(model, {"spec": model.spec.to_json()}, extra)
 
 
 def load_chipnet(data: bytes) -> tuple[ChipNet, dict]:
-    payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    payload = read_checkpoint(data)
     spec = dict(payload.pop("spec"))
     spec.pop("kind", None)
     model = ChipNet(ChipNetSpec(**{**spec, "bands": tuple(spec["bands"])}))

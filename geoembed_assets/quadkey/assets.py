@@ -121,9 +121,9 @@ def catalog_asset(settings: QuadkeyProductSettings, keys: QuadkeyKeys, partition
     @fails_clearly
     def quadkey_catalog(context: dg.AssetExecutionContext, raster_reader: RasterReader, storage: ProductStorage):
         """The scenes (Sentinel-2 band files or STAC items, or the configured rasters; with content versions),
-        the web-mercator zoom of the chips
-        (configured, or the one whose pixel is nearest the imagery's ground resolution at its latitude) and
-        of the partitions, and which coarse quadkeys each scene covers: those become partitions."""
+        the web-mercator zoom of the chips (configured, or the one whose pixel is nearest the imagery's ground
+        resolution at its latitude) and of the partitions, and which coarse quadkeys each scene covers: those
+        become partitions."""
         layout = layout_of(storage, name)
         previous = (SceneCatalog.model_validate(storage.read_json(layout.catalog, "the scene catalog"))
                     if layout.catalog.exists() else None)

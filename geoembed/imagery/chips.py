@@ -30,6 +30,7 @@ from geoembed.imagery.scenes import MASK_BAND, RGB_BANDS, S2_BANDS, SCL_CLOUD_CL
 RESOLUTION = 10.0
 NODATA_DN = 0  # Sentinel-2's no-data value in every band
 NODATA_CLASSES = ("all_data", "partial", "no_data")
+READ_BYTES = 64 * 2**20  # consecutive chip rows are read and resampled together up to this strip size
 ALL_DATA, PARTIAL, NO_DATA = range(3)
 
 
@@ -247,29 +248,54 @@ class SceneChipper:
         """(row, col) of the chips the scene overlaps, row-major (the datacube's chips)."""
         return self.grid.chips_overlapping(self.extent)
 
-    def blocks(self) -> Iterator[ChipBlock]:
-        rows, cols = self.chips()
-        for row in np.unique(rows):
-            yield self.read_block(int(row), cols[rows == row])
+    def blocks(self, rows: np.ndarray | None = None, cols: np.ndarray | None = None,
+               max_bytes: int = READ_BYTES) -> Iterator[ChipBlock]:
+        """A ChipBlock per chip row of the given chips (default: every chip the scene overlaps), row-major.
+        Consecutive chip rows are read together while their strip stays under ``max_bytes`` (one read and one
+        reprojection per band for many small chips; a row at a time for wide tiles of large chips)."""
+        if rows is None or cols is None:
+            rows, cols = self.chips()
+        if not len(rows):
+            return
+        width_chips = int(cols.max()) - int(cols.min()) + 1
+        row_bytes = self.grid.chip_size ** 2 * width_chips * (len(self.bands) + 1) * 2
+        per_read = max(1, max_bytes // row_bytes)
+        group: list[int] = []
+        for row in (int(r) for r in np.unique(rows)):
+            if group and (row != group[-1] + 1 or len(group) == per_read):
+                yield from self._read_rows(group, [cols[rows == r] for r in group])
+                group = []
+            group.append(row)
+        yield from self._read_rows(group, [cols[rows == r] for r in group])
 
     def read_block(self, row: int, cols: np.ndarray) -> ChipBlock:
-        s, n = self.grid.chip_size, len(cols)
-        c0 = int(cols.min())
-        width = (int(cols.max()) - c0 + 1) * s
-        origin = self.grid.transform * (c0 * s, row * s)
+        """The chips ``cols`` of chip row ``row``."""
+        return self._read_rows([row], [cols])[0]
+
+    def _read_rows(self, rows: list[int], cols_of: list[np.ndarray]) -> list[ChipBlock]:
+        """Consecutive chip rows read as one strip (each band resampled once), split into a block per row."""
+        s = self.grid.chip_size
+        c0 = min(int(c.min()) for c in cols_of)
+        width = (max(int(c.max()) for c in cols_of) - c0 + 1) * s
+        height = len(rows) * s
+        origin = self.grid.transform * (c0 * s, rows[0] * s)
         res = self.grid.resolution
         transform = Affine(res, 0.0, origin[0], 0.0, -res, origin[1])
-        strip = np.zeros((len(self.bands), s, width), dtype=np.uint16)
+        strip = np.zeros((len(self.bands), height, width), dtype=np.uint16)
         for i, band in enumerate(self.bands):
             self._reproject(band, strip[i], transform, Resampling.bilinear)
-        mask = None
+        mask_strip = None
         if MASK_BAND in self.sources:
-            mask_strip = np.zeros((s, width), dtype=np.uint8)
+            mask_strip = np.zeros((height, width), dtype=np.uint8)
             self._reproject(MASK_BAND, mask_strip, transform, Resampling.nearest)
-            mask = _split(mask_strip[None], cols - c0, s)[:, 0]
-        valid = (strip > NODATA_DN).all(axis=0) & self._inside(transform, (s, width))
-        dn = _split(strip, cols - c0, s)
-        return ChipBlock(row, cols, dn, _split(valid[None], cols - c0, s)[:, 0], mask)
+        valid = (strip > NODATA_DN).all(axis=0) & self._inside(transform, (height, width))
+        blocks = []
+        for k, (row, cols) in enumerate(zip(rows, cols_of)):
+            band_rows = slice(k * s, (k + 1) * s)
+            mask = None if mask_strip is None else _split(mask_strip[None, band_rows], cols - c0, s)[:, 0]
+            blocks.append(ChipBlock(row, cols, _split(strip[:, band_rows], cols - c0, s),
+                                    _split(valid[None, band_rows], cols - c0, s)[:, 0], mask))
+        return blocks
 
     def _reproject(self, band: str, out: np.ndarray, transform: Affine, resampling: Resampling) -> None:
         """Resample the band onto ``out`` (the 10 m grid at ``transform``). The source pixels are read

@@ -65,8 +65,7 @@ def chip_scene(
         template, encoding = datacube_template(scene, grid, bands, rows, cols, attrs)
         create_datacube(target, template, encoding)
         index = 0
-        for row in np.unique(rows):
-            block = chipper.read_block(int(row), cols[rows == row])
+        for block in chipper.blocks(rows, cols):
             write_datacube_block(target, index, block)
             classes = block.nodata_class
             names = grid.chip_ids(np.full(len(block.cols), block.row), block.cols)

@@ -22,7 +22,6 @@ from torchmetrics.classification import MultilabelAccuracy, MultilabelFBetaScore
 
 from geoembed.core.checkpoints import checkpoint_bytes, read_checkpoint
 from geoembed.core.errors import InputError
-from geoembed.core.inference import batched_inference
 from geoembed.core.lineage import weights_version
 from geoembed.core.self_supervised import random_dihedral
 from geoembed.imagery.encoders.chipnet import ChipNet, ChipNetSpec
@@ -115,12 +114,12 @@ def load_backbone(pointer: dict, input_bands: list[str], chipnet_checkpoint: Cal
 
 
 def pooled_features(backbone: Backbone, reflectance: np.ndarray, batch: int = 256) -> np.ndarray:
-    """The backbone's own pooled features of every chip (no head), a batch at a time on the CPU."""
-    if not len(reflectance):
-        return np.zeros((0, backbone.pooled_dim), np.float32)
+    """The backbone's own pooled features of every chip (no head), a batch at a time."""
     backbone.eval()
-    return batched_inference(backbone.pooled, reflectance.astype(np.float32, copy=False), torch.device("cpu"), batch,
-                             False)
+    with torch.inference_mode():
+        return np.concatenate([backbone.pooled(torch.from_numpy(reflectance[i:i + batch].astype(np.float32))).numpy()
+                               for i in range(0, len(reflectance), batch)]) if len(reflectance) else \
+            np.zeros((0, backbone.pooled_dim), np.float32)
 
 
 def untrained_like(backbone: Backbone, seed: int = 0) -> Backbone:

@@ -29,6 +29,7 @@ from geoembed.core.sinks.zarr import open_store, write_dataset
 from geoembed.core.sources import manifest_version, with_versions
 from geoembed.imagery import encoders
 from geoembed.imagery.aoi import chip_grid_geojson
+from geoembed.imagery.catalog import build_catalog
 from geoembed.imagery.change import DateEmbeddings, change_over_time, change_plot
 from geoembed.imagery.chips import ChipGrid
 from geoembed.imagery.encoders.chipnet import ChipNetSpec
@@ -47,7 +48,7 @@ from geoembed_assets.core.policies import (
 )
 from geoembed_assets.imagery.partitions import ImageryKeys, ImageryPartitions
 from geoembed_assets.imagery.sensors import build_scene_sensor
-from geoembed_assets.imagery.state import known_scene_files, layout_of, read_catalog, scene_catalog, scene_files
+from geoembed_assets.imagery.state import known_scene_files, layout_of, read_catalog, scene_files
 from geoembed_resources import InferenceDevice, PostgresDatabase, ProductStorage, RasterReader
 from geoembed_resources.postgres import redacted
 
@@ -135,7 +136,7 @@ def catalog_asset(settings: ImageryProductSettings, keys: ImageryKeys, parts: Im
         layout = layout_of(storage, name)
         previous = read_catalog(storage, name) if layout.catalog.exists() else None
         files = with_versions(scene_files(raster_reader, settings), previous.files if previous else {})
-        catalog = scene_catalog(settings, files, raster_reader.read_text, content_version)
+        catalog = build_catalog(settings, files, raster_reader.read_text, content_version)
         changed = catalog.changed_since(previous)
         for definition, wanted in ((parts.tiles, catalog.tiles), (parts.dates, catalog.dates)):
             new = sorted(set(wanted) - set(context.instance.get_dynamic_partitions(definition.name)))

@@ -3,12 +3,10 @@ its outputs are, its scene catalog, and the scene location's listing."""
 
 from __future__ import annotations
 
-from typing import Callable
-
 from geoembed.core.sources import SourceFile
-from geoembed.imagery.catalog import SceneCatalog, build_catalog
+from geoembed.imagery.catalog import SceneCatalog
 from geoembed.imagery.layout import ImageryLayout
-from geoembed.imagery.rasters import build_raster_catalog, is_raster_file
+from geoembed.imagery.rasters import is_raster_file
 from geoembed.imagery.scenes import is_scene_file
 from geoembed.imagery.settings import ImageryProductSettings
 from geoembed_resources import ProductStorage, RasterReader
@@ -37,12 +35,3 @@ def scene_files(raster_reader: RasterReader, settings: ImageryProductSettings) -
                 if is_raster_file(f.name, rasters)]
     return [f for f in raster_reader.list_location(settings.scenes_location, "*", recursive=True)
             if is_scene_file(f.name)]
-
-
-def scene_catalog(settings: ImageryProductSettings, files: list[SourceFile], read_text: Callable[[str], str],
-                  version_of: Callable[[str], str]) -> SceneCatalog:
-    """The catalog of ``scene_files``' listing (versioned): Sentinel-2 scenes, or one scene per configured raster."""
-    rasters = getattr(settings, "rasters", None)
-    if rasters is not None:
-        return build_raster_catalog(settings.model_dump(mode="json"), rasters, files, version_of)
-    return build_catalog(settings, files, read_text, version_of)

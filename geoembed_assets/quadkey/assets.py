@@ -32,7 +32,8 @@ from geoembed.core.sinks.geoparquet import write_geoparquet
 from geoembed.core.sinks.zarr import open_store, write_dataset
 from geoembed.core.sources import with_versions
 from geoembed.imagery import encoders
-from geoembed.imagery.catalog import SceneCatalog
+from geoembed.imagery.catalog import SceneCatalog, build_catalog
+from geoembed.imagery.rasters import build_raster_catalog
 from geoembed.imagery.encoders.chipnet import ChipNetSpec
 from geoembed.imagery.settings import ClayEncoderSettings
 from geoembed.imagery.search_rows import CHIP_H3_RESOLUTION
@@ -56,7 +57,7 @@ from geoembed_assets.core.policies import GPU_STEP, batched_backfills
 from geoembed_assets.core.landing import LANDING_TAG
 from geoembed_assets.core.serving import index_asset
 from geoembed_assets.imagery.assets import ChipTrainingConfig, source_asset
-from geoembed_assets.imagery.state import scene_catalog, scene_files
+from geoembed_assets.imagery.state import scene_files
 from geoembed_assets.quadkey.partitions import QuadkeyKeys, quadkey_partitions
 from geoembed_assets.quadkey.sensors import build_quadkey_scene_sensor
 from geoembed_resources import InferenceDevice, PostgresDatabase, ProductStorage, RasterReader
@@ -127,7 +128,10 @@ def catalog_asset(settings: QuadkeyProductSettings, keys: QuadkeyKeys, partition
         previous = (SceneCatalog.model_validate(storage.read_json(layout.catalog, "the scene catalog"))
                     if layout.catalog.exists() else None)
         files = with_versions(scene_files(raster_reader, settings), previous.files if previous else {})
-        catalog = scene_catalog(settings, files, raster_reader.read_text, content_version)
+        if settings.rasters is not None:
+            catalog = build_raster_catalog(settings.model_dump(mode="json"), settings.rasters, files, content_version)
+        else:
+            catalog = build_catalog(settings, files, raster_reader.read_text, content_version)
         plan = plan_partitions(catalog.scenes, settings.bands, settings.chip_size, settings.zoom,
                                settings.partition_zoom, raster_reader.open)
         new = sorted(set(plan.partitions) - set(context.instance.get_dynamic_partitions(partitions.name)))

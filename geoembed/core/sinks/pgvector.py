@@ -200,16 +200,17 @@ def vectors_table(table: str) -> str:
 
 def vector_ids(vectors: np.ndarray) -> np.ndarray:
     """A 63-bit id per row: the same for identical float32 vectors, different otherwise (blake2b of the
-    bytes; only the distinct rows are hashed)."""
+    row's bytes)."""
     rows = np.ascontiguousarray(np.asarray(vectors, dtype=np.float32)) + np.float32(0.0)  # -0.0 is 0.0
     if len(rows) == 0:
         return np.zeros(0, dtype=np.int64)
-    # Each row as one opaque byte string: sorting those is far faster than np.unique(axis=0)'s lexsort.
-    as_bytes = rows.reshape(len(rows), -1).view(np.dtype((np.void, rows.itemsize * int(np.prod(rows.shape[1:])))))
-    distinct, inverse = np.unique(as_bytes.ravel(), return_inverse=True)
-    ids = np.array([int.from_bytes(hashlib.blake2b(r.tobytes(), digest_size=8).digest(), "big") >> 1
-                    for r in distinct], dtype=np.int64)
-    return ids[inverse.ravel()]
+    # Hash slices of one buffer, every row: converting numpy rows to bytes one by one, or finding the
+    # distinct rows first (a sort of byte strings), each cost more than the hashing itself.
+    width = rows.itemsize * int(np.prod(rows.shape[1:]))
+    buffer, blake2b = memoryview(rows.tobytes()), hashlib.blake2b
+    digests = b"".join([blake2b(buffer[i : i + width], digest_size=8).digest()
+                        for i in range(0, len(buffer), width)])
+    return (np.frombuffer(digests, dtype=">u8") >> np.uint64(1)).astype(np.int64)
 
 
 def _has_column(conn: psycopg.Connection, table: str, column: str) -> bool:
@@ -340,18 +341,18 @@ def replace_partitions(conn: psycopg.Connection, table: str, parts: Sequence[Tab
     embeddings = (np.concatenate([np.asarray(p.embedding, dtype=np.float32) for p in parts])
                   if parts else np.zeros((0, 0), np.float32))
     ids = vector_ids(embeddings)
-    bodies, first = [], 0
-    for part in parts:  # each partition's records, between one header and one trailer
-        payload = copy_rows_payload(part, layout, with_geometry=geometry, ids=ids[first : first + len(part.keys)])
-        bodies.append(payload[len(_COPY_HEADER) : -len(_COPY_TRAILER)])
+    values, first = [], 0
+    for part in parts:  # every partition's column values, then one COPY stream of them all
+        values.append(_column_values(part, layout, geometry, ids[first : first + len(part.keys)]))
         first += len(part.keys)
+    payload = _copy_stream(_concatenate_columns(values), len(ids)) if parts else _COPY_HEADER + _COPY_TRAILER
     with conn.transaction():
         conn.execute(sql.SQL("DELETE FROM {} WHERE {} = ANY(%s)").format(ident, sql.Identifier(layout.partition)),
                      ([int(p.partition) for p in parts],))
         copy_sql = sql.SQL("COPY {} ({}) FROM STDIN WITH (FORMAT BINARY)").format(
             ident, sql.SQL(", ").join(map(sql.Identifier, columns)))
         with conn.cursor().copy(copy_sql) as copy:
-            copy.write(_COPY_HEADER + b"".join(bodies) + _COPY_TRAILER)
+            copy.write(payload)
         if len(ids):
             _upsert_vectors(conn, table, ids, embeddings)
     return time.perf_counter() - start
@@ -390,7 +391,11 @@ def _column_values(rows: TableRows, layout: TableLayout, with_geometry: bool,
                    ids: np.ndarray | None) -> list[tuple[str, str, object]]:
     """(name, kind, values) of every column in COPY order; kind: int8, float8, date, text, vector, bytes."""
     n = len(rows.keys)
-    per_row = [rows.source_version] * n if isinstance(rows.source_version, str) else list(rows.source_version)
+    vectors = np.asarray(rows.embedding, dtype=np.float32)
+    if vectors.ndim != 2 or vectors.shape[0] != n:
+        raise ValueError(f"partition {rows.partition:x}: {n} rows but embeddings of shape {vectors.shape}")
+    per_row = ([rows.source_version.encode()] * n if isinstance(rows.source_version, str)
+               else [str(v).encode() for v in rows.source_version])
     if len(per_row) != n:
         raise ValueError(f"partition {rows.partition:x}: {n} rows but {len(per_row)} source versions")
     columns: list[tuple[str, str, object]] = [
@@ -408,10 +413,10 @@ def _column_values(rows: TableRows, layout: TableLayout, with_geometry: bool,
     columns += [("lon", "float8", np.asarray(rows.lon, dtype=np.float64)),
                 ("lat", "float8", np.asarray(rows.lat, dtype=np.float64)),
                 ("model_version", "text", [rows.model_version.encode()] * n),
-                ("source_version", "text", [v.encode() for v in per_row])]
+                ("source_version", "text", per_row)]
     if ids is not None:
         columns.append(("vector_id", "int8", np.asarray(ids, dtype=np.int64)))
-    columns.append(("embedding", "vector", np.asarray(rows.embedding, dtype=np.float32)))
+    columns.append(("embedding", "vector", vectors))
     if with_geometry:
         if rows.geometry is None:
             raise ValueError(f"partition {rows.partition:x}: the table has a geometry column but the rows have none")
@@ -421,25 +426,35 @@ def _column_values(rows: TableRows, layout: TableLayout, with_geometry: bool,
 
 def copy_rows_payload(rows: TableRows, layout: TableLayout, with_geometry: bool = False,
                       ids: np.ndarray | None = None) -> bytes:
-    """The binary COPY stream of a partition's rows, built with numpy in one go.
+    """The binary COPY stream of a partition's rows, built with numpy in one go."""
+    return _copy_stream(_column_values(rows, layout, with_geometry, ids), len(rows.keys))
+
+
+def _concatenate_columns(parts: Sequence[list[tuple[str, str, object]]]) -> list[tuple[str, str, object]]:
+    """The columns of several partitions as one set of columns (arrays concatenated, lists joined)."""
+    joined = []
+    for i, (name, kind, values) in enumerate(parts[0]):
+        every = [part[i][2] for part in parts]
+        joined.append((name, kind, np.concatenate(every) if isinstance(values, np.ndarray)
+                       else [v for values_ in every for v in values_]))
+    return joined
+
+
+def _copy_stream(columns: list[tuple[str, str, object]], n: int) -> bytes:
+    """Header, records and trailer of a binary COPY of ``n`` rows of ``columns``.
 
     Rows whose variable-length values (texts, geometries) have the same lengths share one record layout,
     so each such group is one big-endian structured array: no per-row Python when building records."""
-    vectors = np.asarray(rows.embedding, dtype=np.float32)
-    n = len(rows.keys)
-    if vectors.ndim != 2 or vectors.shape[0] != n:
-        raise ValueError(f"partition {rows.partition:x}: {n} rows but embeddings of shape {vectors.shape}")
-    dim = vectors.shape[1]
-    columns = _column_values(rows, layout, with_geometry, ids)
     variable = [i for i, (_, kind, _) in enumerate(columns) if kind in ("text", "bytes")]
-    lengths = np.array([[len(columns[i][2][r]) for i in variable] for r in range(n)], dtype=np.int64).reshape(n, -1)
+    lengths = (np.stack([np.fromiter(map(len, columns[i][2]), np.int64, n) for i in variable], axis=1)
+               if variable else np.zeros((n, 0), np.int64))
     parts = [_COPY_HEADER]
     groups, inverse = np.unique(lengths, axis=0, return_inverse=True)
     for g, group_lengths in enumerate(groups):
-        index = np.nonzero(inverse.ravel() == g)[0]
+        index = np.arange(n) if len(groups) == 1 else np.nonzero(inverse.ravel() == g)[0]
         widths = dict(zip(variable, group_lengths.tolist()))
         fields: list[tuple] = [("count", ">i2")]
-        for i, (name, kind, _) in enumerate(columns):
+        for i, (name, kind, values) in enumerate(columns):
             fields.append((f"l_{name}", ">i4"))
             if kind == "int8":
                 fields.append((name, ">i8"))
@@ -448,7 +463,7 @@ def copy_rows_payload(rows: TableRows, layout: TableLayout, with_geometry: bool 
             elif kind == "date":
                 fields.append((name, ">i4"))
             elif kind == "vector":
-                fields += [(f"dim_{name}", ">i2"), (f"unused_{name}", ">i2"), (name, ">f4", (dim,))]
+                fields += [(f"dim_{name}", ">i2"), (f"unused_{name}", ">i2"), (name, ">f4", (values.shape[1],))]
             elif widths[i]:
                 fields.append((name, f"V{widths[i]}"))
         block = np.zeros(len(index), dtype=np.dtype(fields))
@@ -459,11 +474,13 @@ def copy_rows_payload(rows: TableRows, layout: TableLayout, with_geometry: bool 
             elif kind == "date":
                 block[f"l_{name}"], block[name] = 4, values[index]
             elif kind == "vector":
+                dim = values.shape[1]
                 block[f"l_{name}"], block[f"dim_{name}"], block[name] = 4 + 4 * dim, dim, values[index]
             else:
                 block[f"l_{name}"] = widths[i]
                 if widths[i]:
-                    block[name] = np.frombuffer(b"".join(values[r] for r in index), dtype=f"V{widths[i]}")
+                    chosen = values if len(groups) == 1 else [values[r] for r in index.tolist()]
+                    block[name] = np.frombuffer(b"".join(chosen), dtype=f"V{widths[i]}")
         parts.append(block.tobytes())
     parts.append(_COPY_TRAILER)
     return b"".join(parts)

@@ -12,7 +12,7 @@ import numpy as np
 import rasterio
 import xarray as xr
 
-from geoembed.core.grids.h3 import ProductLayout, cell_centres, parse_region_key, region_cells
+from geoembed.core.grids.h3 import ProductLayout, cell_centres, parse_region_key
 from geoembed.core.lineage import combined_version, decode_version, encode_version
 from geoembed.core.rasters import RasterInfo, RasterInputError
 from geoembed.core.sinks.pgvector import RegionRows
@@ -76,7 +76,7 @@ def region_samples(key: str, state: StencilState, settings: ProductSettings, ras
     if not names:
         raise RegionNotCoveredError(f"region {key} is no longer covered by any source file; its previous rows "
                                     "are kept. Land a file that covers it, or leave this partition as it is")
-    cells = region_cells(parse_region_key(key, settings.region_res), settings.resolution)
+    cells = state.region_cells(key, settings)
     lat, lon = cell_centres(cells)
     samples, source_index = sample_mosaic([rasters(n) for n in names], state.class_legend, cells, lat, lon,
                                           settings.window_size, settings.min_valid_fraction,

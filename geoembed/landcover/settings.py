@@ -53,6 +53,11 @@ class StackedSource(BaseModel):
         return self
 
     @property
+    def stencil_res(self) -> int:
+        """Resolution at which the stencil keeps or drops cells (the regions' own by default)."""
+        return self.region_res if self.stencil_resolution is None else self.stencil_resolution
+
+    @property
     def raster_location(self) -> str:
         return resolve_raster_location(self.raster)
 
@@ -91,6 +96,11 @@ class ProductSettings(BaseModel):
     region_resolution: int | None = Field(
         default=None, ge=0, le=15, description="H3 resolution of the partition regions (default: resolution - 3)."
     )
+    stencil_resolution: int | None = Field(
+        default=None, ge=0, le=15, description=(
+            "H3 resolution at which the stencil keeps or drops cells (default: the region resolution, whole "
+            "regions). Finer than the regions, a region keeps only its sub-regions at this resolution that hold "
+            "data: larger partitions (fewer, cheaper runs) over the same cells as regions at this resolution."))
     window_size: int = Field(default=32, ge=4, le=512, description="Window edge in raster pixels.")
     embedding_dim: int = Field(default=64, ge=2, le=2048)
     min_valid_fraction: float = Field(
@@ -137,6 +147,10 @@ class ProductSettings(BaseModel):
             raise ValueError(
                 f"region_resolution ({region_res}) must be coarser (smaller) than resolution ({self.resolution})"
             )
+        if not region_res <= self.stencil_res < max(self.resolution, 1):
+            raise ValueError(
+                f"stencil_resolution ({self.stencil_res}) must lie between region_resolution ({region_res}) and "
+                f"resolution ({self.resolution}), finer than the first and coarser than the second")
         names = [source.name for source in self.stack]
         if len(set(names)) != len(names):
             raise ValueError(f"stacked source names must be distinct: {names}")
@@ -153,6 +167,11 @@ class ProductSettings(BaseModel):
         if self.region_resolution is not None:
             return self.region_resolution
         return max(0, self.resolution - 3)
+
+    @property
+    def stencil_res(self) -> int:
+        """Resolution at which the stencil keeps or drops cells (the regions' own by default)."""
+        return self.region_res if self.stencil_resolution is None else self.stencil_resolution
 
     @property
     def raster_location(self) -> str:

@@ -11,7 +11,10 @@ import rasterio
 import rasterio.errors
 from pydantic import BaseModel, ConfigDict
 
-from geoembed.core.grids.h3 import ProductLayout, cell_centres, parse_region_key, region_cells, region_key, regions_touching
+from geoembed.core.grids.h3 import (
+    ProductLayout, cell_centres, kept_cell_count, kept_cells, parent_cells, parse_region_key, region_cells, region_key,
+    regions_touching,
+)
 from geoembed.core.rasters import RasterInfo, RasterInputError
 from geoembed.landcover.categorical import distinct_values, resolve_legend
 from geoembed.core.sources import SourceFile, manifest_version
@@ -28,6 +31,7 @@ class Stencil:
     seconds: float
     unknown_values: list[int] = field(default_factory=list)
     covered: list[str] = field(default_factory=list)  # regions with a cell centre inside the raster
+    kept: dict[str, list[str]] = field(default_factory=dict)  # region -> sub-regions with data (finer stencil)
 
     @property
     def n_cells(self) -> int:
@@ -67,7 +71,9 @@ def scan_regions(
     settings: ProductSettings,
     progress: Callable[[int, int, int], None] | None = None,
 ) -> Stencil:
-    """Sample every cell of every candidate region; keep regions with a foreground cell.
+    """Sample every cell of every candidate region; keep regions with a foreground cell. With a stencil
+    finer than the regions (``stencil_resolution``), a region keeps only its sub-regions at that
+    resolution with a foreground cell, and only their cells count.
 
     Raises RasterInputError if the raster overlaps no cell with data, or (unknown_classes: error)
     holds values that are not in the legend."""
@@ -78,6 +84,8 @@ def scan_regions(
     kept: list[int] = []
     covered: list[str] = []
     cells_per_region: dict[str, int] = {}
+    kept_subregions: dict[str, list[str]] = {}
+    finer = settings.stencil_res > settings.region_res
     status = np.zeros(len(STATUSES), dtype=np.int64)
     unknown: set[int] = set()
     for i, region in enumerate(candidates):
@@ -97,8 +105,14 @@ def scan_regions(
             foreground &= inside
         if foreground.any():
             kept.append(int(region))
-            cells_per_region[region_key(int(region))] = len(cells)
-            status += np.bincount(samples.status, minlength=len(STATUSES))
+            in_stencil = np.ones(len(cells), dtype=bool)
+            if finer:
+                parents = parent_cells(cells, settings.stencil_res)
+                subs = np.unique(parents[foreground])
+                in_stencil = np.isin(parents, subs)
+                kept_subregions[region_key(int(region))] = [region_key(int(c)) for c in subs]
+            cells_per_region[region_key(int(region))] = int(in_stencil.sum())
+            status += np.bincount(samples.status[in_stencil], minlength=len(STATUSES))
         if progress and (i + 1) % 50 == 0:
             progress(i + 1, len(candidates), len(kept))
     if unknown and settings.unknown_classes == "error":
@@ -120,6 +134,7 @@ def scan_regions(
         seconds=time.perf_counter() - start,
         unknown_values=sorted(unknown),
         covered=covered,
+        kept=kept_subregions,
     )
 
 
@@ -144,6 +159,7 @@ class FileStencil:
     cells_per_region: dict[str, int]
     status_counts: dict[str, int]
     error: str = ""
+    kept: dict[str, list[str]] = field(default_factory=dict)  # region -> sub-regions with data (finer stencil)
 
     def to_json(self) -> dict:
         return dict(self.__dict__)
@@ -162,6 +178,7 @@ class MosaicStencil:
     added: list[str]
     changed: list[str]
     removed: list[str]
+    region_kept: dict[str, list[str]] = field(default_factory=dict)  # finer stencil: region -> sub-regions kept
 
     @property
     def status_counts(self) -> dict[str, int]:
@@ -172,15 +189,30 @@ class MosaicStencil:
         return total
 
 
-def merge_stencils(files: list[FileStencil], previous: StencilState | None) -> MosaicStencil:
+def merge_stencils(files: list[FileStencil], previous: StencilState | None, resolution: int | None = None) -> MosaicStencil:
     """Combine per-file stencils (newest first) and compare with the previous stencil state.
 
     ``previous``: the state the last stencil wrote, or None when nothing comparable exists (first run,
-    or settings changed): then every region counts as changed."""
+    or settings changed): then every region counts as changed. ``resolution``: the cells' (needed to
+    count a region's cells when files keep different sub-regions of it)."""
     cells: dict[str, int] = {}
     for f in files:
         if not f.error:
             cells.update({key: f.cells_per_region[key] for key in f.regions})
+    # A finer stencil: a region keeps every sub-region some file has data in (a file keeping the whole
+    # region keeps it whole).
+    region_kept: dict[str, set[str] | None] = {}
+    for f in files:
+        for key in [] if f.error else f.regions:
+            subs = f.kept.get(key)
+            if subs is None or region_kept.get(key, set()) is None:
+                region_kept[key] = None
+            else:
+                region_kept[key] = region_kept.get(key, set()) | set(subs)
+    merged_kept = {key: sorted(subs) for key, subs in region_kept.items() if subs is not None}
+    for key, subs in merged_kept.items():
+        if resolution is not None:
+            cells[key] = kept_cell_count(int(key, 16), resolution, [int(k, 16) for k in subs])
     # A region's sources: every file providing some of its cells (a newer file may hold only
     # background there and still replaces the older file's pixels for those cells).
     region_sources: dict[str, list[str]] = {key: [] for key in cells}
@@ -211,12 +243,15 @@ def merge_stencils(files: list[FileStencil], previous: StencilState | None) -> M
     for key in orphaned:  # keep what was there: its rows stay until a file covers it again
         region_sources[key] = []
         cells[key] = previous.cells_per_region.get(key, 0) if previous else 0
+        if previous and key in previous.region_kept:
+            merged_kept[key] = previous.region_kept[key]
     regions = sorted(region_sources)
     if previous is None:
         changed_regions = [k for k in regions if region_sources[k]]
     else:
         changed_regions = sorted(k for k in touched if region_sources.get(k))
-    return MosaicStencil(files, regions, region_sources, cells, changed_regions, orphaned, added, changed, removed)
+    return MosaicStencil(files, regions, region_sources, cells, changed_regions, orphaned, added, changed, removed,
+                         merged_kept)
 
 
 STACK_PREFIX = "stack/"  # names stacked sources among a product's source files
@@ -257,6 +292,7 @@ class StencilState(BaseModel):
     region_sources: dict[str, list[str]]
     sources: dict[str, FileStencil] = {}
     stacked: list[StackedSourceState] = []  # in product order
+    region_kept: dict[str, list[str]] = {}  # finer stencil: region -> its sub-regions that hold data
 
     @property
     def class_legend(self) -> Legend:
@@ -267,7 +303,14 @@ class StencilState(BaseModel):
 
     def layout(self, settings: ProductSettings) -> ProductLayout:
         """The rows of the product store for these regions."""
-        return ProductLayout.build(self.region_ids(), settings.resolution, settings.region_res)
+        return ProductLayout.build(self.region_ids(), settings.resolution, settings.region_res, {
+            int(key, 16): [int(sub, 16) for sub in subs] for key, subs in self.region_kept.items()})
+
+    def region_cells(self, key: str, settings: ProductSettings) -> np.ndarray:
+        """The cells of a region that the product holds (all its cells, or those of its kept sub-regions)."""
+        kept = self.region_kept.get(key)
+        return kept_cells(parse_region_key(key, settings.region_res), settings.resolution,
+                          None if kept is None else [int(sub, 16) for sub in kept])
 
     def checked_keys(self, keys: list[str], settings: ProductSettings) -> list[str]:
         """The partition keys, each validated and known to this stencil."""
@@ -338,8 +381,8 @@ def update_stencil(
             continue
         scanned.append(FileStencil(f.name, f.location, f.version, f.fingerprint, f.modified_ns,
                                    [region_key(int(r)) for r in stencil.regions], stencil.covered,
-                                   stencil.cells_per_region, stencil.status_counts))
-    mosaic = merge_stencils(scanned, comparable)
+                                   stencil.cells_per_region, stencil.status_counts, kept=stencil.kept))
+    mosaic = merge_stencils(scanned, comparable, settings.resolution)
     if comparable is not None and [(x.name, x.version) for x in comparable.stacked] != [(x.name, x.version) for x in stacked]:
         mosaic.changed_regions = [k for k in mosaic.regions if mosaic.region_sources[k]]
     rejected = {**getattr(files, "rejected", {}), **{f.name: f.error for f in scanned if f.error}}
@@ -355,6 +398,7 @@ def update_stencil(
         region_sources=mosaic.region_sources,
         sources={f.name: f for f in scanned},
         stacked=stacked,
+        region_kept=mosaic.region_kept,
     )
     return StencilUpdate(state, mosaic, rejected, comparable is not None)
 

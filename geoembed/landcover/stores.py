@@ -284,6 +284,7 @@ def _template(layout: ProductLayout, dim: int, attrs: dict) -> xr.Dataset:
             "resolution": layout.resolution,
             "region_resolution": layout.region_res,
             "regions": [f"{int(r):x}" for r in layout.regions],
+            **({"region_kept": _kept_attr(layout)} if layout.kept else {}),
             "statuses": {**{str(i): s for i, s in enumerate(statuses)}, str(NOT_COMPUTED): "not_computed"},
             "embedded_statuses": [STATUSES[i] for i in EMBEDDED],
             "embedding_storage": storage,
@@ -325,8 +326,14 @@ class StoreLayoutError(RuntimeError):
     """The product store's rows are laid out for other regions than the writer's (the stencil changed)."""
 
 
+def _kept_attr(layout: ProductLayout) -> dict[str, list[str]]:
+    """The layout's kept sub-regions as the store's attribute (a stencil finer than the regions)."""
+    return {f"{region:x}": [f"{sub:x}" for sub in subs] for region, subs in sorted(layout.kept.items())}
+
+
 def _same_layout(attrs: dict, sizes: dict, layout: ProductLayout, dim: int) -> bool:
     return (attrs.get("regions") == [f"{int(r):x}" for r in layout.regions]
+            and attrs.get("region_kept", {}) == _kept_attr(layout)
             and attrs.get("resolution") == layout.resolution and sizes.get("embedding_dim") == dim)
 
 
@@ -388,10 +395,13 @@ def _rows_to_carry(previous: xr.Dataset, layout: ProductLayout, dim: int, attrs:
         return None
     carried = [v for v in ("embedding", "embedding_int8", "embedding_scale") if v in previous]
     old_regions = [int(r, 16) for r in previous.attrs.get("regions", [])]
+    old_kept = {int(r, 16): [int(sub, 16) for sub in subs] for r, subs in previous.attrs.get("region_kept", {}).items()}
     old_layout = ProductLayout.build(np.array(old_regions, dtype=np.uint64), int(previous.attrs["resolution"]),
-                                     int(previous.attrs["region_resolution"]))
+                                     int(previous.attrs["region_resolution"]), old_kept)
     regions = []
     for region in sorted(set(old_regions) & {int(r) for r in layout.regions}):
+        if old_layout.kept.get(region) != layout.kept.get(region):
+            continue  # other cells than before: the region is embedded again
         part = previous[[*carried, "status", "model_version", "source_version"]].isel(
             cells=old_layout.rows_of(region)).load()  # stacked lineage is not carried: a new stack re-embeds
         regions.append((layout.rows_of(region), part.drop_vars("cell_ids")))

@@ -332,3 +332,31 @@ def test_a_region_stored_alone_by_an_older_version_is_still_read(tmp_path):
     stores.write_samples(folder / "r7.zarr", _samples(7))
     assert stores.has_region_samples(folder, "r7")
     np.testing.assert_array_equal(stores.open_region_samples(folder, "r7")["windows"].values, _samples(7)["windows"].values)
+
+
+def test_a_finer_stencil_lays_out_only_the_kept_sub_regions_and_carries_only_unchanged_regions(tmp_path):
+    """Regions of a stencil finer than the regions hold only their kept sub-regions' cells; a region whose
+    kept sub-regions change gets other rows and is embedded again, the others keep theirs."""
+    subs = {r: sorted(h3i.cell_to_children(r, 2)) for r in HEXAGONS[:2]}
+    kept = {HEXAGONS[0]: subs[HEXAGONS[0]][:3], HEXAGONS[1]: subs[HEXAGONS[1]][:2]}
+    layout = ProductLayout.build(np.array(HEXAGONS[:2], dtype=np.uint64), 3, 1, kept)
+    assert sorted(layout.counts.tolist()) == [2 * 7, 3 * 7] and layout.n_rows == 35
+    for region in HEXAGONS[:2]:
+        cells = layout.all_cells()[layout.rows_of(region)]
+        assert {h3i.cell_to_parent(int(c), 2) for c in cells} == set(kept[region])
+    path = tmp_path / "e.zarr"
+    ensure_product_store(path, layout, DIM, {})
+    for region in HEXAGONS[:2]:
+        n = layout.rows_of(region).stop - layout.rows_of(region).start
+        write_product_region(path, layout, region, embedding=_vectors(region, n), status=np.zeros(n, np.uint8),
+                             model_version=V1, source_version="00000000000000aa")
+    assert not ensure_product_store(path, ProductLayout.build(np.array(HEXAGONS[:2], dtype=np.uint64), 3, 1, kept),
+                                    DIM, {})
+    changed = ProductLayout.build(np.array(HEXAGONS[:2], dtype=np.uint64), 3, 1,
+                                  {**kept, HEXAGONS[1]: subs[HEXAGONS[1]][:4]})
+    assert ensure_product_store(path, changed, DIM, {})
+    ds = open_product(path)
+    assert ds.sizes["cells"] == 49
+    rows = changed.rows_of(HEXAGONS[0])
+    np.testing.assert_allclose(ds["embedding"].values[rows], _vectors(HEXAGONS[0], 21))
+    assert (ds["status"].values[changed.rows_of(HEXAGONS[1])] == NOT_COMPUTED).all()

@@ -5,7 +5,8 @@ Cell ids are uint64 (MISSION.md section 3). Region partition keys are H3 strings
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Mapping, Sequence
 
 import h3
 import h3.api.basic_int as h3i
@@ -41,6 +42,20 @@ def region_key(region: int) -> str:
 def region_cells(region: int, resolution: int) -> np.ndarray:
     """The fine cells of a region, sorted, as uint64."""
     return np.sort(np.fromiter(h3i.cell_to_children(int(region), resolution), dtype=np.uint64))
+
+
+def kept_cells(region: int, resolution: int, kept: Sequence[int] | None = None) -> np.ndarray:
+    """The fine cells of a region, sorted (uint64); with ``kept``, only those of these sub-regions (a
+    stencil finer than the regions keeps the sub-regions that hold data)."""
+    if kept is None:
+        return region_cells(region, resolution)
+    parts = [region_cells(int(sub), resolution) for sub in sorted(int(k) for k in kept)]
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.uint64)
+
+
+def kept_cell_count(region: int, resolution: int, kept: Sequence[int] | None = None) -> int:
+    """How many cells ``kept_cells`` gives, without listing them."""
+    return sum(h3i.cell_to_children_size(int(cell), resolution) for cell in ([region] if kept is None else kept))
 
 
 def cell_centres(cells: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -101,15 +116,20 @@ class ProductLayout:
     counts: np.ndarray  # int64, cells in each region
     resolution: int
     region_res: int
+    # Regions whose stencil keeps only some sub-regions: region -> the kept sub-regions (a stencil finer
+    # than the regions). Such a region has fewer rows than a chunk; its writes share chunks like a pentagon's.
+    kept: Mapping[int, tuple[int, ...]] = field(default_factory=dict)
 
     @classmethod
-    def build(cls, regions: np.ndarray, resolution: int, region_res: int) -> ProductLayout:
+    def build(cls, regions: np.ndarray, resolution: int, region_res: int,
+              kept: Mapping[int, Sequence[int]] | None = None) -> ProductLayout:
         regions = np.asarray(regions, dtype=np.uint64)
+        kept = {int(r): tuple(sorted(int(c) for c in subs)) for r, subs in (kept or {}).items()}
         pentagon = np.array([h3i.is_pentagon(int(r)) for r in regions], dtype=bool)
         order = np.concatenate([np.sort(regions[~pentagon]), np.sort(regions[pentagon])])
-        counts = np.array([h3i.cell_to_children_size(int(r), resolution) for r in order], dtype=np.int64)
+        counts = np.array([kept_cell_count(int(r), resolution, kept.get(int(r))) for r in order], dtype=np.int64)
         offsets = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
-        return cls(order, offsets, counts, resolution, region_res)
+        return cls(order, offsets, counts, resolution, region_res, kept)
 
     @property
     def slot(self) -> int:
@@ -135,7 +155,11 @@ class ProductLayout:
         rows = self.rows_of(region)
         return rows.start % self.slot != 0 or (rows.stop - rows.start) != self.slot
 
+    def cells_of(self, region: int) -> np.ndarray:
+        """The region's cells in row order."""
+        return kept_cells(int(region), self.resolution, self.kept.get(int(region)))
+
     def all_cells(self) -> np.ndarray:
-        return np.concatenate([region_cells(int(r), self.resolution) for r in self.regions]) if len(
+        return np.concatenate([self.cells_of(int(r)) for r in self.regions]) if len(
             self.regions
         ) else np.zeros(0, dtype=np.uint64)

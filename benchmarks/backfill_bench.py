@@ -1,8 +1,9 @@
-"""Dagster's own overhead per partition in a 1,000-partition backfill.
+"""Dagster's own overhead per partition in a backfill of up to 1,024 partitions.
 
     python -m benchmarks.backfill_bench [--partitions 1024] [--concurrency 1]
 
-The global product at H3 resolution 5 (products/modis_global_res5.yaml, 2,562 region partitions):
+The global product at H3 resolution 5 (products/modis_global_res5.yaml: 489 region partitions since its
+regions became res-1 cells over a res-2 stencil; 2,562 when the README's figures were measured):
 the stencil is built in-process, then a real `dagster dev` (webserver + daemon, SQLite instance in a
 temporary folder) gets a backfill of ``landcover_samples`` over the first N partitions through its
 GraphQL API, as the UI launches one; the backfill policy makes runs of up to PARTITIONS_PER_RUN partitions (1,024; 256 when the figures in the README were measured).

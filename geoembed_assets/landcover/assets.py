@@ -35,6 +35,7 @@ from geoembed.landcover.stencil import update_stencil
 from geoembed.landcover.stores import ROWS_PER_COMMIT, RegionWrite, embedding_array
 from geoembed.landcover.training import quality_table, train_encoder
 from geoembed.landcover.windows import EMBEDDED
+from geoembed_assets.core.timing import timed_asset
 from geoembed_assets.core.failures import TRANSIENT_RETRY, fails_clearly
 from geoembed_assets.core.policies import (
     GPU_STEP, PARTITIONS_PER_RUN, REFRESH_WHEN_UPSTREAM_CHANGES, batched_backfills, evaluation_check_result,
@@ -81,9 +82,9 @@ def build_landcover_product(settings: ProductSettings) -> LandcoverAssets:
     keys = LandcoverKeys(settings.name)
     regions = region_partitions(settings.name)
     # Assets partitioned by region share their partitions, backfill batching, group and retries.
-    regional = partial(dg.asset, partitions_def=regions, group_name=settings.name,
+    regional = timed_asset(partitions_def=regions, group_name=settings.name,
                        backfill_policy=batched_backfills(), retry_policy=TRANSIENT_RETRY)
-    single = partial(dg.asset, group_name=settings.name, retry_policy=TRANSIENT_RETRY)
+    single = timed_asset(group_name=settings.name, retry_policy=TRANSIENT_RETRY)
     sensors = [build_landcover_landing_sensor(settings, keys, regions, PARTITIONS_PER_RUN)] if settings.landing else []
     definitions = dg.Definitions(
         assets=[

@@ -52,6 +52,7 @@ from geoembed.quadkey.partition import (
 from geoembed.quadkey.plan import QuadkeyPlan, plan_partitions, scene_key
 from geoembed.quadkey.samples import SUBTILE_PIXELS, chips_with_data, concatenate, datacubes_of, subtile_samples
 from geoembed.quadkey.settings import QuadkeyProductSettings
+from geoembed_assets.core.timing import timed_asset
 from geoembed_assets.core.failures import TRANSIENT_RETRY, fails_clearly
 from geoembed_assets.core.policies import GPU_STEP, batched_backfills
 from geoembed_assets.core.landing import LANDING_TAG
@@ -76,9 +77,9 @@ def build_quadkey_product(settings: QuadkeyProductSettings) -> QuadkeyAssets:
     """Every asset and job of one quadkey product."""
     keys = QuadkeyKeys(settings.name)
     partitions = quadkey_partitions(settings.name)
-    per_quadkey = partial(dg.asset, partitions_def=partitions, group_name=settings.name,
+    per_quadkey = timed_asset(partitions_def=partitions, group_name=settings.name,
                           backfill_policy=batched_backfills(), retry_policy=TRANSIENT_RETRY)
-    single = partial(dg.asset, group_name=settings.name, retry_policy=TRANSIENT_RETRY)
+    single = timed_asset(group_name=settings.name, retry_policy=TRANSIENT_RETRY)
     assets = [source_asset(settings, keys), catalog_asset(settings, keys, partitions, single),
               chips_asset(settings, keys, per_quadkey)]
     if settings.labels is not None:

@@ -11,7 +11,6 @@ outputs and tables goes through a resource. One station's bad input fails that s
 
 import json
 from dataclasses import asdict, dataclass
-from functools import partial
 
 import dagster as dg
 import numpy as np
@@ -30,6 +29,7 @@ from geoembed.ranking.model import (
 from geoembed.ranking.report import ReportInputs, loss_curves_png, render_report, tau_table
 from geoembed.ranking.settings import RankingProductSettings
 from geoembed.ranking.stations import read_station, station_folder
+from geoembed_assets.core.timing import timed_asset
 from geoembed_assets.core.failures import TRANSIENT_RETRY, fails_clearly
 from geoembed_assets.core.landing import LANDING_TAG
 from geoembed_assets.core.policies import GPU_STEP
@@ -56,7 +56,7 @@ def build_ranking_product(settings: RankingProductSettings) -> RankingAssets:
     """Every asset, job and sensor of one ranking product."""
     keys = RankingKeys(settings.name)
     partitions = station_partitions(settings.name)
-    per_station = partial(dg.asset, partitions_def=partitions, group_name=settings.name, retry_policy=TRANSIENT_RETRY)
+    per_station = timed_asset(partitions_def=partitions, group_name=settings.name, retry_policy=TRANSIENT_RETRY)
     assets = [source_asset(settings, keys), catalog_asset(settings, keys, partitions),
               dataset_asset(settings, keys, per_station), model_asset(settings, keys, per_station),
               predictions_asset(settings, keys, per_station), report_asset(settings, keys, per_station)]

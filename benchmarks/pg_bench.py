@@ -27,10 +27,10 @@ import psycopg
 from psycopg import sql
 
 from geoembed.core.sinks import pgvector as db, search
-from geoembed.core.grids.h3 import ProductLayout, cell_centres
+from geoembed.core.grids.h3 import cell_centres
 from geoembed.landcover.windows import EMBEDDED
 from geoembed.core.lineage import decode_version
-from geoembed.landcover.stores import embedding_array, open_product
+from geoembed.landcover.stores import embedding_array, open_product, stored_layout
 from geoembed_resources.postgres import PostgresDatabase, embedded_server
 
 DATA_DIR = Path(os.environ.get("GEOEMBED_DATA_DIR", "data"))
@@ -38,8 +38,7 @@ DATA_DIR = Path(os.environ.get("GEOEMBED_DATA_DIR", "data"))
 
 def product_rows(product: str) -> list[db.RegionRows]:
     ds = open_product(DATA_DIR / product / "embeddings.zarr")
-    regions = np.array([int(r, 16) for r in ds.attrs["regions"]], dtype=np.uint64)
-    layout = ProductLayout.build(regions, int(ds.attrs["resolution"]), int(ds.attrs["region_resolution"]))
+    layout = stored_layout(ds.attrs)
     cells, vectors = ds["cell_ids"].values, embedding_array(ds).values
     status, versions = ds["status"].values, ds["model_version"].values
     out = []

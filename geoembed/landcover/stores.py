@@ -331,6 +331,13 @@ def _kept_attr(layout: ProductLayout) -> dict[str, list[str]]:
     return {f"{region:x}": [f"{sub:x}" for sub in subs] for region, subs in sorted(layout.kept.items())}
 
 
+def stored_layout(attrs: dict) -> ProductLayout:
+    """The row layout a product store's attributes describe (its regions, and kept sub-regions if any)."""
+    kept = {int(r, 16): [int(sub, 16) for sub in subs] for r, subs in attrs.get("region_kept", {}).items()}
+    return ProductLayout.build(np.array([int(r, 16) for r in attrs.get("regions", [])], dtype=np.uint64),
+                               int(attrs["resolution"]), int(attrs["region_resolution"]), kept)
+
+
 def _same_layout(attrs: dict, sizes: dict, layout: ProductLayout, dim: int) -> bool:
     return (attrs.get("regions") == [f"{int(r):x}" for r in layout.regions]
             and attrs.get("region_kept", {}) == _kept_attr(layout)
@@ -394,10 +401,8 @@ def _rows_to_carry(previous: xr.Dataset, layout: ProductLayout, dim: int, attrs:
             or previous.attrs.get("embedding_storage", "float32") != attrs.get("embedding_storage", "float32")):
         return None
     carried = [v for v in ("embedding", "embedding_int8", "embedding_scale") if v in previous]
-    old_regions = [int(r, 16) for r in previous.attrs.get("regions", [])]
-    old_kept = {int(r, 16): [int(sub, 16) for sub in subs] for r, subs in previous.attrs.get("region_kept", {}).items()}
-    old_layout = ProductLayout.build(np.array(old_regions, dtype=np.uint64), int(previous.attrs["resolution"]),
-                                     int(previous.attrs["region_resolution"]), old_kept)
+    old_layout = stored_layout(previous.attrs)
+    old_regions = [int(r) for r in old_layout.regions]
     regions = []
     for region in sorted(set(old_regions) & {int(r) for r in layout.regions}):
         if old_layout.kept.get(region) != layout.kept.get(region):

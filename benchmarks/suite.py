@@ -478,7 +478,7 @@ def main() -> None:
     settings = load_settings(REPO / "products" / "modis_global.yaml")
     info = describe_raster(settings.raster_location, settings.nodata)
     legend = Legend.from_mapping(resolve_legend(settings))
-    regions = cells_at(settings.region_res)[: args.regions]
+    regions = cells_at(settings.stencil_res)[: args.regions]  # res-1 regions of 343 cells (the stencil's)
     cells = np.concatenate([region_cells(int(r), settings.resolution) for r in regions])
     lat, lon = cell_centres(cells)
     scratch = Path(os.environ.get("GEOEMBED_DATA_DIR", str(REPO / "data")))

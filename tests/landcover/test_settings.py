@@ -18,9 +18,10 @@ def test_shipped_products_are_valid(product):
     assert settings.region_res < settings.resolution
 
 
-def test_default_product_is_global_res4_with_hundreds_of_regions():
+def test_default_product_is_global_res4_in_base_cell_partitions_over_a_res1_stencil():
     settings = load_settings(DEFAULT_PRODUCT_FILE)
-    assert settings.resolution == 4 and settings.region_res == 1 and settings.bbox is None
+    assert settings.resolution == 4 and settings.region_res == 0 and settings.stencil_res == 1
+    assert settings.bbox is None
     assert Path(settings.raster_location).name.startswith("MCD12C1")
 
 

@@ -360,3 +360,11 @@ def test_a_finer_stencil_lays_out_only_the_kept_sub_regions_and_carries_only_unc
     rows = changed.rows_of(HEXAGONS[0])
     np.testing.assert_allclose(ds["embedding"].values[rows], _vectors(HEXAGONS[0], 21))
     assert (ds["status"].values[changed.rows_of(HEXAGONS[1])] == NOT_COMPUTED).all()
+
+
+def test_with_kept_sub_regions_a_chunk_is_a_sub_region_and_hexagon_regions_stay_chunk_aligned():
+    subs = {r: sorted(h3i.cell_to_children(r, 2)) for r in HEXAGONS}
+    layout = ProductLayout.build(np.array(HEXAGONS, dtype=np.uint64), 3, 1,
+                                 {r: subs[r][: i + 1] for i, r in enumerate(HEXAGONS)})
+    assert layout.slot == 7
+    assert all(start % layout.slot == 0 for start in layout.offsets) and layout.n_rows == 7 * (1 + 2 + 3 + 4)

@@ -133,8 +133,10 @@ class ProductLayout:
 
     @property
     def slot(self) -> int:
-        """Rows (and chunk length) of a hexagon region."""
-        return 7 ** (self.resolution - self.region_res)
+        """Rows (and chunk length) of a hexagon region, or with kept sub-regions of a hexagon sub-region
+        (every region then holds whole chunks: its kept sub-regions')."""
+        subs = next((subs for subs in self.kept.values() if subs), None)
+        return 7 ** (self.resolution - (h3i.get_resolution(subs[0]) if subs else self.region_res))
 
     @property
     def n_rows(self) -> int:

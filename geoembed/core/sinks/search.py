@@ -27,7 +27,7 @@ from geoembed.core.geometry import GeometryInputError, geojson_polygons, read_ge
 from geoembed.core.grids.mgrs import ChipRef
 from geoembed.core.grids.quadkey import QuadkeyError, QuadkeyRef, place_key, quadkey_footprints
 from geoembed.core.sinks.pgvector import (
-    SCHEMA, ModelTable, latest_model_table, recall, vectors_table,
+    SCHEMA, ModelTable, latest_model_table, recall, vector_ids, vectors_table,
 )
 
 EXACT_SEARCH_MAX_ROWS = 50_000  # areas with at most this many rows are searched exactly
@@ -263,8 +263,19 @@ def _nearest_through_vectors(conn, found: ModelTable, query, key, rest, join, co
                  + sql.SQL(" WHERE t.vector_id = v.vector_id AND ") + condition + sql.SQL(" AND ") + skip
                  + sql.SQL(" ORDER BY ") + key + sql.SQL(" LIMIT %s) AS t ORDER BY v.embedding <=> %s LIMIT %s"))
     rows = conn.execute(statement, (query, *area_params, excluded, k, query, k), prepare=False).fetchall()
+    # The query's own vector, looked up by its id: a large group of identical rows (every all-water
+    # window) is one point of the graph, often far from all others, and the walk can miss it; its rows are
+    # the nearest there are.
+    own = (sql.SQL("SELECT ") + sql.SQL(", ").join([key, sql.SQL("t.embedding <=> %s AS distance"), *rest])
+           + sql.SQL(" FROM {} AS t").format(sql.Identifier(SCHEMA, found.table)) + join
+           + sql.SQL(" WHERE ") + condition + sql.SQL(" AND t.vector_id = %s AND ") + skip
+           + sql.SQL(" ORDER BY ") + key + sql.SQL(" LIMIT %s"))
+    vector = query.to_numpy() if hasattr(query, "to_numpy") else query
+    own_id = int(vector_ids(np.asarray(vector, dtype=np.float32)[None])[0])
+    rows += conn.execute(own, (query, *area_params, own_id, excluded, k), prepare=False).fetchall()
     # relaxed_order may return vectors slightly out of order: the k found are sorted exactly.
-    return sorted(rows, key=lambda r: (r[1], r[0]))
+    unique = {row[0]: row for row in rows}
+    return sorted(unique.values(), key=lambda r: (r[1], r[0]))[:k]
 
 
 def _check_k(k: int) -> None:

@@ -132,3 +132,19 @@ def test_merged_stencil_lists_the_regions_changed_files_cover():
     # A rejected (unreadable) file contributes nothing.
     rejected = merge_stencils([_file("bad", "4" * 16, ["r9"], error="cannot be read"), *first.files], state)
     assert "r9" not in rejected.regions
+
+
+def test_files_keeping_different_sub_regions_of_a_region_keep_their_union():
+    """A stencil finer than the regions: each file keeps the sub-regions where it has data; the region keeps
+    all of them, and its cell count is theirs."""
+    import h3
+
+    region = h3.latlng_to_cell(0.3, 6.6, 3)
+    subs = sorted(h3.cell_to_children(region, 4))
+    a = _file("a", "1" * 16, [region])
+    a.kept = {region: subs[:2]}
+    b = _file("b", "2" * 16, [region])
+    b.kept = {region: subs[1:3]}
+    merged = merge_stencils([b, a], None, resolution=6)
+    assert merged.region_kept == {region: subs[:3]}
+    assert merged.cells_per_region[region] == 3 * 49

@@ -117,7 +117,7 @@ class ProductLayout:
     resolution: int
     region_res: int
     # Regions whose stencil keeps only some sub-regions: region -> the kept sub-regions (a stencil finer
-    # than the regions). Such a region has fewer rows than a chunk; its writes share chunks like a pentagon's.
+    # than the regions). A chunk is then one sub-region (``slot``), so such regions stay chunk-aligned.
     kept: Mapping[int, tuple[int, ...]] = field(default_factory=dict)
 
     @classmethod

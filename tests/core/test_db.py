@@ -470,3 +470,20 @@ def test_a_throw_away_embedded_server_is_stopped_with_its_block(tmp_path):
     subprocess.run([sys.executable, "-c", code], check=True, timeout=300)
     survivors = [p for p in psutil.process_iter(["cmdline"]) if str(folder) in " ".join(p.info["cmdline"] or [])]
     assert not survivors and not folder.exists()
+
+
+def test_the_embedded_server_gets_a_buffer_pool_sized_to_the_machine(database):
+    """The HNSW index is walked from the buffer pool: the embedded server gets a quarter of the memory
+    (128 MB to 1 GB) instead of PostgreSQL's 128 MB, through a file included from its postgresql.conf."""
+    from pathlib import Path
+
+    from geoembed_resources.postgres import SETTINGS_FILE, shared_buffers_mb
+
+    assert shared_buffers_mb(256 * 2**20) == 128 and shared_buffers_mb(2 * 2**30) == 512
+    assert shared_buffers_mb(64 * 2**30) == 1024
+    if database.dsn:
+        pytest.skip("an external server keeps its own settings")
+    with database.connect() as conn:
+        assert conn.execute("SHOW shared_buffers").fetchone()[0] in (f"{shared_buffers_mb()}MB", "1GB")
+    folder = Path(database.embedded_dir)
+    assert f"include_if_exists = '{SETTINGS_FILE}'" in (folder / "postgresql.conf").read_text()

@@ -298,6 +298,7 @@ def test_a_runs_samples_go_in_one_store_and_each_region_reads_back_its_own(tmp_p
         assert back.attrs == ds.attrs and stores.has_region_samples(folder, key)
         for name in ("windows", "fractions", "status", "source_version", "cell_ids"):
             np.testing.assert_array_equal(back[name].values, ds[name].values)
+            assert back[name].attrs == ds[name].attrs  # e.g. the cell ids' grid (what xdggs reads)
     assert not stores.has_region_samples(folder, "r9")
     # Re-running two regions: they point at the new store; the first store still holds r2 and r3.
     monkeypatch.setattr(stores, "UNREFERENCED_SAMPLES_GRACE_SECONDS", 0)

@@ -311,6 +311,39 @@ def test_a_runs_samples_go_in_one_store_and_each_region_reads_back_its_own(tmp_p
     assert store.name not in [p.name for p in (folder / "batches").iterdir()]
 
 
+def test_samples_written_with_pointer_files_by_an_older_version_are_read_then_replaced(tmp_path, monkeypatch):
+    """Before manifests, each region had a pointer file naming its store and rows: still read, and once its
+    regions are written again the pointers go and (after the grace period) the old store with them."""
+    import json
+
+    from geoembed.core.sinks.zarr import write_dataset
+    from geoembed.landcover import stores
+
+    folder = tmp_path / "samples"
+    old = {"r0": _samples(0), "r1": _samples(1)}
+    merged = stores.concat_cells(list(old.values()))
+    merged.attrs = {"regions": json.dumps(list(old))}
+    legacy = folder / "batches" / "legacy.zarr"
+    write_dataset(legacy, merged)
+    (folder / "regions").mkdir(parents=True)
+    for i, (key, ds) in enumerate(old.items()):
+        (folder / "regions" / f"{key}.json").write_text(json.dumps(
+            {"store": legacy.name, "start": 7 * i, "stop": 7 * (i + 1), "attrs": ds.attrs}))
+    for key, ds in old.items():
+        assert stores.has_region_samples(folder, key)
+        np.testing.assert_array_equal(stores.open_region_samples(folder, key)["windows"].values, ds["windows"].values)
+    monkeypatch.setattr(stores, "UNREFERENCED_SAMPLES_GRACE_SECONDS", 0)
+    stores.write_samples_batch(folder, {"r0": _samples(10)})  # r1 still points at the old store: it stays
+    assert legacy.exists() and not (folder / "regions" / "r0.json").exists()
+    np.testing.assert_array_equal(stores.open_region_samples(folder, "r0")["windows"].values, _samples(10)["windows"].values)
+    np.testing.assert_array_equal(stores.open_region_samples(folder, "r1")["windows"].values, old["r1"]["windows"].values)
+    stores.write_samples_batch(folder, {"r1": _samples(11)})
+    assert not legacy.exists() and not list((folder / "regions").iterdir())
+    # One manifest per store, and only for the stores still named.
+    manifests = sorted(p.name.split("-", 1)[1] for p in (folder / "manifests").iterdir())
+    assert manifests == sorted(f"{p.stem}.json" for p in (folder / "batches").iterdir())
+
+
 def test_a_failed_samples_write_keeps_every_regions_previous_samples(tmp_path, monkeypatch):
     from geoembed.landcover import stores
 

@@ -69,7 +69,7 @@ def materialize_product(
     summary.embedded_cells = int(np.isin(ds["status"].values, EMBEDDED).sum())
     summary.outputs = {
         "embeddings (Zarr)": str(storage.embeddings_path(settings.name)),
-        "samples (Zarr per run, pointer per region)": str(storage.product_dir(settings.name) / "samples"),
+        "samples (a Zarr store and a manifest per run)": str(storage.product_dir(settings.name) / "samples"),
         "model": str(model_meta.get("checkpoint", "")),
         "model (TorchScript)": str(model_meta.get("torchscript", "")),
         "embedding map (PNG)": str(map_meta.get("path", "")),

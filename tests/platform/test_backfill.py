@@ -5,6 +5,7 @@ GraphQL API of a running `dagster dev` (webserver + daemon), exactly as the UI l
 from __future__ import annotations
 
 import importlib.util
+import json
 import math
 import re
 import subprocess
@@ -81,9 +82,10 @@ def test_graphql_backfill_of_all_2562_partitions_completes_in_batches(tmp_path, 
         for key in partitions[:: max(1, len(partitions) // 50)]:
             assert storage.open_samples(name, key).sizes["cells"] == state["cells_per_region"][key]
         folder = Path(storage.product_dir(name), "samples")
-        assert sum(1 for _ in (folder / "regions").glob("*.json")) == len(partitions)
+        manifests = [json.loads(p.read_text()) for p in (folder / "manifests").glob("*.json")]
+        assert sorted(k for m in manifests for k in m["regions"]) == sorted(partitions)  # each region named once
         stores = sum(1 for _ in (folder / "batches").glob("*.zarr"))
-        assert len(runs) <= stores <= len(runs) * 10  # one per ~100,000 cells of each run
+        assert len(runs) <= stores == len(manifests) <= len(runs) * 10  # one per ~100,000 cells of each run
 
 
 def test_backfill_cli_names_an_unreachable_webserver():

@@ -45,21 +45,27 @@ def test_four_concurrent_runs_into_one_store_and_table_lose_and_duplicate_nothin
         version = json.loads(resources["storage"].current_model_path(name).read_text())["model_version"]
 
         # Four runs, one partition each, at once: separate processes (Dagster's own CLI) writing the
-        # same Zarr store and the same PostgreSQL table.
+        # same Zarr store and the same PostgreSQL table. On a loaded machine a process can finish its short run
+        # before the last one has imported Dagster: then the four are run again (rewriting the same partitions)
+        # until they did overlap, at most three times.
         selection = f"{name}/cell_embeddings,{name}/embedding_table"
-        procs = [subprocess.Popen([str(BIN / "dagster"), "asset", "materialize", "-m", "geoembed_assets.definitions",
-                                   "--select", selection, "--partition", p], cwd=REPO, env={**os.environ, **env},
-                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-                 for p in partitions]
-        outputs = [proc.communicate(timeout=600)[0] for proc in procs]
-        for proc, out in zip(procs, outputs):
-            assert proc.returncode == 0, out[-3000:]
-
-        records = [r for r in instance.get_run_records(filters=dg.RunsFilter(statuses=[dg.DagsterRunStatus.SUCCESS]))
-                   if r.dagster_run.tags.get("dagster/partition") in partitions]
-        assert len(records) == 4
-        # They did run at the same time: the last to start began before the first to end had finished.
-        assert max(r.start_time for r in records) < min(r.end_time for r in records)
+        for _ in range(3):
+            seen = {r.dagster_run.run_id for r in instance.get_run_records()}
+            procs = [subprocess.Popen([str(BIN / "dagster"), "asset", "materialize", "-m", "geoembed_assets.definitions",
+                                       "--select", selection, "--partition", p], cwd=REPO, env={**os.environ, **env},
+                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                     for p in partitions]
+            outputs = [proc.communicate(timeout=600)[0] for proc in procs]
+            for proc, out in zip(procs, outputs):
+                assert proc.returncode == 0, out[-3000:]
+            records = [r for r in instance.get_run_records(filters=dg.RunsFilter(statuses=[dg.DagsterRunStatus.SUCCESS]))
+                       if r.dagster_run.run_id not in seen and r.dagster_run.tags.get("dagster/partition") in partitions]
+            assert len(records) == 4
+            # They ran at the same time when the last to start began before the first to end had finished.
+            if max(r.start_time for r in records) < min(r.end_time for r in records):
+                break
+        else:
+            pytest.fail("the four runs never overlapped in three attempts: the machine ran them one after another")
         ds = resources["storage"].open_product(name).load()
         cells = ds["cell_ids"].values
         assert len(np.unique(cells)) == len(cells) == sum(len(region_cells(int(p, 16), 7)) for p in partitions)

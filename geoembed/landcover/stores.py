@@ -210,13 +210,19 @@ class _RegionRows:
 
 
 _MANIFESTS: dict[str, dict] = {}  # manifest path -> content (manifests are never rewritten: read once)
+# folder -> (the manifest names it was built from, the index): rebuilt only when the folder's manifests change,
+# not on every region's lookup (a backfill of 2,562 regions looks each one up).
+_INDEXES: dict[str, tuple[tuple[str, ...], dict]] = {}
 
 
 def _region_index(folder: Path) -> dict[str, _RegionRows]:
     """Where every region's newest samples are, from the manifests (newest last, so newest wins)."""
     manifests = folder / "manifests"
-    names = sorted(p for p in os.listdir(manifests) if p.endswith(".json") and not p.startswith(".")) \
-        if manifests.is_dir() else []
+    names = tuple(sorted(p for p in os.listdir(manifests) if p.endswith(".json") and not p.startswith("."))
+                  if manifests.is_dir() else [])
+    cached = _INDEXES.get(str(folder))
+    if cached is not None and cached[0] == names:
+        return cached[1]
     index: dict[str, _RegionRows] = {}
     for name in names:
         path = str(manifests / name)
@@ -228,6 +234,7 @@ def _region_index(folder: Path) -> dict[str, _RegionRows]:
                 continue
         for key, rows in manifest["regions"].items():
             index[key] = _RegionRows(manifest["store"], rows["start"], rows["stop"], rows["attrs"])
+    _INDEXES[str(folder)] = (names, index)
     return index
 
 

@@ -1,5 +1,6 @@
-"""The serving index every pipeline's table gets: the cosine HNSW index of the current model's
-PostgreSQL table, built once after the bulk load, with its recall against exact search checked."""
+"""The serving index every pipeline's table gets: the search indexes and the cosine HNSW index of the
+current model's PostgreSQL table, built once after the bulk load, with its recall against exact search
+checked."""
 
 import time
 from typing import Callable
@@ -31,7 +32,7 @@ def index_asset(product: str, key: dg.AssetKey, table_key: dg.AssetKey, rows_are
             if db.ensure_vector_ids(conn, found):
                 context.log.info(f"{found.table}: rows given the ids of their distinct vectors (made before them)")
             start = time.perf_counter()
-            built = db.build_hnsw_index(conn, found.table)
+            built = db.build_search_indexes(conn, found.table)
             build_seconds = time.perf_counter() - start
             report = search.recall_report(conn, found, n_queries=100, k=10)
         context.log.info(f"index on {found.table}: {report.rows:,} rows, {report.distinct_vectors:,} distinct vectors, "

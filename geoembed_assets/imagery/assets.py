@@ -94,7 +94,8 @@ def build_imagery_product(settings: ImageryProductSettings) -> ImageryAssets:
             geoparquet_asset(settings, keys, parts, per_tile),
             table_asset(settings, keys, parts, per_scene),
             index_asset(settings.name, keys.index, keys.table, "chips", single,
-                        "The cosine HNSW index of the current model's chip table, with its recall against exact search."),
+                        "The search indexes and the cosine HNSW index of the current model's chip table, with its "
+                        "recall against exact search."),
         ],
         jobs=[dg.define_asset_job(keys.observe_job, selection=dg.AssetSelection.assets(keys.source))],
         sensors=[build_scene_sensor(settings, keys, parts)],

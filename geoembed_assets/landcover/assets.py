@@ -96,8 +96,9 @@ def build_landcover_product(settings: ProductSettings) -> LandcoverAssets:
             map_asset(settings, keys, single),
             table_asset(settings, keys, regional),
             index_asset(settings.name, keys.index, keys.table, "cells", single,
-                        "The cosine HNSW index of the current model's table, built once after the bulk load (later "
-                        "partition loads update it in place), with its recall measured against exact search."),
+                        "The search indexes and the cosine HNSW index of the current model's table, built once "
+                        "after the bulk load (later partition loads update them in place), with its recall measured "
+                        "against exact search."),
         ],
         jobs=[dg.define_asset_job(keys.observe_job, selection=dg.AssetSelection.assets(keys.source))],
         sensors=sensors,

@@ -87,8 +87,8 @@ def build_quadkey_product(settings: QuadkeyProductSettings) -> QuadkeyAssets:
                    classifier_asset(settings, keys, single), features_asset(settings, keys, per_quadkey),
                    retrieval_asset(settings, keys, single), table_asset(settings, keys, per_quadkey),
                    index_asset(settings.name, keys.index, keys.table, "chips", single,
-                               "The cosine HNSW index of the current classifier's chip table, with its recall "
-                               "against exact search.")]
+                               "The search indexes and the cosine HNSW index of the current classifier's chip "
+                               "table, with its recall against exact search.")]
     definitions = dg.Definitions(
         assets=assets, jobs=[dg.define_asset_job(keys.observe_job, selection=dg.AssetSelection.assets(keys.source))],
         sensors=[build_quadkey_scene_sensor(settings, keys)])

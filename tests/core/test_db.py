@@ -62,7 +62,7 @@ def loaded(database):
         table = db.ensure_embedding_table(conn, "dbtest", "v1", DIM, RES)
         for region in REGIONS + [ANTIMERIDIAN]:
             db.replace_region(conn, table, region_rows(region))
-        db.build_hnsw_index(conn, table)
+        db.build_search_indexes(conn, table)
     return table
 
 
@@ -148,6 +148,80 @@ def test_concurrent_loads_of_different_regions(database):
     assert not errors
     with database.connect() as conn:
         assert db.count_rows(conn, table) == 343 * len(REGIONS)
+
+
+def test_concurrent_loads_sharing_vectors_store_each_vector_once(database):
+    """Regions whose rows share vectors, loaded at once: each distinct vector is stored once, nobody fails
+    (the vectors of a table are added under a lock of its own)."""
+    with database.connect() as conn:
+        table = db.ensure_embedding_table(conn, "dbtest", "shared", DIM, RES)
+    palette = np.eye(DIM, dtype=np.float32)[:10]
+    errors = []
+
+    def load(region):
+        rows = region_rows(region, "shared")
+        rows.embedding = palette[np.arange(len(rows.cells)) % len(palette)]
+        try:
+            with database.connect() as conn:
+                db.replace_region(conn, table, rows)
+        except Exception as exc:  # noqa: BLE001 - collected and asserted below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=load, args=(r,)) for r in REGIONS]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    assert not errors
+    with database.connect() as conn:
+        assert db.count_rows(conn, table) == 343 * len(REGIONS)
+        assert db.count_rows(conn, db.vectors_table(table)) == len(palette)
+
+
+def test_a_bulk_load_leaves_the_search_indexes_to_the_index_build(database):
+    """Loading maintains only the primary keys; ``build_search_indexes`` adds what searches and maps use."""
+    def indexes(conn, table):
+        return {r[0] for r in conn.execute("SELECT indexname FROM pg_indexes WHERE tablename = %s", (table,))}
+
+    with database.connect() as conn:
+        table = db.ensure_embedding_table(conn, "dbtest", "bulk", DIM, RES)
+        db.replace_regions(conn, table, [region_rows(r, "bulk") for r in REGIONS[:2]])
+        assert indexes(conn, table) == {f"{table}_pkey"}
+        db.build_search_indexes(conn, table)
+        expected = {f"{table}_pkey", f"{table}_region", f"{table}_latlon", f"{table}_vector_key"}
+        if db.has_postgis(conn):
+            expected.add(f"{table}_geom")
+        assert indexes(conn, table) == expected
+        assert any("hnsw" in i for i in indexes(conn, db.vectors_table(table)))
+
+
+def test_replacing_a_region_with_fewer_cells_drops_the_rest(database):
+    """A region reloaded with fewer embedded cells keeps only those (the delete finds a region's rows as one
+    range of the key index), and no other region loses a row."""
+    with database.connect() as conn:
+        table = db.ensure_embedding_table(conn, "dbtest", "shrink", DIM, RES)
+        db.replace_regions(conn, table, [region_rows(r, "shrink") for r in REGIONS])
+        fewer = region_rows(REGIONS[1], "shrink")
+        keep = slice(0, 100)
+        db.replace_region(conn, table, db.RegionRows(fewer.region, fewer.cells[keep], fewer.lon[keep], fewer.lat[keep],
+                                                     fewer.embedding[keep], "shrink", "src1"))
+        counts = dict(conn.execute(f'SELECT region, count(*) FROM geoembed."{table}" GROUP BY region').fetchall())
+        assert counts == {r: (100 if r == REGIONS[1] else 343) for r in REGIONS}
+        db.replace_region(conn, table, db.RegionRows(fewer.region, fewer.cells[:0], fewer.lon[:0], fewer.lat[:0],
+                                                     fewer.embedding[:0], "shrink", "src1"))
+        assert db.count_rows(conn, table) == 343 * (len(REGIONS) - 1)
+
+
+def test_a_regions_descendants_are_one_range_of_ids():
+    """Every res-4 cell between a region's first and last descendant is one of its descendants (pentagons
+    and the antimeridian included)."""
+    regions = [*REGIONS, ANTIMERIDIAN, *h3i.get_pentagons(1)[:2]]
+    every = np.sort(np.array([c for r in h3i.get_res0_cells() for c in h3i.cell_to_children(r, 2)], dtype=np.uint64))
+    for region in regions:
+        for res in (2, RES):
+            first, last = db.descendant_range(region, res)
+            children = np.sort(np.array(h3i.cell_to_children(region, res), dtype=np.uint64))
+            assert (first, last) == (children[0], children[-1])
+            if res == 2:
+                np.testing.assert_array_equal(every[(every >= first) & (every <= last)], children)
 
 
 def test_writers_creating_the_same_table_at_once_all_succeed(database):
@@ -252,7 +326,7 @@ def test_identical_vectors_are_one_point_of_the_index(database):
         rows = db.TableRows(region, cells.astype(np.int64), lon, lat, vectors, "v1", "s",
                             geometry=lambda: [db.hexagon_ewkb(int(c)) for c in cells])
         db.replace_partition(conn, table, rows, db.H3_CELLS)
-        db.build_hnsw_index(conn, table)
+        db.build_search_indexes(conn, table)
         found = db.latest_model_table(conn, "dupes", "v1")
         assert db.count_rows(conn, db.vectors_table(table)) == len(np.unique(vectors, axis=0))
         report = search.recall_report(conn, found, n_queries=60, k=10)
@@ -292,7 +366,7 @@ def test_a_table_made_before_vector_ids_is_brought_up_to_date(database):
         with pytest.raises(LookupError, match="before distinct-vector indexing: materialize its index asset"):
             search.similar(conn, "legacy", int(rows.cells[0]), k=3)
         assert db.ensure_vector_ids(conn, found) and not db.ensure_vector_ids(conn, found)
-        db.build_hnsw_index(conn, table)
+        db.build_search_indexes(conn, table)
         assert len(search.similar(conn, "legacy", int(rows.cells[0]), k=3).matches) == 3
         ids = [r[0] for r in conn.execute(f'SELECT vector_id FROM geoembed."{table}" ORDER BY h3')]
         assert ids == db.vector_ids(rows.embedding[np.argsort(rows.cells.astype(np.int64))]).tolist()

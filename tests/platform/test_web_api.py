@@ -52,7 +52,7 @@ def served(tmp_path_factory):
         table = db.ensure_embedding_table(conn, PRODUCT, "00000000000000v1", DIM, RES)
         for region in REGIONS:
             db.replace_region(conn, table, _rows(region))
-        db.build_hnsw_index(conn, table)
+        db.build_search_indexes(conn, table)
         conn.execute(f'ANALYZE geoembed."{table}"')
     try:
         with geoembed_serve(data) as url:

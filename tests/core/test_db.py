@@ -130,22 +130,27 @@ def test_vector_ids_are_equal_exactly_for_identical_vectors():
     assert len(set(ids)) == 47 and (ids >= 0).all()
 
 
+def load_at_once(database, table: str, regions: list[db.RegionRows]) -> list[Exception]:
+    """Each region loaded by its own connection, all at once; the errors they raised."""
+    errors = []
+
+    def load(rows):
+        try:
+            with database.connect() as conn:
+                db.replace_region(conn, table, rows)
+        except Exception as exc:  # noqa: BLE001 - collected for the caller to assert
+            errors.append(exc)
+
+    threads = [threading.Thread(target=load, args=(rows,)) for rows in regions]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    return errors
+
+
 def test_concurrent_loads_of_different_regions(database):
     with database.connect() as conn:
         table = db.ensure_embedding_table(conn, "dbtest", "concurrent", DIM, RES)
-    errors = []
-
-    def load(region):
-        try:
-            with database.connect() as conn:
-                db.replace_region(conn, table, region_rows(region, "concurrent"))
-        except Exception as exc:  # noqa: BLE001 - collected and asserted below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=load, args=(r,)) for r in REGIONS]
-    [t.start() for t in threads]
-    [t.join() for t in threads]
-    assert not errors
+    assert not load_at_once(database, table, [region_rows(r, "concurrent") for r in REGIONS])
     with database.connect() as conn:
         assert db.count_rows(conn, table) == 343 * len(REGIONS)
 
@@ -156,21 +161,10 @@ def test_concurrent_loads_sharing_vectors_store_each_vector_once(database):
     with database.connect() as conn:
         table = db.ensure_embedding_table(conn, "dbtest", "shared", DIM, RES)
     palette = np.eye(DIM, dtype=np.float32)[:10]
-    errors = []
-
-    def load(region):
-        rows = region_rows(region, "shared")
+    regions = [region_rows(r, "shared") for r in REGIONS]
+    for rows in regions:
         rows.embedding = palette[np.arange(len(rows.cells)) % len(palette)]
-        try:
-            with database.connect() as conn:
-                db.replace_region(conn, table, rows)
-        except Exception as exc:  # noqa: BLE001 - collected and asserted below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=load, args=(r,)) for r in REGIONS]
-    [t.start() for t in threads]
-    [t.join() for t in threads]
-    assert not errors
+    assert not load_at_once(database, table, regions)
     with database.connect() as conn:
         assert db.count_rows(conn, table) == 343 * len(REGIONS)
         assert db.count_rows(conn, db.vectors_table(table)) == len(palette)

@@ -522,6 +522,7 @@ def test_a_read_only_role_can_search_and_cannot_write(database, loaded):
             conn.execute("DROP ROLE geoembed_reader_test")
 
 
+@pytest.mark.integration  # a real Dagster CLI or server process (~7-9 s): out of the fast subset
 def test_a_throw_away_embedded_server_is_stopped_with_its_block(tmp_path):
     """What benchmarks start does not outlive them: the server is stopped before its folder goes."""
     import subprocess

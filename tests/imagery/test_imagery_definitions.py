@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import dagster as dg
+import pytest
 
 from conftest import REPO
 from geoembed.products import load_product
@@ -41,6 +42,7 @@ def test_imagery_asset_graph_snapshot():
     assert defs.get_sensor_def("s2_33uuu_landing_sensor").name == "s2_33uuu_landing_sensor"
 
 
+@pytest.mark.integration  # a real Dagster CLI or server process (~7-9 s): out of the fast subset
 def test_both_pipelines_load_in_one_code_location_with_the_dagster_cli(tmp_path):
     products = ",".join(str(REPO / "products" / f) for f in ("nlcd_zion.yaml", "s2_33uuu.yaml", "s2_18svg.yaml"))
     env = {**os.environ, "DAGSTER_HOME": str(tmp_path), "GEOEMBED_PRODUCT": products}

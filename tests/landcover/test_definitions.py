@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import dagster as dg
+import pytest
 
 from conftest import REPO
 from geoembed.landcover.settings import load_settings
@@ -53,6 +54,7 @@ def test_several_products_in_one_code_location():
     assert {k.path[0] for k in keys} == {"nlcd_zion", "worldcover_saotome"}
 
 
+@pytest.mark.integration  # a real Dagster CLI or server process (~7-9 s): out of the fast subset
 def test_workspace_loads_with_dagster_cli(tmp_path):
     env = {**os.environ, "DAGSTER_HOME": str(tmp_path), "GEOEMBED_PRODUCT": str(REPO / "products" / "nlcd_zion.yaml")}
     (tmp_path / "dagster.yaml").write_text((REPO / "dagster.yaml").read_text())

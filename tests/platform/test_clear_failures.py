@@ -63,6 +63,7 @@ def test_run_on_a_truncated_geotiff_is_one_line(tmp_path):
     _one_clear_line(result, "cut.tif", "cannot be read")
 
 
+@pytest.mark.integration  # a real Dagster CLI or server process (~7-9 s): out of the fast subset
 def test_a_binary_product_file_is_one_line(tmp_path):
     binary = tmp_path / "product.yaml"
     binary.write_bytes(bytes(range(256)) * 4)
@@ -72,6 +73,7 @@ def test_a_binary_product_file_is_one_line(tmp_path):
     _one_clear_line(_geoembed("run", "--product", str(png)), "map.png")
 
 
+@pytest.mark.integration  # a real Dagster CLI or server process (~7-9 s): out of the fast subset
 def test_the_dagster_home_flag_wins_over_the_environment(tmp_path):
     product = tmp_path / "p.yaml"
     product.write_text("name: p\nraster: missing.tif\nresolution: 5\n")
@@ -163,6 +165,7 @@ def test_a_bad_product_file_in_the_code_location_is_one_message(tmp_path):
     assert len(frames) == 1 and "geoembed_assets/definitions.py" in frames[0], frames
 
 
+@pytest.mark.integration  # a real Dagster CLI or server process (~7-9 s): out of the fast subset
 def test_search_on_a_database_nothing_was_loaded_into_is_one_line(tmp_path):
     result = _geoembed("similar", "--product", "modis_global", "--cell", "8428309ffffffff", "--data-dir", str(tmp_path),
                        env={"GEOEMBED_PG_DSN": ""})

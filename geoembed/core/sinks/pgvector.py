@@ -383,12 +383,22 @@ def _delete_partitions(conn: psycopg.Connection, table: str, partitions: list[in
     if not layout.partition_is_key_range:
         conn.execute(sql.SQL("DELETE FROM {} WHERE {} = ANY(%s)").format(ident, partition), (partitions,))
         return
-    resolution = conn.execute("SELECT resolution FROM geoembed.model_tables WHERE table_name = %s",
-                              (table,)).fetchone()[0]
+    resolution, _ = registered_layout(conn, table)
     first, last = zip(*(descendant_range(p, resolution) for p in partitions)) if partitions else ((), ())
     conn.execute(sql.SQL("DELETE FROM {} AS t USING unnest(%s::bigint[], %s::bigint[], %s::bigint[]) AS p(part, first, "
                          "last) WHERE t.{} BETWEEN p.first AND p.last AND t.{} = p.part").format(
         ident, sql.Identifier(layout.key), partition), (partitions, list(first), list(last)))
+
+
+def registered_layout(conn: psycopg.Connection, table: str) -> tuple[int, TableLayout]:
+    """The H3 resolution and the layout the registry records for a model table (registries made before chip
+    tables existed have no ``kind``: cells)."""
+    row = conn.execute("SELECT resolution, COALESCE(to_jsonb(m) ->> 'kind', 'h3_cells') FROM geoembed.model_tables "
+                       "AS m WHERE table_name = %s", (table,)).fetchone()
+    if row is None:
+        raise LookupError(f"table {SCHEMA}.{table} is not in {SCHEMA}.model_tables; "
+                          "create it with ensure_embedding_table")
+    return int(row[0]), LAYOUTS[row[1]]
 
 
 def descendant_range(region: int, resolution: int) -> tuple[int, int]:
@@ -605,10 +615,7 @@ def build_search_indexes(conn: psycopg.Connection, table: str, m: int = 16, ef_c
     PostgreSQL's advice for populating a database goes). Vectors no row points to any more are dropped
     first. Returns True if the HNSW index was built now."""
     conn.execute("SET maintenance_work_mem = '512MB'")
-    kind = conn.execute("SELECT COALESCE(to_jsonb(m) ->> 'kind', 'h3_cells') FROM geoembed.model_tables AS m "
-                        "WHERE table_name = %s", (table,)).fetchone()
-    for statement in search_index_statements(table, LAYOUTS[kind[0] if kind else "h3_cells"],
-                                             table_has_geometry(conn, table)):
+    for statement in search_index_statements(table, registered_layout(conn, table)[1], table_has_geometry(conn, table)):
         conn.execute(statement)
     vectors = vectors_table(table)
     conn.execute(sql.SQL("DELETE FROM {} AS v WHERE NOT EXISTS (SELECT 1 FROM {} AS t WHERE t.vector_id = v.vector_id)")

@@ -1,6 +1,7 @@
 """Held-out quality of the land-cover model against its baselines, over several seeds, per product.
 
     python -m benchmarks.model_quality --product modis_global [--seeds 0 1 2] [--objective contrastive triplet]
+        [--composition-weight 0 1]
 
 Reads the product's materialized samples under $GEOEMBED_DATA_DIR (materialize the product first, e.g.
 `geoembed run`), trains the model as the `embedding_model` asset does (``train_encoder``, the asset's
@@ -8,8 +9,9 @@ default hyper-parameters) once per seed and objective, and prints every task of 
 for the trained model and its baselines (untrained network, PCA of the class fractions, and for stacked
 products the raw inputs' summary statistics), then the mean
 and standard deviation over the seeds, the headline margin over the best baseline, training seconds and
-inference cells/s. A seed changes both the held-out regions and the initialisation, so the spread is
-that of a whole training run. Writes the figures as JSON to bench-results/model_quality_<product>.json.
+inference cells/s. Each ``--composition-weight`` (contrastive only) is a separate setting of the same run,
+measured on the same splits as the others. A seed changes both the held-out regions and the initialisation,
+so the spread is that of a whole training run. Writes the figures as JSON to bench-results/model_quality_<product>.json.
 """
 
 from __future__ import annotations
@@ -50,6 +52,8 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--objective", nargs="+", default=["contrastive", "triplet"],
                         choices=["contrastive", "triplet"])
+    parser.add_argument("--composition-weight", type=float, nargs="+", default=[TrainingConfig().composition_weight],
+                        help="weights of the composition loss to compare (contrastive)")
     args = parser.parse_args()
     settings = load_settings(REPO / "products" / f"{args.product}.yaml")
     storage = ProductStorage(root=os.environ.get("GEOEMBED_DATA_DIR", str(REPO / "data")))
@@ -63,19 +67,22 @@ def main() -> None:
     inputs = model_inputs(first)
     windows = np.resize(inputs, (20_000, *inputs.shape[1:]))
     results: dict[str, list[dict]] = {}
-    for objective in args.objective:
+    settings_to_run = [(o, w) for o in args.objective for w in (args.composition_weight if o == "contrastive" else [0.0])]
+    for objective, weight in settings_to_run:
+        label = f"{objective}, composition weight {weight:g}" if objective == "contrastive" else objective
         for seed in args.seeds:
-            trained = train_encoder(settings, state, open_samples, TrainingConfig(objective=objective, seed=seed))
+            config = TrainingConfig(objective=objective, seed=seed, composition_weight=weight)
+            trained = train_encoder(settings, state, open_samples, config)
             row = {"seed": seed, "scores": trained.evaluation.scores, "margin": trained.evaluation.margin(),
                    "training_seconds": round(trained.seconds, 1),
                    "inference_cells_per_s": round(inference_cells_per_second(trained.model, windows))}
-            results.setdefault(objective, []).append(row)
-            print(f"{objective} seed {seed}: {json.dumps(row)}", flush=True)
+            results.setdefault(label, []).append(row)
+            print(f"{label} seed {seed}: {json.dumps(row)}", flush=True)
 
     print(f"\n{args.product}: held-out evaluation, mean ± std over seeds {args.seeds}\n")
     for objective, rows in results.items():
         tasks = list(rows[0]["scores"]["trained"])
-        print(f"objective {objective}; training {np.mean([r['training_seconds'] for r in rows]):.1f} s, "
+        print(f"{objective}; training {np.mean([r['training_seconds'] for r in rows]):.1f} s, "
               f"inference {np.mean([r['inference_cells_per_s'] for r in rows]):,.0f} cells/s (CPU)")
         print("| features | " + " | ".join(tasks) + " |")
         print("|---|" + "---|" * len(tasks))

@@ -25,7 +25,9 @@ from torch import nn
 from geoembed.core.checkpoints import checkpoint_bytes, read_checkpoint
 from geoembed.core.inference import batched_inference
 from geoembed.core.lineage import weights_version
-from geoembed.core.self_supervised import random_crops, random_dihedral, train_contrastive, train_triplets
+from geoembed.core.self_supervised import (
+    nt_xent, random_crops, random_dihedral, train_contrastive, train_triplets, train_views,
+)
 
 POOLED_SIZE = 16
 
@@ -233,6 +235,83 @@ def train_triplet(
     return TrainingResult(model, result.losses, result.seconds, steps)
 
 
+def class_shares(ids: torch.Tensor, n_tokens: int) -> torch.Tensor:
+    """Share of each token (class ids + 1, 0 = no data) among the pixels of each of (B, S, S) windows: (B, n_tokens)."""
+    flat = ids.reshape(len(ids), -1).long()
+    counts = torch.zeros(len(ids), n_tokens, device=ids.device)
+    counts.scatter_add_(1, flat, torch.ones_like(flat, dtype=counts.dtype))
+    return counts / flat.shape[1]
+
+
+@dataclass
+class WindowComposition:
+    """What a batch of windows is made of: per categorical source the class shares (B, tokens), and per
+    continuous source the mean and standard deviation of its normalised values, (B, 2 x sources) or None."""
+
+    shares: list[torch.Tensor]
+    moments: torch.Tensor | None
+
+    @staticmethod
+    def of(windows: torch.Tensor, spec: EncoderSpec) -> WindowComposition:
+        if windows.dim() == 3:
+            return WindowComposition([class_shares(windows, spec.n_tokens)], None)
+        sizes = (spec.n_tokens, *spec.stacked_tokens)
+        shares = [class_shares(windows[:, k], n) for k, n in enumerate(sizes)]
+        if not spec.continuous_centre:
+            return WindowComposition(shares, None)
+        centre = torch.tensor(spec.continuous_centre, device=windows.device).view(1, -1, 1, 1)
+        scale = torch.tensor(spec.continuous_scale, device=windows.device).view(1, -1, 1, 1)
+        # Normalised as the encoder normalises its input (invalid pixels at the median).
+        z = torch.nan_to_num((windows[:, len(sizes):] - centre) / scale, nan=0.0).clamp(-10.0, 10.0).flatten(2)
+        return WindowComposition(shares, torch.cat([z.mean(2), z.std(2)], dim=1))
+
+    @staticmethod
+    def concatenated(parts: list[WindowComposition]) -> WindowComposition:
+        moments = None if parts[0].moments is None else torch.cat([p.moments for p in parts])
+        return WindowComposition([torch.cat(s) for s in zip(*(p.shares for p in parts))], moments)
+
+
+class CompositionDecoder(nn.Module):
+    """A linear map from embeddings to every source's composition, used in training only: cross-entropy
+    against each categorical source's class shares, squared error on the continuous moments."""
+
+    def __init__(self, spec: EncoderSpec):
+        super().__init__()
+        self.sizes = [spec.n_tokens, *spec.stacked_tokens]
+        self.linear = nn.Linear(spec.embedding_dim, sum(self.sizes) + 2 * len(spec.continuous_centre))
+
+    def loss(self, embeddings: torch.Tensor, target: WindowComposition) -> torch.Tensor:
+        out = self.linear(embeddings).split([*self.sizes, self.linear.out_features - sum(self.sizes)], dim=1)
+        # Probabilities as targets: the cross-entropy is lowest when the decoded shares are the window's.
+        terms = [F.cross_entropy(logits, shares) for logits, shares in zip(out, target.shares)]
+        if target.moments is not None:
+            terms.append(F.mse_loss(out[-1], target.moments))
+        return torch.stack(terms).mean()
+
+
+class CropViews:
+    """Draws two random views (crops under rotations and flips) of a random batch of windows, and keeps what
+    each view is made of (``composition``, both views concatenated) for the composition loss of the same step."""
+
+    def __init__(self, windows: np.ndarray, batch_size: int, min_crop_share: float, spec: EncoderSpec, seed: int,
+                 device: torch.device):
+        self.data = torch.from_numpy(windows)
+        self.batch_size, self.min_crop_share, self.spec, self.device = batch_size, min_crop_share, spec, device
+        self.generator = torch.Generator().manual_seed(seed)
+        self.rng = np.random.default_rng(seed)
+        self.composition = WindowComposition([], None)
+
+    def view(self, batch: torch.Tensor) -> torch.Tensor:
+        crop = random_crops(batch, self.generator, self.min_crop_share)
+        return random_dihedral(crop, self.generator, dims=(-2, -1)).to(self.device)
+
+    def __call__(self) -> tuple[torch.Tensor, torch.Tensor]:
+        batch = self.data[torch.from_numpy(self.rng.integers(0, len(self.data), self.batch_size))]
+        views = self.view(batch), self.view(batch)
+        self.composition = WindowComposition.concatenated([WindowComposition.of(v, self.spec) for v in views])
+        return views
+
+
 def train_crop_contrastive(
     model: LandCoverEncoder,
     windows: np.ndarray,
@@ -243,23 +322,28 @@ def train_crop_contrastive(
     min_crop_share: float,
     seed: int,
     progress: Callable[[int, float], None] | None = None,
+    composition_weight: float = 0.0,
 ) -> TrainingResult:
     """Train in place with NT-Xent: the two views of a window are random crops (at least
     ``min_crop_share`` of its edge, resized back) under random rotations and flips; the batch's other
-    windows are the negatives. Returns the per-step loss curve."""
+    windows are the negatives. Returns the per-step loss curve.
+
+    With ``composition_weight`` > 0 a linear decoder (used in training only, then dropped) also predicts
+    what each view is made of from its embedding (``CompositionDecoder``: every categorical source's class
+    shares, every continuous source's mean and spread), weighted by ``composition_weight``: crop invariance
+    alone lets go of how much of each class a window holds, the composition loss keeps it in the vector."""
     device = next(model.parameters()).device
-    generator = torch.Generator().manual_seed(seed)
-    rng = np.random.default_rng(seed)
-    data = torch.from_numpy(windows)
+    draw = CropViews(windows, batch_size, min_crop_share, model.spec, seed, device)
+    if composition_weight <= 0:
+        result = train_contrastive(model, model, draw, steps, learning_rate, temperature, progress)
+        return TrainingResult(model, result.losses, result.seconds, steps)
+    decoder = CompositionDecoder(model.spec).to(device)
 
-    def view(batch: torch.Tensor) -> torch.Tensor:
-        return random_dihedral(random_crops(batch, generator, min_crop_share), generator, dims=(-2, -1)).to(device)
+    def loss(z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
+        composition = decoder.loss(torch.cat([z1, z2]), draw.composition)
+        return nt_xent(z1, z2, temperature) + composition_weight * composition
 
-    def draw() -> tuple[torch.Tensor, torch.Tensor]:
-        batch = data[torch.from_numpy(rng.integers(0, len(data), batch_size))]
-        return view(batch), view(batch)
-
-    result = train_contrastive(model, model, draw, steps, learning_rate, temperature, progress)
+    result = train_views(nn.ModuleList([model, decoder]), model, draw, loss, steps, learning_rate, progress)
     return TrainingResult(model, result.losses, result.seconds, steps)
 
 

@@ -42,6 +42,7 @@ class TrainingHyperParameters(Protocol):
     learning_rate: float
     temperature: float
     min_crop_share: float
+    composition_weight: float
     margin: float
     positive_rings: int
     max_train_cells: int
@@ -223,7 +224,8 @@ def train_encoder(
                                        config.learning_rate, config.margin, config.seed, progress)
     else:
         result = encoder.train_crop_contrastive(model, windows, config.steps, config.batch_size, config.learning_rate,
-                                                config.temperature, config.min_crop_share, config.seed, progress)
+                                                config.temperature, config.min_crop_share, config.seed, progress,
+                                                config.composition_weight)
     version = encoder.model_version(model)
     evaluation = held_out_evaluation(data, model, untrained, settings.embedding_dim)
     quality = evaluation.headline_scores()

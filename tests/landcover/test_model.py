@@ -7,9 +7,12 @@ import torch
 
 from geoembed.core.grids.h3 import region_cells
 from geoembed.landcover.encoder import (
+    CompositionDecoder,
+    CropViews,
     EncoderSpec,
     TripletSampler,
     build_encoder,
+    class_shares,
     embed,
     export_torchscript,
     load_checkpoint,
@@ -18,6 +21,7 @@ from geoembed.landcover.encoder import (
     train_crop_contrastive,
     train_triplet,
 )
+from geoembed.core.evaluation import linear_probe_r2
 from geoembed.core.self_supervised import nt_xent, random_crops
 
 
@@ -118,6 +122,58 @@ def test_nt_xent_prefers_aligned_views():
     # With 2N - 1 candidates, a loss at chance is log(2N - 1).
     flat = torch.nn.functional.normalize(torch.ones(32, 8), dim=1)
     assert abs(float(nt_xent(flat, flat, 0.2)) - float(np.log(63))) < 1e-4
+
+
+def test_class_shares_count_every_token_of_each_window():
+    ids = torch.from_numpy(np.random.default_rng(0).integers(0, 5, (7, 12, 12)))
+    shares = class_shares(ids, 6)
+    expected = np.stack([np.bincount(w.ravel(), minlength=6) / 144 for w in ids.numpy()])
+    np.testing.assert_allclose(shares.numpy(), expected, atol=1e-6)
+
+
+def test_crop_views_keep_the_composition_of_the_views_they_return():
+    rng = np.random.default_rng(0)
+    windows = rng.integers(0, 4, (50, 16, 16)).astype(np.uint8)
+    spec = EncoderSpec(n_tokens=5, window_size=16, embedding_dim=8)
+    draw = CropViews(windows, batch_size=8, min_crop_share=0.5, spec=spec, seed=0, device=torch.device("cpu"))
+    v1, v2 = draw()
+    assert v1.shape == v2.shape == (8, 16, 16) and draw.composition.moments is None
+    torch.testing.assert_close(draw.composition.shares[0], class_shares(torch.cat([v1, v2]), 5))
+    # Stacked inputs (B, C, S, S): a categorical source's shares, a continuous source's normalised moments
+    # (NaN pixels at the median, as the encoder reads them).
+    elevation = rng.normal(1500.0, 200.0, (50, 16, 16))
+    elevation[:, :4] = np.nan
+    stacked = np.stack([windows, windows % 2, elevation], axis=1).astype(np.float32)
+    spec = EncoderSpec(n_tokens=5, window_size=16, embedding_dim=8, stacked_tokens=(3,),
+                       continuous_centre=(1500.0,), continuous_scale=(200.0,))
+    draw = CropViews(stacked, batch_size=8, min_crop_share=0.5, spec=spec, seed=0, device=torch.device("cpu"))
+    v1, v2 = draw()
+    views = torch.cat([v1, v2])
+    torch.testing.assert_close(draw.composition.shares[0], class_shares(views[:, 0], 5))
+    torch.testing.assert_close(draw.composition.shares[1], class_shares(views[:, 1], 3))
+    z = np.nan_to_num((views[:, 2].numpy().astype(np.float64) - 1500.0) / 200.0).reshape(16, -1)
+    np.testing.assert_allclose(draw.composition.moments.numpy(), np.stack([z.mean(1), z.std(1, ddof=1)], 1),
+                               atol=1e-4)
+    decoder = CompositionDecoder(spec)
+    assert decoder.linear.out_features == 5 + 3 + 2
+    assert float(decoder.loss(torch.zeros(16, 8), draw.composition).detach()) > 0
+
+
+def test_composition_loss_trains_a_vector_that_encodes_the_class_proportions():
+    """Windows mixing two classes in every proportion (shuffled pixels, so only the proportion tells them
+    apart): with the composition loss, a linear probe on held-out windows reads the proportion back, and the
+    training-only decoder does not become part of the model."""
+    rng = np.random.default_rng(0)
+    windows = np.where(rng.random((300, 16, 16)) < rng.random(300)[:, None, None], 1, 2).astype(np.uint8)
+    proportion = (windows == 1).mean(axis=(1, 2))
+    model = build_encoder(EncoderSpec(n_tokens=4, window_size=16, embedding_dim=8), seed=0)
+    keys = set(model.state_dict())
+    result = train_crop_contrastive(model, windows, steps=60, batch_size=32, learning_rate=3e-3, temperature=0.2,
+                                    min_crop_share=0.7, seed=0, composition_weight=1.0)
+    assert len(result.losses) == 60 and np.mean(result.losses[-10:]) < np.mean(result.losses[:10])
+    assert set(model.state_dict()) == keys and not model.training
+    z = embed(model, windows, torch.device("cpu"), 64, False)
+    assert linear_probe_r2(z[:200], proportion[:200], z[200:], proportion[200:]) > 0.9
 
 
 def test_contrastive_training_lowers_the_loss_and_separates_class_mixes():

@@ -1,5 +1,6 @@
 """The self-supervised land-cover encoder: a small CNN trained contrastively on random crops of each
-window (SimCLR's NT-Xent; the default) or with a triplet loss over neighbouring cells (Tile2Vec style).
+window (SimCLR's NT-Xent, with a composition loss that keeps what each view is made of; the default) or
+with a triplet loss over neighbouring cells (Tile2Vec style).
 
 Input: a window of class indices (B, S, S), or with stacked sources (B, C, S, S) channels: class indices
 of every categorical source (one shared token vocabulary, embeddings summed) and continuous

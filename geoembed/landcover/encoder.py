@@ -291,8 +291,8 @@ class CompositionDecoder(nn.Module):
 
 
 class CropViews:
-    """Draws two random views (crops under rotations and flips) of a random batch of windows, and keeps what
-    each view is made of (``composition``, both views concatenated) for the composition loss of the same step."""
+    """Draws two random views (crops under rotations and flips) of a random batch of windows; ``composition``
+    says what the latest draw's views are made of (both views concatenated), for the composition loss."""
 
     def __init__(self, windows: np.ndarray, batch_size: int, min_crop_share: float, spec: EncoderSpec, seed: int,
                  device: torch.device):
@@ -300,7 +300,7 @@ class CropViews:
         self.batch_size, self.min_crop_share, self.spec, self.device = batch_size, min_crop_share, spec, device
         self.generator = torch.Generator().manual_seed(seed)
         self.rng = np.random.default_rng(seed)
-        self.composition = WindowComposition([], None)
+        self.views: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def view(self, batch: torch.Tensor) -> torch.Tensor:
         crop = random_crops(batch, self.generator, self.min_crop_share)
@@ -308,9 +308,15 @@ class CropViews:
 
     def __call__(self) -> tuple[torch.Tensor, torch.Tensor]:
         batch = self.data[torch.from_numpy(self.rng.integers(0, len(self.data), self.batch_size))]
-        views = self.view(batch), self.view(batch)
-        self.composition = WindowComposition.concatenated([WindowComposition.of(v, self.spec) for v in views])
-        return views
+        self.views = self.view(batch), self.view(batch)
+        return self.views
+
+    @property
+    def composition(self) -> WindowComposition:
+        """Computed when asked (NT-Xent alone never asks)."""
+        if self.views is None:
+            raise RuntimeError("no views drawn yet")
+        return WindowComposition.concatenated([WindowComposition.of(v, self.spec) for v in self.views])
 
 
 def train_crop_contrastive(

@@ -211,9 +211,8 @@ def bench_inference(ctx: dict, repeat: int) -> dict:
                                                            settings.embedding_dim), 0).eval()
     vg = VectorGeoResnetTriplet(settings.window_size, legend.n_classes + 1).eval()
     cpu = torch.device("cpu")
-    result: dict = {"cells": len(windows), "threads": torch.get_num_threads(),
-                    "batch_size": InferenceDevice(device="cpu").batch_size_on(cpu)}
     device = InferenceDevice(device="cpu")  # the cell_embeddings asset's call, its CPU batch size included
+    result: dict = {"cells": len(windows), "threads": torch.get_num_threads(), "batch_size": device.batch_size_on(cpu)}
     ours, _ = timed(lambda: device.infer(ours_model, windows, finish=encoder.renormalise), repeat, result)
     subset = windows[:4096]
 
